@@ -1,0 +1,3 @@
+"""fairbench: demographic fairness benchmark for text-to-image diffusion models."""
+
+__version__ = "0.1.0"

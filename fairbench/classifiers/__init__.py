@@ -1,0 +1,31 @@
+"""Attribute-classifier registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fairbench.classifiers.agegender import AgeGenderClassifier
+from fairbench.classifiers.base import AttributeClassifier
+from fairbench.classifiers.clip import CLIPClassifier
+from fairbench.classifiers.fairface import FairFaceClassifier
+from fairbench.errors import UserError
+from fairbench.registry import Registry
+
+CLASSIFIERS: Registry[type[AttributeClassifier]] = Registry("classifier")
+for _cls in (AgeGenderClassifier, FairFaceClassifier, CLIPClassifier):
+    CLASSIFIERS.add(_cls.name, _cls, source=_cls.source)
+
+
+def build_classifier(name: str, args: dict[str, Any] | None = None, device: str = "cpu") -> AttributeClassifier:
+    """Instantiate a registered classifier with its --classifier-arg values."""
+    cls = CLASSIFIERS.get(name)
+    args = dict(args or {})
+    if "device" in cls.__init__.__code__.co_varnames:
+        args.setdefault("device", device)
+    try:
+        return cls(**args)
+    except TypeError as exc:
+        raise UserError(f"classifier {name!r}: {exc}") from None
+
+
+__all__ = ["CLASSIFIERS", "AttributeClassifier", "build_classifier"]

@@ -1,0 +1,204 @@
+"""The `fairbench` command: subcommands, one-line errors, exit codes (0 ok, 1 regression, 2 user error)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from fairbench.errors import RegressionFound, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage mistakes as one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, Any] | None:
+    """['k=v', ...] -> {k: YAML-typed v}."""
+    import yaml
+
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.replace("-", "_")] = yaml.safe_load(val) if val else ""
+        except yaml.YAMLError:
+            out[key.replace("-", "_")] = val
+    return out
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="generate, detect, classify and score (resumes an interrupted run)")
+    p.add_argument("--config", help="YAML file of run options (CLI flags override it)")
+    p.add_argument("--method", help="debiasing method (fairbench ls methods); default vanilla")
+    p.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="method argument (repeatable)")
+    p.add_argument("--model", help="registered name, hub id or local pipeline folder")
+    p.add_argument("--suite", help="registered suite name or path of a suite YAML")
+    p.add_argument("--split", choices=["train", "test", "all"])
+    p.add_argument("--limit", type=int, help="only the first N prompts of the split")
+    p.add_argument("--n", type=int, help="images per prompt")
+    p.add_argument("--seed", type=int, help="global seed (per-image seeds derive from it)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=int, help="sampling steps")
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--negative-prompt")
+    p.add_argument("--scheduler", help="ddim, ddpm, dpm++, euler, euler_a, lms, pndm")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--classifier", help="attribute classifier (fairbench ls classifiers)")
+    p.add_argument("--classifier-arg", action="append", metavar="KEY=VALUE", help="classifier argument (repeatable)")
+    p.add_argument("--detector", help="face detector (fairbench ls detectors)")
+    p.add_argument("--n-boot", type=int, help="bootstrap replicates")
+    p.add_argument("--ci-level", type=float, help="interval level, e.g. 0.95")
+    p.add_argument("--shard", help="i/N: generate only shard i of N (merge with `fairbench merge`)")
+    p.add_argument("--out", help="run directory (default runs/<method>-<model>-<suite>)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """fairbench run."""
+    from fairbench.config import build_config
+    from fairbench.outputs.tables import print_summary
+    from fairbench.runner import run
+
+    fields = ["method", "model", "suite", "split", "limit", "n", "seed", "batch_size", "steps", "guidance_scale",
+              "height", "width", "negative_prompt", "scheduler", "dtype", "device", "classifier", "detector",
+              "n_boot", "ci_level", "shard", "out", "progress"]
+    cfg = build_config(args.config, method_args=_key_values(args.method_arg, "--method-arg"),
+                       classifier_args=_key_values(args.classifier_arg, "--classifier-arg"),
+                       **{f: getattr(args, f) for f in fields})
+    outcome = run(cfg)
+    if outcome.metrics is not None:
+        print_summary(outcome.metrics, f"{cfg.method} on {cfg.model}: {outcome.run_dir}")
+    elif cfg.shard:
+        print(f"shard {cfg.shard} generated in {outcome.run_dir}; combine the shards with `fairbench merge`")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """fairbench ls KIND."""
+    from fairbench.cli.listing import list_kind
+
+    list_kind(args.kind)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """fairbench report RUN_DIR."""
+    from fairbench.outputs.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """fairbench leaderboard RUN_DIR... --out FILE.csv."""
+    from pathlib import Path
+
+    from fairbench.io import atomic_write_text
+    from fairbench.outputs.leaderboard import build_leaderboard
+
+    df = build_leaderboard([Path(d) for d in args.run_dirs])
+    atomic_write_text(Path(args.out), df.to_csv(index=False))
+    print(f"{args.out}: {len(df)} rows from {len(args.run_dirs)} runs")
+    return 0
+
+
+def cmd_make_tiny_sd(args: argparse.Namespace) -> int:
+    """fairbench make-tiny-sd DIR."""
+    from pathlib import Path
+
+    from fairbench.io import ensure_writable_dir
+    from fairbench.models.tiny import make_tiny_sd
+
+    make_tiny_sd(ensure_writable_dir(Path(args.dir)), seed=args.seed)
+    print(f"tiny random Stable Diffusion pipeline written to {args.dir}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """fairbench merge SHARD_DIR... --out DIR."""
+    from pathlib import Path
+
+    from fairbench.outputs.tables import print_summary
+    from fairbench.runner import merge_run
+
+    outcome = merge_run([Path(d) for d in args.shard_dirs], Path(args.out), progress=not args.no_progress)
+    print_summary(outcome.metrics, f"merged: {outcome.run_dir}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """fairbench classify RUN_DIR --classifier C."""
+    from pathlib import Path
+
+    from fairbench.outputs.tables import print_summary
+    from fairbench.runner import classify_run
+
+    metrics = classify_run(Path(args.run_dir), args.classifier,
+                           _key_values(args.classifier_arg, "--classifier-arg") or {}, args.device,
+                           progress=not args.no_progress)
+    print_summary(metrics, f"{args.run_dir} re-classified with {args.classifier}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line parser."""
+    parser = _Parser(prog="fairbench", description="Demographic fairness benchmark for text-to-image diffusion.")
+    from fairbench import __version__
+
+    parser.add_argument("--version", action="version", version=f"fairbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    p = sub.add_parser("ls", help="list registered methods, models, suites, classifiers, detectors, metrics, attributes")
+    p.add_argument("kind", choices=["methods", "models", "suites", "classifiers", "detectors", "metrics", "attributes"])
+    p = sub.add_parser("report", help="write report.md for a finished run")
+    p.add_argument("run_dir")
+    p = sub.add_parser("leaderboard", help="collect finished runs into one CSV")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p = sub.add_parser("make-tiny-sd", help="write a tiny random Stable Diffusion pipeline (tests, smoke runs)")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("merge", help="merge shard runs (--shard i/N) into one run and score it")
+    p.add_argument("shard_dirs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("classify", help="re-label an existing run with another classifier (no regeneration)")
+    p.add_argument("run_dir")
+    p.add_argument("--classifier", required=True)
+    p.add_argument("--classifier-arg", action="append", metavar="KEY=VALUE")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "leaderboard": cmd_leaderboard,
+            "make-tiny-sd": cmd_make_tiny_sd, "merge": cmd_merge, "classify": cmd_classify}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RegressionFound as exc:
+        print(f"regression: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: results so far are kept; re-run the same command to resume", file=sys.stderr)
+        return 130

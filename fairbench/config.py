@@ -1,0 +1,116 @@
+"""Run configuration: one pydantic model holds every default; precedence is
+defaults < --config YAML < CLI flags (a flag left unset is None and does not override)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fairbench.errors import UserError
+
+DEFAULT_MODEL = "sd15"
+
+# Fields that define which images a run contains; a resumed run must match them exactly.
+IDENTITY_FIELDS = (
+    "method", "method_args", "model", "suite", "split", "limit", "n", "seed", "steps", "guidance_scale",
+    "height", "width", "negative_prompt", "scheduler", "dtype", "shard",
+)
+
+
+class RunConfig(BaseModel):
+    """Everything `fairbench run` needs. Field names are the YAML keys and the CLI flags."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    method: str = "vanilla"
+    method_args: dict[str, Any] = Field(default_factory=dict)
+    model: str = DEFAULT_MODEL
+    suite: str = "occupations"
+    split: Literal["train", "test", "all"] = "all"
+    limit: int | None = Field(default=None, gt=0)
+    n: int = Field(default=16, gt=0, description="images per prompt")
+    seed: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=8, gt=0)
+    steps: int = Field(default=25, gt=0)
+    guidance_scale: float = Field(default=7.5, ge=0)
+    height: int | None = Field(default=None, gt=0)
+    width: int | None = Field(default=None, gt=0)
+    negative_prompt: str = ""
+    scheduler: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "auto"
+    classifier: str | None = None
+    classifier_args: dict[str, Any] = Field(default_factory=dict)
+    detector: str = "mtcnn"
+    face_margin: float = Field(default=0.2, ge=0)
+    low_confidence: float = Field(default=0.8, ge=0, le=1)
+    n_boot: int = Field(default=1000, gt=0)
+    ci_level: float = Field(default=0.95, gt=0, lt=1)
+    shard: str | None = None
+    out: str | None = None
+    progress: bool = True
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_format(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = re.fullmatch(r"(\d+)/(\d+)", v)
+        if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+            raise ValueError(f"shard must be i/N with 0 <= i < N, got {v!r}")
+        return v
+
+    def shard_pair(self) -> tuple[int, int]:
+        """(index, count) of the shard; (0, 1) when unsharded."""
+        if not self.shard:
+            return 0, 1
+        i, n = self.shard.split("/")
+        return int(i), int(n)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide which images the run holds."""
+        return {k: getattr(self, k) for k in IDENTITY_FIELDS}
+
+
+def _format_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "config"
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    return f"invalid value for {field}: {err['msg']}{shown}"
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Safe-load a YAML config file into a dict of RunConfig fields."""
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"malformed YAML in config {path}: {' '.join(str(exc).split())[:200]}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise UserError(f"config {path} must be a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in doc.items()}
+
+
+def build_config(file: str | None = None, **overrides: Any) -> RunConfig:
+    """Defaults, then the YAML file, then every override that is not None."""
+    values: dict[str, Any] = load_config_file(file) if file else {}
+    for key, val in overrides.items():
+        if val is None:
+            continue
+        if key in ("method_args", "classifier_args"):
+            values[key] = {**values.get(key, {}), **val}
+        else:
+            values[key] = val
+    try:
+        return RunConfig(**values)
+    except ValidationError as exc:
+        raise UserError(_format_error(exc)) from None

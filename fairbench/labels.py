@@ -1,0 +1,64 @@
+"""Faces + attributes stage: images listed in the manifest -> labels.parquet (one row per image)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from fairbench.classifiers.base import AttributeClassifier
+from fairbench.faces.base import FaceDetector, crop_face
+
+LABELS = "labels.parquet"
+
+
+def prob_column(attr: str, group: str) -> str:
+    """Column holding P(group) for an attribute."""
+    return f"p:{attr}:{group}"
+
+
+def label_images(
+    run_dir: Path,
+    rows: list[dict[str, Any]],
+    detector: FaceDetector,
+    classifier: AttributeClassifier,
+    margin: float = 0.2,
+    low_confidence: float = 0.8,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Detect the largest face of each image, classify the crop, and return one row per image."""
+    specs = classifier.specs()
+    records: list[dict[str, Any]] = []
+    bar = tqdm(total=len(rows), unit="img", desc="faces+attributes", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        images = [Image.open(run_dir / r["image"]).convert("RGB") for r in chunk]
+        dets = detector.detect(images)
+        crops = [crop_face(im, d, margin) for im, d in zip(images, dets) if d is not None]
+        probs = classifier.predict(crops) if crops else {a: np.zeros((0, s.k)) for a, s in specs.items()}
+        j = 0
+        for r, d in zip(chunk, dets):
+            rec: dict[str, Any] = {
+                "key": r["key"], "prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "image": r["image"],
+                "nsfw": bool(r.get("nsfw", False)), "face": d is not None,
+                "face_confidence": d.confidence if d else np.nan, "n_faces": d.n_faces if d else 0,
+            }
+            for i, name in enumerate(("box_x0", "box_y0", "box_x1", "box_y1")):
+                rec[name] = d.box[i] if d else np.nan
+            for attr, spec in specs.items():
+                p = probs[attr][j] if d is not None else None
+                for g, name in enumerate(spec.group_names):
+                    rec[prob_column(attr, name)] = float(p[g]) if p is not None else np.nan
+                rec[attr] = spec.group_names[int(np.argmax(p))] if p is not None else None
+                rec[f"{attr}_confidence"] = float(np.max(p)) if p is not None else np.nan
+                rec[f"{attr}_low_confidence"] = bool(np.max(p) < low_confidence) if p is not None else False
+            j += d is not None
+            records.append(rec)
+        bar.update(len(chunk))
+    bar.close()
+    return pd.DataFrame.from_records(records)

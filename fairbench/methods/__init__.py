@@ -1,0 +1,35 @@
+"""Method registry. Built-ins register here; baselines/ and third parties through the
+`fairbench.methods` entry-point group (a callable that registers into METHODS)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fairbench.errors import UserError
+from fairbench.methods.base import LEVELS, Method
+from fairbench.methods.vanilla import Vanilla
+from fairbench.registry import Registry
+
+METHODS: Registry[type[Method]] = Registry("method", entry_point_group="fairbench.methods")
+
+
+def register_method(name: str, cls: type[Method]) -> None:
+    """Add a method class to the registry (its level and source come from the class)."""
+    if cls.level not in LEVELS:
+        raise ValueError(f"method {name!r} has level {cls.level!r}; expected one of {LEVELS}")
+    METHODS.add(name, cls, level=cls.level, source=cls.source)
+
+
+register_method("vanilla", Vanilla)
+
+
+def build_method(name: str, args: dict[str, Any] | None = None) -> Method:
+    """Instantiate a registered method with its --method-arg values."""
+    cls = METHODS.get(name)
+    try:
+        return cls(**(args or {}))
+    except TypeError as exc:
+        raise UserError(f"method {name!r}: {exc}") from None
+
+
+__all__ = ["METHODS", "Method", "build_method", "register_method"]

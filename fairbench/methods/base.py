@@ -1,0 +1,62 @@
+"""The method contract: a debiasing method acts at exactly one level of the generation stack.
+
+Levels, in the order the engine meets them:
+  text       rewrite the prompt text of each unit                  (rewrite_prompt)
+  embedding  transform the conditioning token states               (transform_conditioning)
+  guidance   own the sampling loop (e.g. extra guidance terms)     (generate)
+  weights    edit model weights once before generation             (apply_to_model)
+A method overrides only the hook of its level; the others are identities.
+Trainable methods also implement fit(), writing a checkpoint (safetensors + JSON) that
+__init__ loads through its `checkpoint` argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from PIL import Image
+
+from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams
+from fairbench.units import WorkUnit
+
+Level = Literal["none", "text", "embedding", "guidance", "weights"]
+LEVELS: tuple[Level, ...] = ("none", "text", "embedding", "guidance", "weights")
+
+
+class Method:
+    """Base class: identity at every level. Subclasses set `level` and override one hook."""
+
+    level: ClassVar[Level] = "none"
+    source: ClassVar[str] = ""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs:
+            raise TypeError(f"unexpected argument(s): {', '.join(kwargs)}")
+        self.args: dict[str, Any] = {}
+
+    def apply_to_model(self, backend: DiffusersBackend) -> None:
+        """Weights level: edit the model in place, once, before any image is generated."""
+
+    def rewrite_prompt(self, unit: WorkUnit) -> str:
+        """Text level: the prompt actually sent to the text encoder for this unit."""
+        return unit.prompt
+
+    def transform_conditioning(self, cond: Conditioning, units: list[WorkUnit], texts: list[str]) -> Conditioning:
+        """Embedding level: map the conditioning of a batch of units."""
+        return cond
+
+    def generate(
+        self,
+        backend: DiffusersBackend,
+        cond: Conditioning,
+        generators: list[torch.Generator],
+        params: SamplingParams,
+        units: list[WorkUnit],
+    ) -> tuple[list[Image.Image], list[bool]]:
+        """Guidance level: sample the images (the default is the backend's own loop)."""
+        return backend.generate(cond, generators, params)
+
+    def describe(self) -> dict[str, Any]:
+        """Name-free description for run.json: level, source and constructor arguments."""
+        return {"level": self.level, "source": self.source, "args": self.args}

@@ -1,0 +1,142 @@
+"""Metrics stage: labels.parquet -> metrics.json and tables/ (fairness per prompt and aggregated)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fairbench.metrics.bootstrap import aggregate_estimate, prompt_estimate, shares
+from fairbench.metrics.confusion import correct_shares
+from fairbench.metrics.fairness import FAIRNESS_METRICS
+from fairbench.prompts import AttributeSpec
+
+SCHEMA_VERSION = 1
+INTERSECTIONS = (("gender", "race7"), ("gender", "race4"), ("gender", "skin_tone"), ("gender", "age2"))
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Bootstrap and reporting settings (recorded in metrics.json)."""
+
+    n_boot: int = 1000
+    level: float = 0.95
+    seed: int = 0
+    metrics: tuple[str, ...] = tuple(FAIRNESS_METRICS.names())
+
+
+def group_counts(labels: pd.DataFrame, attr: str, groups: list[str], prompt_ids: list[str]) -> np.ndarray:
+    """(P, K) counts of argmax labels among images with a face, prompts in the given order."""
+    faces = labels[labels["face"] & labels[attr].notna()]
+    table = pd.crosstab(faces["prompt_id"], faces[attr]).reindex(index=prompt_ids, columns=groups, fill_value=0)
+    return table.fillna(0).to_numpy(dtype=np.int64)
+
+
+def add_intersections(labels: pd.DataFrame, specs: dict[str, AttributeSpec]) -> dict[str, list[str]]:
+    """Add joint-label columns (e.g. 'gender*race7') for attribute pairs the classifier predicts."""
+    joint: dict[str, list[str]] = {}
+    for a, b in INTERSECTIONS:
+        if a in specs and b in specs:
+            name = f"{a}*{b}"
+            labels[name] = np.where(labels[a].notna() & labels[b].notna(),
+                                    labels[a].astype(str) + "|" + labels[b].astype(str), None)
+            joint[name] = [f"{x}|{y}" for x, y in itertools.product(specs[a].group_names, specs[b].group_names)]
+    return joint
+
+
+def evaluate_attribute(
+    labels: pd.DataFrame, attr: str, groups: list[str], prompt_ids: list[str], settings: EvalSettings,
+    confusion: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """All fairness numbers of one attribute: per prompt and aggregated, with intervals."""
+    counts = group_counts(labels, attr, groups, prompt_ids)
+    per_image = labels.groupby("prompt_id").agg(n_images=("face", "size"), n_faces=("face", "sum"))
+    per_image = per_image.reindex(prompt_ids, fill_value=0)
+    low = labels.get(f"{attr}_low_confidence")
+    per_prompt = []
+    for i, pid in enumerate(prompt_ids):
+        n_img = int(per_image.loc[pid, "n_images"])
+        entry: dict[str, Any] = {
+            "prompt_id": pid, "n_images": n_img, "n_faces": int(per_image.loc[pid, "n_faces"]),
+            "no_face_rate": 1 - per_image.loc[pid, "n_faces"] / n_img if n_img else float("nan"),
+            "counts": dict(zip(groups, counts[i].tolist())),
+            "shares": dict(zip(groups, shares(counts[i]).tolist())),
+            "metrics": {m: prompt_estimate(counts[i], FAIRNESS_METRICS.get(m), n_boot=settings.n_boot,
+                                           level=settings.level, seed=settings.seed + i).to_dict()
+                        for m in settings.metrics},
+        }
+        if confusion is not None and counts[i].sum() > 0:
+            corrected = correct_shares(shares(counts[i]), confusion)
+            entry["corrected_shares"] = dict(zip(groups, corrected.tolist()))
+            entry["corrected_metrics"] = {m: float(FAIRNESS_METRICS.get(m)(corrected)) for m in settings.metrics}
+        per_prompt.append(entry)
+    n_images, n_faces = int(per_image["n_images"].sum()), int(per_image["n_faces"].sum())
+    result: dict[str, Any] = {
+        "groups": groups,
+        "n_prompts": len(prompt_ids),
+        "n_prompts_with_faces": int((counts.sum(axis=1) > 0).sum()),
+        "n_images": n_images,
+        "n_faces": n_faces,
+        "no_face_rate": 1 - n_faces / n_images if n_images else float("nan"),
+        "n_low_confidence": int(low[labels["face"]].sum()) if low is not None else 0,
+        "overall_shares": dict(zip(groups, shares(counts.sum(axis=0)).tolist())),
+        "aggregate": {m: aggregate_estimate(counts, FAIRNESS_METRICS.get(m), n_boot=settings.n_boot,
+                                            level=settings.level, seed=settings.seed).to_dict()
+                      for m in settings.metrics},
+        "per_prompt": per_prompt,
+    }
+    if confusion is not None:
+        vals = {m: [p["corrected_metrics"][m] for p in per_prompt if "corrected_metrics" in p] for m in settings.metrics}
+        result["corrected_aggregate"] = {m: float(np.mean(v)) if v else float("nan") for m, v in vals.items()}
+    return result
+
+
+def evaluate(
+    labels: pd.DataFrame, specs: dict[str, AttributeSpec], prompt_ids: list[str], settings: EvalSettings,
+    confusions: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """metrics.json content for a labelled run."""
+    labels = labels.copy()
+    groups = {a: s.group_names for a, s in specs.items()}
+    groups.update(add_intersections(labels, specs))
+    confusions = confusions or {}
+    n_images, n_faces = len(labels), int(labels["face"].sum()) if len(labels) else 0
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "settings": {"n_boot": settings.n_boot, "level": settings.level, "seed": settings.seed,
+                     "metrics": list(settings.metrics), "target": "uniform", "label": "argmax"},
+        "n_images": n_images,
+        "n_faces": n_faces,
+        "no_face_rate": 1 - n_faces / n_images if n_images else float("nan"),
+        "nsfw_flagged": int(labels["nsfw"].sum()) if len(labels) else 0,
+        "attributes": {a: evaluate_attribute(labels, a, g, prompt_ids, settings, confusions.get(a))
+                       for a, g in groups.items()},
+    }
+
+
+def per_prompt_table(attr_result: dict[str, Any]) -> pd.DataFrame:
+    """One row per prompt: sizes, shares and every metric with its interval."""
+    rows = []
+    for p in attr_result["per_prompt"]:
+        row = {k: p[k] for k in ("prompt_id", "n_images", "n_faces", "no_face_rate")}
+        row.update({f"share:{g}": v for g, v in p["shares"].items()})
+        for m, est in p["metrics"].items():
+            row.update({m: est["value"], f"{m}_ci_low": est["ci_low"], f"{m}_ci_high": est["ci_high"]})
+        row.update({f"corrected_share:{g}": v for g, v in p.get("corrected_shares", {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """One row per (attribute, metric): aggregate value, interval and sample sizes."""
+    rows = []
+    for attr, res in metrics["attributes"].items():
+        for m, est in res["aggregate"].items():
+            rows.append({"attribute": attr, "metric": m, "value": est["value"], "ci_low": est["ci_low"],
+                         "ci_high": est["ci_high"], "corrected": res.get("corrected_aggregate", {}).get(m),
+                         "n_prompts": res["n_prompts_with_faces"], "n_images": res["n_images"],
+                         "n_faces": res["n_faces"], "no_face_rate": res["no_face_rate"]})
+    return pd.DataFrame(rows)

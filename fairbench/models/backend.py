@@ -1,0 +1,157 @@
+"""Model backend: wraps a diffusers text-to-image pipeline behind encode() and generate()."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from fairbench.errors import UserError
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Everything that changes the sampled image besides the conditioning and the seed."""
+
+    steps: int = 25
+    guidance_scale: float = 7.5
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for run.json."""
+        return asdict(self)
+
+
+@dataclass
+class Conditioning:
+    """Per-token text states the UNet cross-attends to, for the prompts and the negative prompt."""
+
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+
+class DiffusersBackend:
+    """A Stable-Diffusion-style pipeline: text encoder -> UNet (cross-attention) -> VAE."""
+
+    def __init__(self, pipe: Any, source: str, dtype: str = "float32", device: str = "cpu") -> None:
+        self.pipe = pipe
+        self.source = source
+        self.dtype = dtype
+        self.device = device
+        pipe.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def load(cls, source: str, dtype: str = "float32", device: str = "cpu", scheduler: str | None = None):
+        """Load a pipeline from a local folder or a model-hub id."""
+        from diffusers import DiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+
+        if dtype not in DTYPES:
+            raise UserError(f"unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}")
+        local = Path(source).expanduser()
+        if local.exists() and not (local / "model_index.json").is_file():
+            raise UserError(f"model folder {source!r} has no model_index.json (not a diffusers pipeline)")
+        try:
+            pipe = DiffusionPipeline.from_pretrained(str(local) if local.exists() else source, dtype=DTYPES[dtype])
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"cannot load model {source!r}: not a local pipeline folder, and the hub copy is not reachable "
+                f"or not cached ({first[:200]})"
+            ) from None
+        for part in ("unet", "text_encoder", "tokenizer", "vae"):
+            if getattr(pipe, part, None) is None:
+                raise UserError(f"model {source!r} is a {type(pipe).__name__} without a {part}: not a Stable Diffusion pipeline")
+        backend = cls(pipe.to(device), source, dtype, device)
+        if scheduler:
+            backend.set_scheduler(scheduler)
+        return backend
+
+    def set_scheduler(self, name: str) -> None:
+        """Swap the sampler, keeping the pipeline's noise schedule config."""
+        import diffusers
+
+        if name not in SCHEDULERS:
+            raise UserError(f"unknown scheduler {name!r}. Available: {', '.join(SCHEDULERS)}")
+        self.pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(self.pipe.scheduler.config)
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The denoiser (for weight-level methods)."""
+        return self.pipe.unet
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        """The frozen text encoder."""
+        return self.pipe.text_encoder
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text encoder's tokenizer."""
+        return self.pipe.tokenizer
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], negative_prompt: str = "", guidance_scale: float = 7.5) -> Conditioning:
+        """Token states for `texts` (and for the negative prompt when guidance is on)."""
+        cfg = guidance_scale > 1.0
+        pe, ne = self.pipe.encode_prompt(
+            texts, self.device, 1, cfg, negative_prompt=[negative_prompt] * len(texts) if cfg else None
+        )
+        return Conditioning(pe, ne if cfg else None)
+
+    @torch.no_grad()
+    def generate(
+        self, cond: Conditioning, generators: list[torch.Generator], params: SamplingParams
+    ) -> tuple[list[Image.Image], list[bool]]:
+        """Sample one image per conditioning row, each from its own generator; return images and NSFW flags."""
+        out = self.pipe(
+            prompt_embeds=cond.prompt_embeds,
+            negative_prompt_embeds=cond.negative_prompt_embeds,
+            num_inference_steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            height=params.height,
+            width=params.width,
+            generator=generators,
+            output_type="pil",
+        )
+        flags = getattr(out, "nsfw_content_detected", None) or [False] * len(out.images)
+        return list(out.images), [bool(f) for f in flags]
+
+    def describe(self) -> dict[str, Any]:
+        """Identity and settings of the model, for run.json."""
+        return {
+            "source": self.source,
+            "pipeline": type(self.pipe).__name__,
+            "scheduler": type(self.pipe.scheduler).__name__,
+            "dtype": self.dtype,
+            "device": self.device,
+            "safety_checker": getattr(self.pipe, "safety_checker", None) is not None,
+            "default_resolution": self.default_resolution(),
+        }
+
+    def default_resolution(self) -> int:
+        """Pixels per side the pipeline generates when height/width are not given."""
+        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)

@@ -1,0 +1,50 @@
+"""Tables of a run: tables/*.csv, and the terminal summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fairbench.io import atomic_write_text
+from fairbench.metrics.evaluate import per_prompt_table, summary_table
+
+HEADLINE = ("fd", "kl", "bias_gap", "heim_imbalance")
+
+
+def write_tables(run_dir: Path, metrics: dict[str, Any]) -> list[Path]:
+    """summary.csv plus one per-prompt CSV per attribute (file names are attribute names)."""
+    out = run_dir / "tables"
+    paths = [out / "summary.csv"]
+    atomic_write_text(paths[0], summary_table(metrics).to_csv(index=False))
+    for attr, res in metrics["attributes"].items():
+        path = out / f"per_prompt_{attr.replace('*', '_x_')}.csv"
+        atomic_write_text(path, per_prompt_table(res).to_csv(index=False))
+        paths.append(path)
+    return paths
+
+
+def _fmt(est: dict[str, Any]) -> str:
+    if est["value"] != est["value"]:  # NaN
+        return "n/a"
+    return f"{est['value']:.3f} [{est['ci_low']:.3f}, {est['ci_high']:.3f}]"
+
+
+def print_summary(metrics: dict[str, Any], title: str, console: Console | None = None) -> None:
+    """Headline metrics per attribute, with intervals and sample sizes."""
+    console = console or Console()
+    table = Table(title=title, title_justify="left")
+    table.add_column("attribute")
+    for m in HEADLINE:
+        table.add_column(m)
+    for col in ("prompts", "images", "faces", "no-face"):
+        table.add_column(col, justify="right")
+    for attr, res in metrics["attributes"].items():
+        table.add_row(attr, *[_fmt(res["aggregate"][m]) for m in HEADLINE if m in res["aggregate"]],
+                      str(res["n_prompts_with_faces"]), str(res["n_images"]), str(res["n_faces"]),
+                      f"{res['no_face_rate']:.1%}" if res["n_images"] else "n/a")
+    console.print(table)
+    console.print(f"values: mean over prompts; [{metrics['settings']['level']:.0%} bootstrap interval, "
+                  f"{metrics['settings']['n_boot']} replicates]")

@@ -1,0 +1,189 @@
+"""Prompt suites and attribute definitions: strict schemas over the YAML files in prompts/."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fairbench.errors import UserError
+from fairbench.registry import Registry
+
+Split = Literal["train", "test", "all"]
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GroupSpec(_Strict):
+    """One group of an attribute (e.g. gender/female)."""
+
+    name: str
+    adjective: str
+    clip: str
+    words: list[str] = Field(default_factory=list)
+    range: tuple[int, int] | None = None
+    monk: tuple[int, int] | None = None
+
+
+class AttributeSpec(_Strict):
+    """A sensitive attribute: its ordered groups."""
+
+    description: str = ""
+    groups: list[GroupSpec]
+
+    @property
+    def group_names(self) -> list[str]:
+        """Group names in classifier-output order."""
+        return [g.name for g in self.groups]
+
+    @property
+    def k(self) -> int:
+        """Number of groups."""
+        return len(self.groups)
+
+
+class PromptSpec(_Strict):
+    """One prompt of a suite: an id safe to use in file names, template variables, a split."""
+
+    id: str
+    vars: dict[str, str]
+    split: Literal["train", "test"] = "test"
+    reference: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_id(self) -> "PromptSpec":
+        if not _SAFE_ID.match(self.id):
+            raise ValueError(f"prompt id {self.id!r} must match {_SAFE_ID.pattern} (it names files)")
+        return self
+
+
+class SuiteSpec(_Strict):
+    """A prompt suite: a template and the prompts that fill it."""
+
+    name: str
+    version: int = 1
+    description: str = ""
+    template: str
+    group_template: str | None = None
+    subject_var: str | None = None
+    split_rule: str | None = None
+    prompts: list[PromptSpec]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "SuiteSpec":
+        ids = [p.id for p in self.prompts]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate prompt ids: {dupes}")
+        return self
+
+    def select(self, split: Split = "all", limit: int | None = None) -> list[PromptSpec]:
+        """Prompts of `split` in file order, the first `limit` of them."""
+        chosen = [p for p in self.prompts if split == "all" or p.split == split]
+        return chosen[:limit] if limit else chosen
+
+    def text(self, prompt: PromptSpec) -> str:
+        """The neutral prompt text."""
+        return render_template(self.template, **prompt.vars)
+
+    def group_text(self, prompt: PromptSpec, adjective: str) -> str:
+        """The prompt specialised to one group ("... of a female doctor")."""
+        if not self.group_template:
+            raise UserError(f"suite {self.name!r} has no group_template, so prompts cannot name a group")
+        return render_template(self.group_template, group=adjective, **prompt.vars)
+
+
+_A_BEFORE_VOWEL = ("uni", "use", "usu", "eu", "one", "ur")  # vowel letter, consonant sound
+_AN_BEFORE_H = ("hour", "honest", "honor", "heir")  # silent h
+
+
+def indefinite_article(word: str) -> str:
+    """'a' or 'an' for the word that follows."""
+    w = word.lower()
+    if w.startswith(_AN_BEFORE_H):
+        return "an"
+    if w.startswith(_A_BEFORE_VOWEL):
+        return "a"
+    return "an" if w[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
+def render_template(template: str, **variables: str) -> str:
+    """Fill `template`; `{a}` becomes the indefinite article of the word after it."""
+    try:
+        text = template.replace("{a}", "\x00").format(**variables)
+    except KeyError as exc:
+        raise UserError(f"template {template!r} needs variable {exc.args[0]!r}") from None
+    return re.sub(r"\x00\s+(\S+)", lambda m: f"{indefinite_article(m.group(1))} {m.group(1)}", text)
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise UserError(f"file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"malformed YAML in {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return doc
+
+
+def _validation_message(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" + (f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else "")
+
+
+def prompts_dir() -> Path:
+    """The folder holding attributes.yaml and suites/."""
+    return Path(str(files("prompts")))
+
+
+def load_suite_file(path: str | Path) -> SuiteSpec:
+    """Load and validate a suite YAML (a user's own or a shipped one)."""
+    path = Path(path)
+    try:
+        return SuiteSpec.model_validate(_load_yaml(path))
+    except ValidationError as exc:
+        raise UserError(f"invalid suite {path}: {_validation_message(exc)}") from None
+
+
+SUITES: Registry[Path] = Registry("suite")
+for _p in sorted((prompts_dir() / "suites").glob("*.yaml")):
+    SUITES.add(_p.stem, _p)
+
+
+def load_suite(name_or_path: str) -> SuiteSpec:
+    """A registered suite name, or the path of a suite YAML."""
+    if name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).is_file():
+        return load_suite_file(name_or_path)
+    return load_suite_file(SUITES.get(name_or_path))
+
+
+@lru_cache(maxsize=None)
+def load_attributes(path: str | None = None) -> dict[str, AttributeSpec]:
+    """All attribute definitions (prompts/attributes.yaml unless another file is given)."""
+    p = Path(path) if path else prompts_dir() / "attributes.yaml"
+    doc = _load_yaml(p)
+    try:
+        return {name: AttributeSpec.model_validate(spec) for name, spec in doc["attributes"].items()}
+    except (KeyError, ValidationError) as exc:
+        msg = _validation_message(exc) if isinstance(exc, ValidationError) else "missing 'attributes'"
+        raise UserError(f"invalid attributes file {p}: {msg}") from None
+
+
+def attribute(name: str) -> AttributeSpec:
+    """One attribute by name, with a helpful error for unknown names."""
+    attrs = load_attributes()
+    if name not in attrs:
+        raise UserError(f"unknown attribute {name!r}. Available: {', '.join(attrs)}")
+    return attrs[name]

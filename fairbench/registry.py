@@ -1,0 +1,78 @@
+"""One generic registry type for methods, models, suites, classifiers, detectors and metrics."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from fairbench.errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Entry(Generic[T]):
+    """A registered object plus the metadata `fairbench ls` shows."""
+
+    name: str
+    obj: T
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    """Name -> object map with duplicate-name errors and did-you-mean lookups."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+        self._entry_point_group = entry_point_group
+        self._plugins_loaded = entry_point_group is None
+
+    def register(self, name: str, **meta: Any) -> Callable[[T], T]:
+        """Decorator form: `@REG.register("name", level=...)`."""
+
+        def deco(obj: T) -> T:
+            self.add(name, obj, **meta)
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: T, **meta: Any) -> None:
+        """Register `obj` under `name`; a second registration of the same name is an error."""
+        if name in self._entries and self._entries[name].obj is not obj:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = Entry(name, obj, meta)
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in entry_points(group=self._entry_point_group):
+            ep.load()()
+
+    def __contains__(self, name: str) -> bool:
+        self._load_plugins()
+        return name in self._entries
+
+    def entry(self, name: str) -> Entry[T]:
+        """Look `name` up; an unknown name is a UserError listing close matches."""
+        self._load_plugins()
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(self._entries))}")
+        return self._entries[name]
+
+    def get(self, name: str) -> T:
+        """The object registered under `name`."""
+        return self.entry(name).obj
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        self._load_plugins()
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def names(self) -> list[str]:
+        """Sorted registered names."""
+        return [e.name for e in self]

@@ -1,0 +1,219 @@
+"""`fairbench run` end to end: units -> generation -> faces + attributes -> metrics -> outputs.
+
+Each stage reads what the previous one wrote, so `label_run` and `evaluate_run` also re-run
+on an existing run directory (re-classify without re-generating, recompute metrics).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fairbench import __version__
+from fairbench.classifiers import build_classifier
+from fairbench.config import RunConfig
+from fairbench.errors import UserError
+from fairbench.faces import DETECTORS
+from fairbench.generation.engine import run_generation
+from fairbench.generation.manifest import MANIFEST, consolidate
+from fairbench.io import atomic_write_bytes, ensure_writable_dir, read_jsonl, sha256_file
+from fairbench.labels import LABELS, label_images
+from fairbench.methods import build_method
+from fairbench.metrics.evaluate import EvalSettings, evaluate
+from fairbench.models import load_backend, resolve_model
+from fairbench.models.backend import SamplingParams
+from fairbench.outputs.rundir import (METRICS_JSON, RUN_JSON, git_sha, hardware, library_versions, read_json,
+                                      write_run_json)
+from fairbench.outputs.tables import write_tables
+from fairbench.io import atomic_write_json
+from fairbench.prompts import SUITES, load_suite
+from fairbench.units import make_units, shard_units
+
+DEFAULT_CLASSIFIER = "agegender"
+
+
+@dataclass
+class RunOutcome:
+    """Where a run wrote its results, and its metrics (None for a shard or a non-main process)."""
+
+    run_dir: Path
+    metrics: dict[str, Any] | None
+
+
+def slug(text: str) -> str:
+    """File-safe version of a free-form name (model ids, paths)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:80] or "x"
+
+
+def default_out(cfg: RunConfig) -> Path:
+    """runs/<method>-<model>-<suite>[-shard-i-of-N] under the current directory."""
+    name = f"{cfg.method}-{slug(Path(cfg.model).name if Path(cfg.model).exists() else cfg.model)}-{slug(Path(cfg.suite).stem)}"
+    if cfg.shard:
+        i, n = cfg.shard_pair()
+        name += f"-shard-{i}-of-{n}"
+    return Path("runs") / name
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> this process's accelerator when there is one, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return f"cuda:{local}"
+    return "cpu"
+
+
+def process_info() -> tuple[int, int, Any]:
+    """(rank, world size, accelerate state or None) for runs under `accelerate launch`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes, state
+
+
+def check_resume(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse to mix two different runs in one directory."""
+    path = run_dir / RUN_JSON
+    if not path.exists():
+        return
+    old = read_json(path).get("spec", {})
+    diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
+    if diff:
+        k, (was, now) = next(iter(diff.items()))
+        raise UserError(f"{run_dir} holds a different run ({k}: {was!r} there, {now!r} now); choose another --out")
+
+
+def suite_identity(cfg: RunConfig) -> dict[str, Any]:
+    """Name, version and content hash of the suite file."""
+    path = Path(cfg.suite) if Path(cfg.suite).is_file() else SUITES.get(cfg.suite)
+    suite = load_suite(cfg.suite)
+    return {"name": suite.name, "version": suite.version, "file_sha256": sha256_file(path)}
+
+
+def run(cfg: RunConfig) -> RunOutcome:
+    """Run (or resume) a whole benchmark run."""
+    rank, world, state = process_info()
+    if world > 1 and cfg.shard:
+        raise UserError("use either --shard or `accelerate launch`, not both")
+    suite = load_suite(cfg.suite)
+    if not suite.select(cfg.split, cfg.limit):
+        raise UserError(f"suite {suite.name!r} has no prompts in split {cfg.split!r}")
+    run_dir = Path(cfg.out) if cfg.out else default_out(cfg)
+    ensure_writable_dir(run_dir)
+    check_resume(run_dir, cfg)
+    device = resolve_device(cfg.device)
+    classifier_name = cfg.classifier or DEFAULT_CLASSIFIER
+    detector_name = cfg.detector
+    DETECTORS.get(detector_name)  # fail fast on unknown names, before loading any model
+    from fairbench.classifiers import CLASSIFIERS
+
+    CLASSIFIERS.get(classifier_name)
+    method = build_method(cfg.method, cfg.method_args)
+    backend = load_backend(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler)
+    method.apply_to_model(backend)
+    params = SamplingParams(cfg.steps, cfg.guidance_scale, cfg.height, cfg.width, cfg.negative_prompt)
+    units = make_units(suite, cfg.method, resolve_model(cfg.model), cfg.n, cfg.seed, cfg.split, cfg.limit)
+    units = shard_units(units, *cfg.shard_pair())
+
+    spec = cfg.model_dump()
+    record: dict[str, Any] = {
+        "fairbench_version": __version__, "git_sha": git_sha(), "spec": spec, "suite": suite_identity(cfg),
+        "model": backend.describe(), "method": {"name": cfg.method, **method.describe()},
+        "sampling": params.to_dict(), "n_units": len(units), "world_size": world,
+        "versions": library_versions(), "hardware": hardware(), "status": "generating",
+        "seed_rule": "sha256(f'{seed}\\x1f{prompt_id}\\x1f{sample_idx}')[:8] >> 1; one CPU torch.Generator per image",
+    }
+    if rank == 0:
+        write_run_json(run_dir, record)
+    stats = run_generation(run_dir, units, backend, method, params, cfg.batch_size, rank, world,
+                           progress=cfg.progress)
+    if state is not None:
+        state.wait_for_everyone()
+        if rank != 0:
+            return RunOutcome(run_dir, None)
+    rows = consolidate(run_dir, [u.key for u in units])
+    record["generation"] = {"generated_now": stats.generated, "already_done": stats.already_done,
+                            "seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 3)}
+    if cfg.shard:
+        record["status"] = "shard generated"
+        write_run_json(run_dir, record)
+        return RunOutcome(run_dir, None)
+    del backend  # free model memory before the classifiers load
+    record["status"] = "labelling"
+    write_run_json(run_dir, record)
+    metrics = label_and_evaluate(run_dir, rows, record, cfg, classifier_name, device)
+    return RunOutcome(run_dir, metrics)
+
+
+def label_and_evaluate(run_dir: Path, rows: list[dict[str, Any]], record: dict[str, Any], cfg: RunConfig,
+                       classifier_name: str, device: str) -> dict[str, Any]:
+    """Faces + attributes, then metrics and tables; updates run.json."""
+    detector = DETECTORS.get(cfg.detector)(device=device)
+    classifier = build_classifier(classifier_name, cfg.classifier_args, device=device)
+    start = time.perf_counter()
+    labels = label_images(run_dir, rows, detector, classifier, cfg.face_margin, cfg.low_confidence,
+                          progress=cfg.progress)
+    buf = labels.to_parquet(index=False)
+    atomic_write_bytes(run_dir / LABELS, buf)
+    record["classifier"] = classifier.describe()
+    record["detector"] = detector.describe()
+    record["labelling_seconds"] = round(time.perf_counter() - start, 3)
+    metrics = evaluate_run(run_dir, labels, classifier, cfg)
+    record["status"] = "complete"
+    write_run_json(run_dir, record)
+    return metrics
+
+
+def evaluate_run(run_dir: Path, labels: pd.DataFrame, classifier: Any, cfg: RunConfig) -> dict[str, Any]:
+    """Metrics and tables from labels; prompt order from the suite."""
+    suite = load_suite(cfg.suite)
+    prompt_ids = [p.id for p in suite.select(cfg.split, cfg.limit)]
+    specs = classifier.specs()
+    confusions = {a: c for a in specs if (c := classifier.confusion(a)) is not None}
+    settings = EvalSettings(n_boot=cfg.n_boot, level=cfg.ci_level, seed=cfg.seed)
+    metrics = evaluate(labels, specs, prompt_ids, settings, confusions)
+    metrics["classifier"] = classifier.name
+    atomic_write_json(run_dir / METRICS_JSON, metrics)
+    write_tables(run_dir, metrics)
+    return metrics
+
+
+def classify_run(run_dir: Path, classifier_name: str, classifier_args: dict[str, Any], device: str = "auto",
+                 progress: bool = True) -> dict[str, Any]:
+    """Re-label an existing run with another classifier (no image is regenerated)."""
+    record = read_json(run_dir / RUN_JSON)
+    cfg = RunConfig(**{**record["spec"], "classifier": classifier_name, "classifier_args": classifier_args,
+                       "progress": progress})
+    rows = read_jsonl(run_dir / MANIFEST)
+    if not rows:
+        raise UserError(f"{run_dir} has no generated images (empty manifest)")
+    record["spec"] = cfg.model_dump()
+    return label_and_evaluate(run_dir, rows, record, cfg, classifier_name, resolve_device(device))
+
+
+def merge_run(shard_dirs: list[Path], out: Path, progress: bool = True) -> RunOutcome:
+    """Merge shard directories into `out`, then label and evaluate the whole run."""
+    from fairbench.generation.merge import merge_shards, write_merged_manifest
+
+    record, rows = merge_shards(shard_dirs, out)
+    cfg = RunConfig(**{**record["spec"], "progress": progress})
+    suite = load_suite(cfg.suite)
+    order = [u.key for u in make_units(suite, cfg.method, resolve_model(cfg.model), cfg.n, cfg.seed,
+                                       cfg.split, cfg.limit)]
+    rows = write_merged_manifest(out, rows, order)
+    record["status"] = "labelling"
+    write_run_json(out, record)
+    metrics = label_and_evaluate(out, rows, record, cfg, cfg.classifier or DEFAULT_CLASSIFIER,
+                                 resolve_device(cfg.device))
+    return RunOutcome(out, metrics)
