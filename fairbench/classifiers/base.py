@@ -17,6 +17,8 @@ class AttributeClassifier:
     name: ClassVar[str] = "base"
     source: ClassVar[str] = ""
     attributes: tuple[str, ...] = ()
+    # margin around the detector's box (fraction of its size) that the classifier was trained on
+    crop_margin: ClassVar[float] = 0.2
 
     def __init__(self, **kwargs: Any) -> None:
         if kwargs:

@@ -49,6 +49,7 @@ class FairFaceClassifier(AttributeClassifier):
     name = "fairface"
     source = "Karkkainen & Joo, FairFace (WACV 2021), weights from dchen236/FairFace"
     attributes = ("race7", "gender", "age")
+    crop_margin = 0.25  # FairFace's own predict.py: dlib face chips with padding 0.25
 
     def __init__(self, weights: str | None = None, sha256: str | None = None, races: int = 7,
                  device: str = "cpu", batch_size: int = 64) -> None:

@@ -47,6 +47,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, help="images per prompt")
     p.add_argument("--seed", type=int, help="global seed (per-image seeds derive from it)")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-invariant", action="store_const", const=True, default=None,
+                   help="compute each image on its own: bits independent of --batch-size (slower)")
     p.add_argument("--steps", type=int, help="sampling steps")
     p.add_argument("--guidance-scale", type=float)
     p.add_argument("--height", type=int)
@@ -71,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fairbench.outputs.tables import print_summary
     from fairbench.runner import run
 
-    fields = ["method", "model", "suite", "split", "limit", "n", "seed", "batch_size", "steps", "guidance_scale",
+    fields = ["method", "model", "suite", "split", "limit", "n", "seed", "batch_size", "batch_invariant", "steps", "guidance_scale",
               "height", "width", "negative_prompt", "scheduler", "dtype", "device", "classifier", "detector",
               "n_boot", "ci_level", "shard", "out", "progress"]
     cfg = build_config(args.config, method_args=_key_values(args.method_arg, "--method-arg"),

@@ -64,6 +64,17 @@ def generate_batch(
     return texts, images, nsfw
 
 
+def canonical_batches(units: list[WorkUnit], size: int) -> list[list[WorkUnit]]:
+    """Fixed batches over the whole run's canonical unit order.
+
+    Kernels reduce in batch-shape-dependent order, so an image's last bits depend on which
+    images share its batch. Shards, processes and resumed runs therefore work on these fixed
+    batches (never re-batch leftovers), which keeps every image bit-identical for a given
+    batch size.
+    """
+    return list(batches(units, size))
+
+
 def run_generation(
     run_dir: Path,
     units: list[WorkUnit],
@@ -71,28 +82,41 @@ def run_generation(
     method: Method,
     params: SamplingParams,
     batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
+    part: tuple[int, int] = (0, 1),
+    separate_manifest: bool = False,
+    batch_invariant: bool = False,
     progress: bool = True,
 ) -> GenerationStats:
-    """Generate every unit not yet in the run's manifest; safe to kill and re-run at any point."""
+    """Generate every unit of this part not yet in the run's manifest; safe to kill and re-run.
+
+    `units` is the whole run in canonical order; `part` = (i, n) takes canonical batches
+    i, i + n, ... (a shard, or a process under `accelerate launch`). With `batch_invariant`,
+    each image is computed on its own, so its bits do not depend on the batch size either.
+    """
+    index, count = part
     done = completed_rows(run_dir)
-    pending = [u for u in units if u.key not in done]
-    mine = pending[rank::world_size]
-    manifest = Manifest(run_dir / (MANIFEST if world_size == 1 else part_name(rank)))
+    mine = canonical_batches(units, batch_size)[index::count]
+    pending = [b for b in mine if any(u.key not in done for u in b)]
+    n_mine = sum(len(b) for b in mine)
+    n_pending = sum(u.key not in done for b in pending for u in b)
+    manifest = Manifest(run_dir / (part_name(index) if separate_manifest else MANIFEST))
     start = time.perf_counter()
-    bar = tqdm(total=len(mine), unit="img", desc=f"generate{f' [rank {rank}]' if world_size > 1 else ''}",
-               disable=not progress, dynamic_ncols=True)
-    for batch in batches(mine, batch_size):
-        texts, images, nsfw = generate_batch(backend, method, batch, params)
+    label = f"generate [{index + 1}/{count}]" if count > 1 else "generate"
+    bar = tqdm(total=n_pending, unit="img", desc=label, disable=not progress, dynamic_ncols=True)
+    for batch in pending:
+        groups = [[u] for u in batch] if batch_invariant else [batch]
         rows = []
-        for unit, text, image, flag in zip(batch, texts, images, nsfw):
-            data = png_bytes(image)
-            rel = image_relpath(unit)
-            atomic_write_bytes(run_dir / rel, data)
-            rows.append({**unit.to_dict(), "key": unit.key, "prompt_used": text, "image": rel,
-                         "sha256": sha256_bytes(data), "nsfw": flag})
+        for group in groups:
+            texts, images, nsfw = generate_batch(backend, method, group, params)
+            for unit, text, image, flag in zip(group, texts, images, nsfw):
+                if unit.key in done:
+                    continue  # finished before an interruption; identical bytes, keep the first
+                data = png_bytes(image)
+                rel = image_relpath(unit)
+                atomic_write_bytes(run_dir / rel, data)
+                rows.append({**unit.to_dict(), "key": unit.key, "prompt_used": text, "image": rel,
+                             "sha256": sha256_bytes(data), "nsfw": flag})
         manifest.append(rows)
-        bar.update(len(batch))
+        bar.update(len(rows))
     bar.close()
-    return GenerationStats(len(units), len(units) - len(pending), len(mine), time.perf_counter() - start)
+    return GenerationStats(n_mine, n_mine - n_pending, n_pending, time.perf_counter() - start)

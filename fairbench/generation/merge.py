@@ -40,9 +40,9 @@ def merge_shards(shard_dirs: list[Path], out: Path) -> tuple[dict[str, Any], lis
     indices = sorted(int(s.split("/")[0]) for s in shards)
     if len(counts) != 1 or indices != list(range(next(iter(counts)))):
         raise UserError(f"shards {sorted(shards)} do not cover 0..N-1 of one N exactly once")
-    identity = {k: v for k, v in specs[0].items() if k not in ("batch_size", "device", "progress")}
+    identity = {k: v for k, v in specs[0].items() if k not in ("device", "progress")}
     for d, s in zip(shard_dirs, specs):
-        other = {k: v for k, v in s.items() if k not in ("batch_size", "device", "progress")}
+        other = {k: v for k, v in s.items() if k not in ("device", "progress")}
         if other != identity:
             key = next(k for k in identity if identity[k] != other.get(k))
             raise UserError(f"{d} is a different run ({key}: {other.get(key)!r} vs {identity[key]!r})")

@@ -1,0 +1,134 @@
+"""The command line: bad input gives one line and exit 2; run outputs, config, report, leaderboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_args
+from fairbench.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_sd, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(run_args(tiny_sd, out, "--n", "2", "--limit", "3")) == 0
+    return out
+
+
+def _bad_cases(tmp: Path, tiny_sd: Path) -> dict[str, tuple[list[str], str]]:
+    bad_yaml = tmp / "bad.yaml"
+    bad_yaml.write_text("n: [4\nmethod: vanilla\n")
+    not_a_dir = tmp / "file.txt"
+    not_a_dir.write_text("x")
+    empty_model = tmp / "empty-model"
+    empty_model.mkdir()
+    base = ["--no-progress", "--steps", "1", "--n", "1", "--limit", "1"]
+    return {
+        "unknown method": (["run", "--method", "fairmpa", "--model", str(tiny_sd), *base], "unknown method 'fairmpa'"),
+        "unknown model": (["run", "--model", "sd99", *base], "unknown model 'sd99'"),
+        "model folder without pipeline": (["run", "--model", str(empty_model), *base], "no model_index.json"),
+        "unknown suite": (["run", "--suite", "occupatons", "--model", str(tiny_sd), *base], "Did you mean occupations"),
+        "unknown classifier": (["run", "--classifier", "fairfce", "--model", str(tiny_sd), *base], "unknown classifier"),
+        "malformed yaml": (["run", "--config", str(bad_yaml), *base], "malformed YAML"),
+        "missing config": (["run", "--config", str(tmp / "nope.yaml"), *base], "config file not found"),
+        "missing weights": (["run", "--model", str(tiny_sd), "--classifier", "fairface", "--classifier-arg",
+                             f"weights={tmp / 'missing.pt'}", *base], "fairface weights not found"),
+        "n zero": (["run", "--model", str(tiny_sd), "--n", "0", "--no-progress"], "invalid value for n"),
+        "n negative": (["run", "--model", str(tiny_sd), "--n", "-3", "--no-progress"], "invalid value for n"),
+        "unwritable out": (["run", "--model", str(tiny_sd), "--out", str(not_a_dir / "run"), *base], "not writable"),
+        "bad shard": (["run", "--model", str(tiny_sd), "--shard", "2/2", *base], "shard must be i/N"),
+        "bad method arg": (["run", "--model", str(tiny_sd), "--method-arg", "strength", *base], "KEY=VALUE"),
+        "unknown classifier arg": (["run", "--model", str(tiny_sd), "--classifier-arg", "foo=1", *base],
+                                   "unexpected"),
+        "bad flag": (["run", "--nn", "3"], "unrecognized arguments"),
+        "report of missing dir": (["report", str(tmp / "nowhere")], "run directory not found"),
+    }
+
+
+def test_bad_input_one_line_exit_2(tiny_sd, tmp_path, capsys):
+    for name, (argv, expected) in _bad_cases(tmp_path, tiny_sd).items():
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2, name
+        assert err.startswith("error: ") and "\n" not in err, (name, err)
+        assert expected in err, (name, err)
+        assert "Traceback" not in err
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "fairbench", "run", "--method", "nope", "--n", "1"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    assert "unknown method 'nope'" in res.stderr
+
+
+def test_labels_parquet_has_per_image_rows(finished_run):
+    labels = pd.read_parquet(finished_run / "labels.parquet")
+    assert len(labels) == 6
+    for col in ("key", "prompt_id", "face", "face_confidence", "box_x0", "gender", "p:gender:female",
+                "gender_confidence", "gender_low_confidence", "nsfw"):
+        assert col in labels.columns, col
+    assert not labels["face"].any()  # random weights draw no faces; counted, never regenerated
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert metrics["no_face_rate"] == 1.0 and metrics["n_images"] == 6
+
+
+def test_config_file_with_cli_override(tiny_sd, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {tiny_sd}\nn: 2\nlimit: 2\nsteps: 1\nseed: 3\nprogress: false\nn_boot: 20\n")
+    out = tmp_path / "cfgrun"
+    assert main(["run", "--config", str(cfg), "--seed", "0", "--out", str(out)]) == 0
+    spec = json.loads((out / "run.json").read_text())["spec"]
+    assert spec["seed"] == 0 and spec["n"] == 2 and spec["steps"] == 1  # flag beat YAML; YAML beat defaults
+
+
+def test_classify_relabels_without_regenerating(finished_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "relabel"
+    shutil.copytree(finished_run, run)
+    before = {p: p.stat().st_mtime_ns for p in (run / "images").rglob("*.png")}
+    manifest_before = (run / "manifest.jsonl").read_text()
+    assert main(["classify", str(run), "--classifier", "agegender", "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (run / "images").rglob("*.png")} == before
+    assert (run / "manifest.jsonl").read_text() == manifest_before
+    assert json.loads((run / "run.json").read_text())["classifier"]["name"] == "agegender"
+
+
+def test_report_and_leaderboard(finished_run, tmp_path):
+    assert main(["report", str(finished_run)]) == 0
+    text = (finished_run / "report.md").read_text()
+    assert "# fairbench report: vanilla" in text and "no-face rate: 100.0%" in text
+    out = tmp_path / "lb.csv"
+    assert main(["leaderboard", str(finished_run), str(finished_run), "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert set(df["attribute"]) >= {"gender", "age"}
+    assert {"schema_version", "method", "n_faces", "no_face_rate", "fd", "fd_ci_low", "fd_ci_high"} <= set(df.columns)
+    assert len(df) == 2 * df["attribute"].nunique()
+
+
+@pytest.mark.parametrize("kind", ["methods", "models", "suites", "classifiers", "detectors", "metrics", "attributes"])
+def test_ls(kind, capsys):
+    assert main(["ls", kind]) == 0
+    out = capsys.readouterr().out
+    expected = {"methods": "vanilla", "models": "sd15", "suites": "occupations", "classifiers": "fairface",
+                "detectors": "mtcnn", "metrics": "kl", "attributes": "race7"}[kind]
+    assert expected in out
+
+
+def test_make_tiny_sd_loads_offline(tmp_path):
+    from fairbench.models import load_backend
+
+    assert main(["make-tiny-sd", str(tmp_path / "tiny")]) == 0
+    backend = load_backend(str(tmp_path / "tiny"))
+    cond = backend.encode(["a photo of the face of a nurse"])
+    assert cond.prompt_embeds.shape == (1, 77, 32) and cond.negative_prompt_embeds.shape == (1, 77, 32)
+    assert backend.default_resolution() == 32

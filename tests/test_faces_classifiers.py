@@ -1,0 +1,166 @@
+"""Real detection and classification on real photos; FairFace and CLIP loading with tiny weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fairbench.classifiers import build_classifier
+from fairbench.errors import UserError
+from fairbench.faces import MTCNNDetector, crop_face
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return MTCNNDetector()
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+def test_astronaut_one_face_classified_female(detector, astronaut):
+    (det,) = detector.detect([astronaut])
+    assert det is not None and det.n_faces == 1 and det.confidence > 0.99
+    x0, y0, x1, y1 = det.box
+    assert 150 < x0 < x1 < 300 and 40 < y0 < y1 < 200  # Eileen Collins' face, upper middle of the photo
+    assert crop_face(astronaut, det, margin=0.2).width > crop_face(astronaut, det, margin=0.0).width
+    clf = build_classifier("agegender")
+    probs = clf.predict([crop_face(astronaut, det, margin=clf.crop_margin)])
+    assert probs["gender"].shape == (1, 2)
+    assert probs["gender"][0].argmax() == 1 and probs["gender"][0, 1] > 0.9  # female
+    assert probs["age"][0].sum() == pytest.approx(1.0)
+    assert probs["age"][0].argmax() == 3  # 20-29 (the package reports 27)
+
+
+def _lfw_rgb(img: np.ndarray) -> Image.Image:
+    gray = Image.fromarray((img * 255).astype(np.uint8)).resize((100, 100), Image.BICUBIC)
+    return gray.convert("RGB")
+
+
+def test_lfw_subset_detection_rates(detector):
+    from skimage import data
+
+    lfw = data.lfw_subset()  # first 100 faces, last 100 non-faces
+    found = [d is not None for d in detector.detect([_lfw_rgb(x) for x in lfw])]
+    face_rate, nonface_rate = np.mean(found[:100]), np.mean(found[100:])
+    assert face_rate >= 0.95, face_rate
+    assert nonface_rate <= 0.05, nonface_rate
+
+
+def test_no_face_in_noise(detector):
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    assert detector.detect([noise]) == [None]
+
+
+# ---- FairFace: real architecture, random weights saved locally ----
+
+@pytest.fixture(scope="module")
+def fairface_weights(tmp_path_factory):
+    from fairbench.classifiers.fairface import build_fairface_net
+
+    torch.manual_seed(0)
+    net = build_fairface_net()
+    path = tmp_path_factory.mktemp("ff") / "res34_random.pt"
+    torch.save(net.state_dict(), path)
+    return path, net.eval()
+
+
+def test_fairface_preprocessing_and_logit_slices(fairface_weights):
+    import hashlib
+
+    path, net = fairface_weights
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    clf = build_classifier("fairface", {"weights": str(path), "sha256": sha})
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 50, 3), dtype=np.uint8))
+    # hand preprocessing: bilinear resize to 224 x 224, scale to [0, 1], ImageNet mean/std
+    x = torch.from_numpy(np.asarray(img.resize((224, 224), Image.BILINEAR), dtype=np.float32) / 255.0)
+    x = (x - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        logits = net(x.permute(2, 0, 1)[None]).numpy()[0]
+    got = clf.logits([img])[0]
+    assert np.abs(got - logits).max() < 0.05  # torchvision's antialiased resize vs PIL's: same op, tiny differences
+    probs = clf.predict([img])
+    z = got.astype(np.float64)
+    assert probs["race7"][0] == pytest.approx(np.exp(z[0:7]) / np.exp(z[0:7]).sum())
+    assert probs["gender"][0] == pytest.approx(np.exp(z[7:9]) / np.exp(z[7:9]).sum())
+    assert probs["age"][0] == pytest.approx(np.exp(z[9:18]) / np.exp(z[9:18]).sum())
+    four = build_classifier("fairface", {"weights": str(path), "races": 4})
+    assert four.predict([img])["race4"][0] == pytest.approx(np.exp(z[0:4]) / np.exp(z[0:4]).sum(), abs=1e-6)
+    assert clf.describe()["weights_sha256"] == sha
+
+
+def test_fairface_sha256_mismatch_and_bad_files(fairface_weights, tmp_path):
+    path, _ = fairface_weights
+    with pytest.raises(UserError, match="sha256 mismatch"):
+        build_classifier("fairface", {"weights": str(path), "sha256": "0" * 64})
+    with pytest.raises(UserError, match="not found"):
+        build_classifier("fairface", {"weights": str(tmp_path / "missing.pt")})
+    with pytest.raises(UserError, match="needs its weights"):
+        build_classifier("fairface")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(UserError, match="not a FairFace ResNet-34"):
+        build_classifier("fairface", {"weights": str(wrong)})
+
+
+# ---- CLIP: real CLIPModel code path, tiny random weights saved locally ----
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from fairbench.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(image_size=30, patch_size=6, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4),
+        projection_dim=16,
+    )
+    model = CLIPModel(config).eval()
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30},
+                                                            crop_size={"height": 30, "width": 30}), tokenizer=tok)
+    out = tmp_path_factory.mktemp("clip")
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out, model, proc
+
+
+def test_clip_probabilities_match_hand_computation(tiny_clip):
+    path, model, proc = tiny_clip
+    clf = build_classifier("clip", {"model": str(path), "attributes": "gender"})
+    assert clf.describe()["texts"] == {"gender": ["a photo of a man", "a photo of a woman"]}
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    with torch.no_grad():
+        px = proc.image_processor([img], return_tensors="pt")["pixel_values"]
+        vis = model.visual_projection(model.vision_model(pixel_values=px).pooler_output)
+        tok = proc.tokenizer(["a photo of a man", "a photo of a woman"], padding=True, return_tensors="pt")
+        txt = model.text_projection(model.text_model(**tok).pooler_output)
+    cos = torch.nn.functional.normalize(vis, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
+    logits = (model.logit_scale.exp() * cos).detach().numpy().astype(np.float64)[0]
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert clf.predict([img])["gender"][0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_clip_templates_override_and_errors(tiny_clip, tmp_path):
+    path, _, _ = tiny_clip
+    tpl = tmp_path / "t.yaml"
+    tpl.write_text("gender:\n  female: a portrait of a woman\n")
+    clf = build_classifier("clip", {"model": str(path), "attributes": "gender", "templates": str(tpl)})
+    assert clf.texts["gender"] == ["a photo of a man", "a portrait of a woman"]
+    tpl.write_text("gender:\n  nonbinary: x\n")
+    with pytest.raises(UserError, match="unknown groups"):
+        build_classifier("clip", {"model": str(path), "attributes": "gender", "templates": str(tpl)})
+    with pytest.raises(UserError, match="cannot load CLIP model"):
+        build_classifier("clip", {"model": str(tmp_path / "nothing-here")})

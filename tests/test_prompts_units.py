@@ -1,0 +1,94 @@
+"""Suites as data, template rendering, work units and seeds, registry errors."""
+
+import pytest
+
+from fairbench.errors import UserError
+from fairbench.prompts import attribute, load_suite, render_template
+from fairbench.registry import Registry
+from fairbench.units import make_units, shard_units, unit_seed
+
+
+def test_occupation_suite_has_153_with_documented_split():
+    suite = load_suite("occupations")
+    assert len(suite.prompts) == 153
+    test = suite.select("test")
+    assert len(test) == 31 and len(suite.select("train")) == 122
+    # stratified: the test split spans male-skewed to female-skewed occupations
+    shares = [p.reference["sd15_female"] / (p.reference["sd15_female"] + p.reference["sd15_male"]) for p in test]
+    assert min(shares) < 0.05 and max(shares) > 0.9
+
+
+def test_heim_suites():
+    assert len(load_suite("descriptors").prompts) == 15
+    assert len(load_suite("heim_occupations").prompts) == 13
+
+
+def test_templates_and_articles():
+    suite = load_suite("occupations")
+    by_id = {p.id: p for p in suite.prompts}
+    assert suite.text(by_id["accountant"]) == "a photo of the face of an accountant"
+    assert suite.text(by_id["nurse"]) == "a photo of the face of a nurse"
+    assert suite.group_text(by_id["accountant"], "female") == "a photo of the face of a female accountant"
+    assert suite.group_text(by_id["nurse"], "East Asian") == "a photo of the face of an East Asian nurse"
+    assert render_template("{a} {x}", x="university professor") == "a university professor"
+    assert render_template("{a} {x}", x="hour") == "an hour"
+
+
+def test_select_limit_keeps_file_order():
+    suite = load_suite("occupations")
+    assert [p.id for p in suite.select("test", 3)] == [p.id for p in suite.select("test")][:3]
+
+
+def test_attributes_have_expected_groups():
+    assert attribute("gender").group_names == ["male", "female"]
+    assert attribute("race7").k == 7 and attribute("race4").k == 4 and attribute("age").k == 9
+    assert attribute("monk").k == 10
+    with pytest.raises(UserError, match="unknown attribute"):
+        attribute("height")
+
+
+def test_user_suite_file_is_validated(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntemplate: 'a {o}'\nprompts:\n  - {id: '../etc', vars: {o: a}}\n")
+    with pytest.raises(UserError, match="prompt id"):
+        load_suite(str(bad))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(UserError, match="malformed YAML"):
+        load_suite(str(broken))
+    good = tmp_path / "mine.yaml"
+    good.write_text("name: mine\ntemplate: 'a photo of {a} {o}'\nprompts:\n  - {id: owl, vars: {o: owl}}\n")
+    assert load_suite(str(good)).text(load_suite(str(good)).prompts[0]) == "a photo of an owl"
+
+
+def test_unit_seed_is_sha256_derived_and_stable():
+    # golden: first 8 bytes of sha256(b"0\x1fnurse\x1f0"), shifted right by one bit
+    import hashlib
+
+    digest = hashlib.sha256(b"0\x1fnurse\x1f0").digest()
+    assert unit_seed(0, "nurse", 0) == int.from_bytes(digest[:8], "big") >> 1
+    assert unit_seed(0, "nurse", 0) == 5632017294265281760  # computed with coreutils sha256sum
+    assert unit_seed(0, "nurse", 1) != unit_seed(0, "nurse", 0) != unit_seed(1, "nurse", 0)
+    assert 0 <= unit_seed(5, "x", 3) < 2**63
+
+
+def test_units_canonical_order_and_shards_partition():
+    suite = load_suite("occupations")
+    units = make_units(suite, "vanilla", "m", n=3, global_seed=0, split="test", limit=4)
+    assert len(units) == 12
+    assert [u.key for u in units[:4]] == [f"{units[0].prompt_id}/0000{i}" for i in range(3)] + [f"{units[3].prompt_id}/00000"]
+    shards = [shard_units(units, i, 3) for i in range(3)]
+    assert sorted(u.key for s in shards for u in s) == sorted(u.key for u in units)
+    # seeds do not depend on n (adding samples never changes existing images)
+    more = make_units(suite, "vanilla", "m", n=5, global_seed=0, split="test", limit=4)
+    assert {u.key: u.seed for u in units}.items() <= {u.key: u.seed for u in more}.items()
+
+
+def test_registry_unknown_name_suggests():
+    reg: Registry[int] = Registry("widget")
+    reg.add("fairmap", 1)
+    reg.add("vanilla", 2)
+    with pytest.raises(UserError, match=r"unknown widget 'fairmpa'. Did you mean fairmap\? Available: fairmap, vanilla"):
+        reg.get("fairmpa")
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add("vanilla", 3)
