@@ -5,7 +5,7 @@ import pytest
 from fairbench.errors import UserError
 from fairbench.prompts import attribute, load_suite, render_template
 from fairbench.registry import Registry
-from fairbench.units import make_units, shard_units, unit_seed
+from fairbench.units import make_units, unit_seed
 
 
 def test_occupation_suite_has_153_with_documented_split():
@@ -72,13 +72,17 @@ def test_unit_seed_is_sha256_derived_and_stable():
     assert 0 <= unit_seed(5, "x", 3) < 2**63
 
 
-def test_units_canonical_order_and_shards_partition():
+def test_units_canonical_order_and_batches_partition():
     suite = load_suite("occupations")
     units = make_units(suite, "vanilla", "m", n=3, global_seed=0, split="test", limit=4)
     assert len(units) == 12
     assert [u.key for u in units[:4]] == [f"{units[0].prompt_id}/0000{i}" for i in range(3)] + [f"{units[3].prompt_id}/00000"]
-    shards = [shard_units(units, i, 3) for i in range(3)]
-    assert sorted(u.key for s in shards for u in s) == sorted(u.key for u in units)
+    from fairbench.generation.engine import canonical_batches
+
+    batches = canonical_batches(units, 5)
+    assert [len(b) for b in batches] == [5, 5, 2]
+    shards = [batches[i::2] for i in range(2)]  # what --shard i/2 takes
+    assert sorted(u.key for s in shards for b in s for u in b) == sorted(u.key for u in units)
     # seeds do not depend on n (adding samples never changes existing images)
     more = make_units(suite, "vanilla", "m", n=5, global_seed=0, split="test", limit=4)
     assert {u.key: u.seed for u in units}.items() <= {u.key: u.seed for u in more}.items()
