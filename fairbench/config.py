@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fairbench.errors import UserError
 
-DEFAULT_MODEL = "sd15"
+DEFAULT_MODEL = "synthface"
 
 # Fields that define which images a run contains; a resumed run must match them exactly.
 IDENTITY_FIELDS = (
@@ -30,14 +30,14 @@ class RunConfig(BaseModel):
     method_args: dict[str, Any] = Field(default_factory=dict)
     model: str = DEFAULT_MODEL
     suite: str = "occupations"
-    split: Literal["train", "test", "all"] = "all"
+    split: Literal["train", "test", "all"] = "test"
     limit: int | None = Field(default=None, gt=0)
     n: int = Field(default=16, gt=0, description="images per prompt")
     seed: int = Field(default=0, ge=0)
     batch_size: int = Field(default=8, gt=0)
     batch_invariant: bool = False
-    steps: int = Field(default=25, gt=0)
-    guidance_scale: float = Field(default=7.5, ge=0)
+    steps: int | None = Field(default=None, gt=0, description="None: the model's default")
+    guidance_scale: float | None = Field(default=None, ge=0, description="None: the model's default")
     height: int | None = Field(default=None, gt=0)
     width: int | None = Field(default=None, gt=0)
     negative_prompt: str = ""
@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
     device: str = "auto"
     classifier: str | None = None
     classifier_args: dict[str, Any] = Field(default_factory=dict)
-    detector: str = "mtcnn"
+    detector: str | None = None
     face_margin: float | None = Field(default=None, ge=0, description="None: the classifier's own margin")
     low_confidence: float = Field(default=0.8, ge=0, le=1)
     n_boot: int = Field(default=1000, gt=0)
@@ -64,6 +64,13 @@ class RunConfig(BaseModel):
         if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
             raise ValueError(f"shard must be i/N with 0 <= i < N, got {v!r}")
         return v
+
+    def with_model_defaults(self) -> "RunConfig":
+        """Fill the unset model-dependent options (steps, guidance, classifier, detector)."""
+        from fairbench.models import model_defaults
+
+        defaults = model_defaults(self.model)
+        return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def shard_pair(self) -> tuple[int, int]:
         """(index, count) of the shard; (0, 1) when unsharded."""

@@ -33,6 +33,7 @@ def label_images(
 ) -> pd.DataFrame:
     """Detect the largest face of each image, classify the crop, and return one row per image."""
     specs = classifier.specs()
+    aux_groups = classifier.auxiliary_groups()
     records: list[dict[str, Any]] = []
     bar = tqdm(total=len(rows), unit="img", desc="faces+attributes", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(rows), batch_size):
@@ -57,6 +58,10 @@ def label_images(
                 rec[attr] = spec.group_names[int(np.argmax(p))] if p is not None else None
                 rec[f"{attr}_confidence"] = float(np.max(p)) if p is not None else np.nan
                 rec[f"{attr}_low_confidence"] = bool(np.max(p) < low_confidence) if p is not None else False
+            for aux, names in aux_groups.items():
+                p = probs[aux][j] if d is not None else None
+                rec[aux] = names[int(np.argmax(p))] if p is not None else None
+                rec[f"{aux}_confidence"] = float(np.max(p)) if p is not None else np.nan
             j += d is not None
             records.append(rec)
         bar.update(len(chunk))

@@ -35,8 +35,6 @@ from fairbench.io import atomic_write_json
 from fairbench.prompts import SUITES, load_suite
 from fairbench.units import make_units
 
-DEFAULT_CLASSIFIER = "agegender"
-
 
 @dataclass
 class RunOutcome:
@@ -105,6 +103,7 @@ def suite_identity(cfg: RunConfig) -> dict[str, Any]:
 
 def run(cfg: RunConfig) -> RunOutcome:
     """Run (or resume) a whole benchmark run."""
+    cfg = cfg.with_model_defaults()
     rank, world, state = process_info()
     if world > 1 and cfg.shard:
         raise UserError("use either --shard or `accelerate launch`, not both")
@@ -159,7 +158,7 @@ def run(cfg: RunConfig) -> RunOutcome:
 def build_labellers(cfg: RunConfig, device: str) -> tuple[Any, Any]:
     """(face detector, attribute classifier) of a run config."""
     detector = DETECTORS.get(cfg.detector)(device=device)
-    return detector, build_classifier(cfg.classifier or DEFAULT_CLASSIFIER, cfg.classifier_args, device=device)
+    return detector, build_classifier(cfg.classifier, cfg.classifier_args, device=device)
 
 
 def label_and_evaluate(run_dir: Path, rows: list[dict[str, Any]], record: dict[str, Any], cfg: RunConfig,
@@ -199,7 +198,7 @@ def classify_run(run_dir: Path, classifier_name: str, classifier_args: dict[str,
     """Re-label an existing run with another classifier (no image is regenerated)."""
     record = read_json(run_dir / RUN_JSON)
     cfg = RunConfig(**{**record["spec"], "classifier": classifier_name, "classifier_args": classifier_args,
-                       "progress": progress})
+                       "progress": progress}).with_model_defaults()
     rows = read_jsonl(run_dir / MANIFEST)
     if not rows:
         raise UserError(f"{run_dir} has no generated images (empty manifest)")
@@ -212,7 +211,7 @@ def merge_run(shard_dirs: list[Path], out: Path, progress: bool = True) -> RunOu
     from fairbench.generation.merge import merge_shards, write_merged_manifest
 
     record, rows = merge_shards(shard_dirs, out)
-    cfg = RunConfig(**{**record["spec"], "progress": progress})
+    cfg = RunConfig(**{**record["spec"], "progress": progress}).with_model_defaults()
     suite = load_suite(cfg.suite)
     order = [u.key for u in make_units(suite, cfg.method, resolve_model(cfg.model), cfg.n, cfg.seed,
                                        cfg.split, cfg.limit)]

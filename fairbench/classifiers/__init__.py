@@ -8,11 +8,12 @@ from fairbench.classifiers.agegender import AgeGenderClassifier
 from fairbench.classifiers.base import AttributeClassifier
 from fairbench.classifiers.clip import CLIPClassifier
 from fairbench.classifiers.fairface import FairFaceClassifier
+from fairbench.classifiers.synthface import SynthFaceClassifier
 from fairbench.errors import UserError
 from fairbench.registry import Registry
 
 CLASSIFIERS: Registry[type[AttributeClassifier]] = Registry("classifier")
-for _cls in (AgeGenderClassifier, FairFaceClassifier, CLIPClassifier):
+for _cls in (AgeGenderClassifier, FairFaceClassifier, CLIPClassifier, SynthFaceClassifier):
     CLASSIFIERS.add(_cls.name, _cls, source=_cls.source)
 
 

@@ -32,6 +32,10 @@ class AttributeClassifier:
         """Per-attribute probabilities for each face crop."""
         raise NotImplementedError
 
+    def auxiliary_groups(self) -> dict[str, list[str]]:
+        """Non-fairness heads the classifier also predicts (e.g. occupation family), with their groups."""
+        return {}
+
     def confusion(self, attr: str) -> np.ndarray | None:
         """Known confusion matrix C[i, j] = P(predict j | true i), if the classifier ships one."""
         return None

@@ -154,6 +154,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synthface(args: argparse.Namespace) -> int:
+    """fairbench synthface train|train-classifier|grid."""
+    from fairbench.cli.synthface import run_synthface
+
+    return run_synthface(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser."""
     parser = _Parser(prog="fairbench", description="Demographic fairness benchmark for text-to-image diffusion.")
@@ -182,11 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-arg", action="append", metavar="KEY=VALUE")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    from fairbench.cli.synthface import add_synthface
+
+    add_synthface(sub)
     return parser
 
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "leaderboard": cmd_leaderboard,
-            "make-tiny-sd": cmd_make_tiny_sd, "merge": cmd_merge, "classify": cmd_classify}
+            "make-tiny-sd": cmd_make_tiny_sd, "merge": cmd_merge, "classify": cmd_classify,
+            "synthface": cmd_synthface}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,15 +8,34 @@ from fairbench.errors import UserError
 from fairbench.models.backend import DiffusersBackend, SamplingParams
 from fairbench.registry import Registry
 
-# name -> hub id (the real weights; they load where the hub or its cache is reachable)
+# name -> hub id or folder (hub weights load where the hub or its cache is reachable)
 MODELS: Registry[str] = Registry("model")
+MODELS.add("synthface", "synthface", family="embedded default world (ships inside fairbench, offline)",
+           defaults={"steps": 15, "guidance_scale": 2.0, "classifier": "synthface", "detector": "synthface"})
 MODELS.add("sd14", "CompVis/stable-diffusion-v1-4", family="Stable Diffusion 1.4")
 MODELS.add("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", family="Stable Diffusion 1.5")
 MODELS.add("sd21base", "stabilityai/stable-diffusion-2-1-base", family="Stable Diffusion 2.1 base")
 
 
+SD_DEFAULTS = {"steps": 25, "guidance_scale": 7.5, "classifier": "agegender", "detector": "mtcnn"}
+
+
+def model_defaults(name: str) -> dict:
+    """Sampling and labelling defaults of a model (synthface: its own; any SD pipeline: SD's)."""
+    if name in MODELS:
+        return MODELS.entry(name).meta.get("defaults", SD_DEFAULTS)
+    index = Path(name).expanduser() / "model_index.json"
+    if index.is_file() and '"SynthFacePipeline"' in index.read_text():
+        return MODELS.entry("synthface").meta["defaults"]
+    return SD_DEFAULTS
+
+
 def resolve_model(name: str) -> str:
-    """Registered name -> its hub id; a local folder or a hub id ('org/name') passes through."""
+    """Registered name -> its hub id or folder; a local folder or a hub id ('org/name') passes through."""
+    if name == "synthface":
+        from fairbench.synthface.pipeline import ASSETS
+
+        return str(ASSETS)
     if name in MODELS:
         return MODELS.get(name)
     if Path(name).expanduser().exists() or name.count("/") == 1:
@@ -30,4 +49,4 @@ def load_backend(name: str, dtype: str = "float32", device: str = "cpu", schedul
     return DiffusersBackend.load(resolve_model(name), dtype=dtype, device=device, scheduler=scheduler)
 
 
-__all__ = ["MODELS", "DiffusersBackend", "SamplingParams", "load_backend", "resolve_model"]
+__all__ = ["MODELS", "DiffusersBackend", "SamplingParams", "load_backend", "model_defaults", "resolve_model"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,14 @@ class DiffusersBackend:
         local = Path(source).expanduser()
         if local.exists() and not (local / "model_index.json").is_file():
             raise UserError(f"model folder {source!r} has no model_index.json (not a diffusers pipeline)")
+        if local.exists() and json.loads((local / "model_index.json").read_text()).get("_class_name") == "SynthFacePipeline":
+            from fairbench.synthface.pipeline import SynthFacePipeline
+
+            pipe = SynthFacePipeline.from_folder(local, dtype=DTYPES[dtype])
+            backend = cls(pipe.to(device), source, dtype, device)
+            if scheduler:
+                backend.set_scheduler(scheduler)
+            return backend
         try:
             pipe = DiffusionPipeline.from_pretrained(str(local) if local.exists() else source, dtype=DTYPES[dtype])
         except (OSError, ValueError) as exc:
@@ -82,7 +91,7 @@ class DiffusersBackend:
                 f"cannot load model {source!r}: not a local pipeline folder, and the hub copy is not reachable "
                 f"or not cached ({first[:200]})"
             ) from None
-        for part in ("unet", "text_encoder", "tokenizer", "vae"):
+        for part in ("unet", "text_encoder", "tokenizer"):
             if getattr(pipe, part, None) is None:
                 raise UserError(f"model {source!r} is a {type(pipe).__name__} without a {part}: not a Stable Diffusion pipeline")
         backend = cls(pipe.to(device), source, dtype, device)

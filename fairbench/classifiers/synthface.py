@@ -1,0 +1,77 @@
+"""`synthface`: the synthface world's own classifier (gender, skin tone, age, occupation family).
+
+Trained on renders with exact labels (fairbench/synthface/classifier.py); its held-out
+confusion matrices ship with the weights and drive the confusion-corrected shares.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fairbench.classifiers.base import AttributeClassifier
+from fairbench.errors import UserError
+
+
+def synthface_assets() -> str:
+    """Folder of the shipped synthface weights."""
+    from fairbench.synthface.pipeline import ASSETS
+
+    return str(ASSETS)
+
+
+def load_net(folder: str | None = None):
+    """(network, metadata) of the synthface classifier, with a clear error when it is missing."""
+    from fairbench.synthface.classifier import load_classifier
+
+    folder = folder or synthface_assets()
+    try:
+        return load_classifier(folder)
+    except FileNotFoundError:
+        raise UserError(f"synthface classifier weights not found in {folder} "
+                        "(train them with `fairbench synthface train-classifier`)") from None
+
+
+def images_to_array(images: list[Image.Image], size: int = 32) -> np.ndarray:
+    """PIL images -> uint8 NHWC at the classifier's resolution."""
+    return np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BOX)) for im in images])
+
+
+class SynthFaceClassifier(AttributeClassifier):
+    """Gender, skin tone (4 groups), age (young/old) and occupation family of synthface images."""
+
+    name = "synthface"
+    source = "fairbench synthface CNN, trained on renders with exact labels"
+    attributes = ("gender", "skin_tone", "age2")
+    crop_margin = 0.0  # the synthface detector's box is the whole image
+    auxiliary = ("family",)
+
+    def __init__(self, weights: str | None = None, device: str = "cpu") -> None:
+        super().__init__()
+        self.net, self.meta = load_net(weights)
+        self.weights = weights or synthface_assets()
+
+    def predict(self, crops: list[Image.Image]) -> dict[str, np.ndarray]:
+        """Probabilities of the fairness attributes and of the occupation family."""
+        from fairbench.synthface.classifier import predict_all
+
+        if not crops:
+            return {k: np.zeros((0, len(v))) for k, v in self.meta["groups"].items() if k != "face"}
+        probs = predict_all(self.net, images_to_array(crops))
+        return {k: v.astype(np.float64) for k, v in probs.items() if k != "face"}
+
+    def auxiliary_groups(self) -> dict[str, list[str]]:
+        """Groups of the auxiliary (non-fairness) heads."""
+        return {k: self.meta["groups"][k] for k in self.auxiliary}
+
+    def confusion(self, attr: str) -> np.ndarray | None:
+        """Held-out confusion matrix shipped with the weights."""
+        block = self.meta["heldout"].get(attr)
+        return np.asarray(block["confusion"]) if block else None
+
+    def describe(self) -> dict[str, Any]:
+        """Identity for run.json, with the held-out accuracies."""
+        acc = {k: v["accuracy"] for k, v in self.meta["heldout"].items() if isinstance(v, dict)}
+        return {**super().describe(), "weights": self.weights, "heldout_accuracy": acc}

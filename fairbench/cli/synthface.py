@@ -1,0 +1,45 @@
+"""`fairbench synthface ...`: build the embedded default world (training commands)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_synthface(sub: argparse._SubParsersAction) -> None:
+    """Register the synthface subcommands."""
+    p = sub.add_parser("synthface", help="train the synthface world's model and classifier")
+    ss = p.add_subparsers(dest="synthface_command", required=True)
+    t = ss.add_parser("train", help="train the denoiser (resumes from OUT/checkpoint)")
+    t.add_argument("--out", default=".cache/synthface-train")
+    t.add_argument("--steps", type=int, default=3600)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--n-renders", type=int, default=40_000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-minutes", type=float, help="checkpoint and stop after this long (resume later)")
+    t.add_argument("--no-progress", action="store_true")
+    c = ss.add_parser("train-classifier", help="train the synthface attribute classifier on renders")
+    c.add_argument("--out", default=".cache/synthface-classifier")
+    c.add_argument("--steps", type=int, default=2500)
+    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--no-progress", action="store_true")
+
+
+def run_synthface(args: argparse.Namespace) -> int:
+    """Dispatch a synthface subcommand."""
+    if args.synthface_command == "train":
+        from fairbench.synthface.train import TrainConfig, train_unet
+
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed)
+        step = train_unet(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
+        done = "finished; EMA model in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
+        print(f"step {step}/{cfg.steps}: {done}")
+    elif args.synthface_command == "train-classifier":
+        from fairbench.synthface.classifier import ClassifierTrainConfig, train_classifier
+
+        meta = train_classifier(Path(args.out), ClassifierTrainConfig(steps=args.steps, seed=args.seed),
+                                progress=not args.no_progress)
+        held = meta["heldout"]
+        accs = ", ".join(f"{k} {held[k]['accuracy']:.4f}" for k in ("face", "gender", "skin_tone", "age2", "family"))
+        print(f"held-out accuracy: {accs}; face false-positive rate {held['face']['false_positive_rate']:.4f}")
+    return 0

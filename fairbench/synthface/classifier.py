@@ -1,0 +1,176 @@
+"""The synthface attribute classifier: a small CNN trained on renders with exact labels.
+
+Heads: face present (negatives are noise, flat fields, head-less scenes and tile-shuffled
+faces), gender, skin tone group, age group, occupation family. Trained with augmentations
+(noise, blur, colour gain, shifts) so it transfers to generated images; its held-out confusion
+matrices ship with it and feed the harness's confusion correction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fairbench.io import atomic_write_json
+from fairbench.metrics.confusion import confusion_from_counts
+from fairbench.synthface.data import render_set
+from fairbench.synthface.families import family_names
+from fairbench.synthface.render import AGE_GROUPS, GENDERS, SKIN_GROUPS, render_negative
+
+HEADS = {"face": ("absent", "present"), "gender": GENDERS, "skin_tone": SKIN_GROUPS, "age2": AGE_GROUPS}
+
+
+def head_groups() -> dict[str, tuple[str, ...]]:
+    """Head name -> output classes (family classes come from prompts/families.yaml)."""
+    return {**HEADS, "family": tuple(family_names())}
+
+
+class SynthFaceNet(nn.Module):
+    """4 conv stages (32 -> 4 px) + global pooling -> 128-d features -> one linear head per attribute."""
+
+    def __init__(self, heads: dict[str, int], width: int = 32) -> None:
+        super().__init__()
+        w = width
+
+        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.body = nn.Sequential(block(3, w, 1), block(w, w, 1), block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
+                                  block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.heads = nn.ModuleDict({k: nn.Linear(4 * w, n) for k, n in heads.items()})
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate 128-d features (used for Frechet distances on synthface)."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
+        return {k: h(f) for k, h in self.heads.items()}
+
+
+def to_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1]."""
+    return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Noise, blur, colour gain, shifts and flips: what separates generated images from renders."""
+    b = x.shape[0]
+    gain = 1 + 0.08 * (torch.rand(b, 3, 1, 1, generator=gen) * 2 - 1)
+    bias = 0.08 * (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1)
+    x = x * gain + bias
+    blur = torch.rand(b, generator=gen) < 0.3
+    if blur.any():
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
+        x[blur] = nn.functional.conv2d(nn.functional.pad(x[blur], (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    x = x + torch.randn(x.shape, generator=gen) * 0.06 * torch.rand(b, 1, 1, 1, generator=gen)
+    dx, dy = torch.randint(-2, 3, (2,), generator=gen).tolist()
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    flip = torch.rand(b, generator=gen) < 0.5
+    x[flip] = x[flip].flip(-1)
+    return x.clamp(-1.2, 1.2)
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """Hyperparameters of the classifier training."""
+
+    n_positive: int = 24_000
+    n_negative: int = 6_000
+    n_heldout: int = 4_000
+    steps: int = 2_500
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 1
+
+
+def _dataset(n_pos: int, n_neg: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    rs = render_set(n_pos, seed)
+    neg = np.stack([render_negative(seed * 7_919 + i) for i in range(n_neg)])
+    images = np.concatenate([rs.images, neg])
+    pad = np.full(n_neg, -1)
+    labels = {"face": np.concatenate([np.ones(n_pos, int), np.zeros(n_neg, int)]),
+              "gender": np.concatenate([rs.gender, pad]), "skin_tone": np.concatenate([rs.skin, pad]),
+              "age2": np.concatenate([rs.age, pad]), "family": np.concatenate([rs.family, pad])}
+    return images, labels
+
+
+def train_classifier(out: Path, cfg: ClassifierTrainConfig, progress: bool = True) -> dict:
+    """Train, evaluate on held-out renders, and write classifier.safetensors + classifier.json to `out`."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    groups = head_groups()
+    images, labels = _dataset(cfg.n_positive, cfg.n_negative, cfg.seed)
+    x_all = to_input(images)
+    y_all = {k: torch.from_numpy(v) for k, v in labels.items()}
+    net = SynthFaceNet({k: len(v) for k, v in groups.items()})
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start = time.time()
+    net.train()
+    for _ in tqdm(range(cfg.steps), desc="synthface classifier", disable=not progress):
+        idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=gen)
+        out_ = net(augment(x_all[idx].clone(), gen))
+        loss = sum(nn.functional.cross_entropy(out_[k], y_all[k][idx], ignore_index=-1) for k in groups)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    train_seconds = time.time() - start
+    net.eval()
+    report = evaluate_classifier(net, cfg.n_heldout, cfg.n_heldout // 4, seed=cfg.seed + 1000)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "classifier.safetensors"))
+    meta = {"groups": {k: list(v) for k, v in groups.items()}, "width": 32, "train": asdict(cfg),
+            "train_seconds": round(train_seconds, 1), "heldout": report}
+    atomic_write_json(out / "classifier.json", meta)
+    return meta
+
+
+@torch.no_grad()
+def predict_all(net: SynthFaceNet, images: np.ndarray, batch_size: int = 512) -> dict[str, np.ndarray]:
+    """Softmax probabilities of every head."""
+    outs: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), batch_size):
+        for k, v in net(to_input(images[i : i + batch_size])).items():
+            outs.setdefault(k, []).append(torch.softmax(v.float(), -1).numpy())
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def evaluate_classifier(net: SynthFaceNet, n_pos: int, n_neg: int, seed: int) -> dict:
+    """Held-out accuracy and confusion matrix (rows: true, columns: predicted) per head."""
+    images, labels = _dataset(n_pos, n_neg, seed)
+    probs = predict_all(net, images)
+    groups = head_groups()
+    report = {"n_positive": n_pos, "n_negative": n_neg, "seed": seed}
+    for k, names in groups.items():
+        y = labels[k]
+        keep = y >= 0
+        pred = probs[k].argmax(1)
+        acc = float((pred[keep] == y[keep]).mean())
+        conf = confusion_from_counts(y[keep], pred[keep], len(names))
+        report[k] = {"accuracy": acc, "confusion": conf.round(6).tolist(), "n": int(keep.sum())}
+    face_pred = probs["face"].argmax(1)
+    report["face"]["false_positive_rate"] = float(face_pred[labels["face"] == 0].mean())
+    report["face"]["recall"] = float(face_pred[labels["face"] == 1].mean())
+    return report
+
+
+@lru_cache(maxsize=4)
+def load_classifier(folder: str) -> tuple[SynthFaceNet, dict]:
+    """(network in eval mode, metadata) from a folder holding classifier.safetensors + classifier.json."""
+    meta = json.loads((Path(folder) / "classifier.json").read_text())
+    net = SynthFaceNet({k: len(v) for k, v in meta["groups"].items()}, width=meta["width"])
+    net.load_state_dict(load_file(Path(folder) / "classifier.safetensors"))
+    return net.eval(), meta

