@@ -57,6 +57,7 @@ class PromptSpec(_Strict):
     vars: dict[str, str]
     split: Literal["train", "test"] = "test"
     reference: dict[str, float] = Field(default_factory=dict)
+    requested: dict[str, str] = Field(default_factory=dict, description="attribute -> group the prompt names")
 
     @model_validator(mode="after")
     def _check_id(self) -> "PromptSpec":

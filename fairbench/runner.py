@@ -25,6 +25,7 @@ from fairbench.generation.manifest import MANIFEST, consolidate
 from fairbench.io import atomic_write_bytes, ensure_writable_dir, read_jsonl, sha256_file
 from fairbench.labels import LABELS, label_images
 from fairbench.methods import build_method
+from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
 from fairbench.models import load_backend, resolve_model
 from fairbench.models.backend import SamplingParams
@@ -182,11 +183,16 @@ def label_and_evaluate(run_dir: Path, rows: list[dict[str, Any]], record: dict[s
 def evaluate_run(run_dir: Path, labels: pd.DataFrame, classifier: Any, cfg: RunConfig) -> dict[str, Any]:
     """Metrics and tables from labels; prompt order from the suite."""
     suite = load_suite(cfg.suite)
-    prompt_ids = [p.id for p in suite.select(cfg.split, cfg.limit)]
+    prompts = suite.select(cfg.split, cfg.limit)
+    prompt_ids = [p.id for p in prompts]
     specs = classifier.specs()
     confusions = {a: c for a in specs if (c := classifier.confusion(a)) is not None}
     settings = EvalSettings(n_boot=cfg.n_boot, level=cfg.ci_level, seed=cfg.seed)
-    metrics = evaluate(labels, specs, prompt_ids, settings, confusions)
+    requested = {p.id: p.requested for p in prompts if p.requested}
+    metrics = evaluate(labels, specs, prompt_ids, settings, confusions, requested)
+    family = family_accuracy(labels, prompts, settings.level)
+    if family is not None:
+        metrics["alignment"] = {"family_accuracy": family}
     metrics["classifier"] = classifier.name
     atomic_write_json(run_dir / METRICS_JSON, metrics)
     write_tables(run_dir, metrics)

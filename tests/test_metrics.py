@@ -143,3 +143,41 @@ def test_confusion_correction_stays_on_simplex():
     # observed share below what any p >= 0 could produce: clipped to a vertex
     corrected = correct_shares(np.array([0.05, 0.95]), confusion)
     assert corrected == pytest.approx([0.0, 1.0], abs=1e-6)
+
+
+def _labels(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["prompt_id", "face", "gender", "family"])
+
+
+def test_adherence_counts_faces_showing_the_requested_group():
+    from fairbench.metrics.evaluate import adherence
+
+    labels = _labels([
+        ("nurse__female", True, "female", "healthcare"), ("nurse__female", True, "female", "healthcare"),
+        ("nurse__female", True, "male", "healthcare"), ("nurse__female", False, None, None),  # no face: excluded
+        ("nurse__male", True, "male", "healthcare"), ("nurse", True, "female", "healthcare"),  # neutral: ignored
+    ])
+    res = adherence(labels, {"nurse__female": {"gender": "female"}, "nurse__male": {"gender": "male"}})
+    g = res["gender"]
+    assert g["value"] == pytest.approx(3 / 4) and g["n"] == 4 and g["n_prompts"] == 2
+    assert g["per_group"] == {"female": pytest.approx(2 / 3), "male": 1.0}
+    # Wilson 95 % interval for 3 / 4 (hand formula)
+    z, n, p = 1.959963984540054, 4, 0.75
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (g["ci_low"], g["ci_high"]) == (pytest.approx(centre - half), pytest.approx(centre + half))
+
+
+def test_family_accuracy_uses_the_prompts_occupation_family():
+    from fairbench.metrics.alignment import family_accuracy
+    from fairbench.prompts import load_suite
+
+    suite = load_suite("occupations")
+    by_id = {p.id: p for p in suite.prompts}
+    labels = _labels([("nurse", True, "female", "healthcare"), ("nurse", True, "female", "office"),
+                      ("plumber", True, "male", "trades"), ("plumber", False, None, None)])
+    res = family_accuracy(labels, [by_id["nurse"], by_id["plumber"]])
+    assert res["value"] == pytest.approx(2 / 3) and res["n"] == 3
+    assert family_accuracy(labels.drop(columns="family"), [by_id["nurse"]]) is None

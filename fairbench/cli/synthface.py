@@ -23,6 +23,13 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--steps", type=int, default=2500)
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--no-progress", action="store_true")
+    g = ss.add_parser("grid", help="write a labelled sample grid PNG (one row per prompt)")
+    g.add_argument("--out", default="docs/synthface_grid.png")
+    g.add_argument("--model", default="synthface")
+    g.add_argument("--n", type=int, default=10)
+    e = ss.add_parser("install", help="copy a trained model and classifier into the package assets")
+    e.add_argument("--model-dir", default=".cache/synthface-train/final")
+    e.add_argument("--classifier-dir", default=".cache/synthface-classifier")
 
 
 def run_synthface(args: argparse.Namespace) -> int:
@@ -34,6 +41,14 @@ def run_synthface(args: argparse.Namespace) -> int:
         step = train_unet(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
         done = "finished; EMA model in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")
+    elif args.synthface_command == "grid":
+        from fairbench.synthface.grid import sample_grid
+
+        print(sample_grid(args.out, args.model, args.n))
+    elif args.synthface_command == "install":
+        from fairbench.synthface.assets import install_assets
+
+        print(f"installed into {install_assets(Path(args.model_dir), Path(args.classifier_dir))}")
     elif args.synthface_command == "train-classifier":
         from fairbench.synthface.classifier import ClassifierTrainConfig, train_classifier
 

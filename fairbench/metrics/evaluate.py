@@ -94,9 +94,36 @@ def evaluate_attribute(
     return result
 
 
+def proportion(hits: int, n: int, level: float = 0.95) -> dict[str, Any]:
+    """A share with its Wilson score interval."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    ci = binomtest(hits, n).proportion_ci(level, method="wilson")
+    return {"value": hits / n, "ci_low": float(ci.low), "ci_high": float(ci.high), "n": n}
+
+
+def match_rate(labels: pd.DataFrame, column: str, expected: dict[str, str], level: float = 0.95) -> dict[str, Any]:
+    """Share of images with a face whose `column` label equals the prompt's expected value."""
+    want = labels["prompt_id"].map(expected)
+    rows = labels[want.notna() & labels["face"]]
+    result = proportion(int((rows[column] == want[rows.index]).sum()), len(rows), level)
+    result["per_group"] = {g: float((sub[column] == g).mean()) for g, sub in rows.groupby(want[rows.index])}
+    result["n_prompts"] = int(rows["prompt_id"].nunique())
+    return result
+
+
+def adherence(labels: pd.DataFrame, requested: dict[str, dict[str, str]], level: float = 0.95) -> dict[str, Any]:
+    """Per attribute: share of faces showing the group their prompt names (Wilson interval)."""
+    attrs = sorted({a for req in requested.values() for a in req})
+    return {a: match_rate(labels, a, {pid: r[a] for pid, r in requested.items() if a in r}, level)
+            for a in attrs if a in labels.columns}
+
+
 def evaluate(
     labels: pd.DataFrame, specs: dict[str, AttributeSpec], prompt_ids: list[str], settings: EvalSettings,
-    confusions: dict[str, np.ndarray] | None = None,
+    confusions: dict[str, np.ndarray] | None = None, requested: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """metrics.json content for a labelled run."""
     labels = labels.copy()
@@ -104,7 +131,7 @@ def evaluate(
     groups.update(add_intersections(labels, specs))
     confusions = confusions or {}
     n_images, n_faces = len(labels), int(labels["face"].sum()) if len(labels) else 0
-    return {
+    result = {
         "schema_version": SCHEMA_VERSION,
         "settings": {"n_boot": settings.n_boot, "level": settings.level, "seed": settings.seed,
                      "metrics": list(settings.metrics), "target": "uniform", "label": "argmax"},
@@ -115,6 +142,9 @@ def evaluate(
         "attributes": {a: evaluate_attribute(labels, a, g, prompt_ids, settings, confusions.get(a))
                        for a, g in groups.items()},
     }
+    if requested:
+        result["adherence"] = adherence(labels, requested, settings.level)
+    return result
 
 
 def per_prompt_table(attr_result: dict[str, Any]) -> pd.DataFrame:
