@@ -6,7 +6,10 @@ its method hooks. Printed: images/s of each (median of --repeats alternating rou
 ratio. Beside it: the cost per image of the faces + attributes stage (MTCNN + a classifier)
 on real face photos (scikit-image's astronaut; generated tiny-SD images contain no faces).
 
-    python benchmarks/bench_generation.py [--model DIR] [--prompts 8] [--n 8] [--steps 10]
+    python benchmarks/bench_generation.py [--model synthface|DIR] [--prompts 8] [--n 8] [--steps S]
+
+Steps and guidance default to the model's own defaults (synthface: 15 steps, guidance 2;
+Stable Diffusion pipelines, the tiny one included: 25 steps, guidance 7.5).
 """
 
 from __future__ import annotations
@@ -73,16 +76,16 @@ def labelling_cost(n_images: int) -> dict[str, float]:
 def main() -> None:
     """Run the benchmark and print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="pipeline folder (default: a fresh make-tiny-sd)")
+    ap.add_argument("--model", help="synthface or a pipeline folder (default: a fresh make-tiny-sd)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--n", type=int, default=8, help="images per prompt")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--guidance", type=float)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from fairbench.models import load_backend
+    from fairbench.models import load_backend, model_defaults
     from fairbench.models.tiny import make_tiny_sd
     from fairbench.prompts import load_suite
     from fairbench.units import make_units
@@ -92,6 +95,9 @@ def main() -> None:
     if not args.model:
         make_tiny_sd(model)
     backend = load_backend(model)
+    defaults = model_defaults(model)
+    args.steps = args.steps or defaults["steps"]
+    args.guidance = defaults["guidance_scale"] if args.guidance is None else args.guidance
     units = make_units(load_suite("occupations"), "vanilla", model, args.n, 0, "test", args.prompts)
     warm = units[: args.batch_size]
     plain_loop(backend.pipe, warm, args.batch_size, args.steps, args.guidance, tmp / "warm-plain")
@@ -109,9 +115,9 @@ def main() -> None:
     p, f = statistics.median(plain), statistics.median(fb)
     cost = labelling_cost(16)
     print(f"model: {model} | {len(units)} images ({args.prompts} prompts x {args.n}), batch {args.batch_size}, "
-          f"{args.steps} steps, {args.repeats} rounds, torch threads {torch.get_num_threads()}")
-    print(f"plain diffusers loop : {p:8.2f} images/s  (rounds: {', '.join(f'{x:.2f}' for x in plain)})")
-    print(f"fairbench generation : {f:8.2f} images/s  (rounds: {', '.join(f'{x:.2f}' for x in fb)})")
+          f"{args.steps} steps, guidance {args.guidance}, {args.repeats} rounds, torch threads {torch.get_num_threads()}")
+    print(f"plain diffusers loop : {p:8.2f} images/s = {1 / p:.3f} s/image  (rounds: {', '.join(f'{x:.2f}' for x in plain)})")
+    print(f"fairbench generation : {f:8.2f} images/s = {1 / f:.3f} s/image  (rounds: {', '.join(f'{x:.2f}' for x in fb)})")
     print(f"ratio fairbench/plain: {f / p:8.3f}   identical pixels: {'yes' if same else 'NO'}")
     print(f"faces + attributes   : {cost['total_ms']:.1f} ms/image on real 512 px photos "
           f"(MTCNN {cost['detect_ms']:.1f} ms + agegender {cost['classify_ms']:.1f} ms)")

@@ -51,6 +51,10 @@ class RunConfig(BaseModel):
     low_confidence: float = Field(default=0.8, ge=0, le=1)
     n_boot: int = Field(default=1000, gt=0)
     ci_level: float = Field(default=0.95, gt=0, lt=1)
+    reference: str | None = Field(default=None, description="image folder or run dir for FD/KID")
+    extractor: str = "auto"
+    extractor_args: dict[str, Any] = Field(default_factory=dict)
+    clip_model: str | None = None
     shard: str | None = None
     out: str | None = None
     progress: bool = True
@@ -115,7 +119,7 @@ def build_config(file: str | None = None, **overrides: Any) -> RunConfig:
     for key, val in overrides.items():
         if val is None:
             continue
-        if key in ("method_args", "classifier_args"):
+        if key in ("method_args", "classifier_args", "extractor_args"):
             values[key] = {**values.get(key, {}), **val}
         else:
             values[key] = val

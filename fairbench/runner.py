@@ -153,6 +153,9 @@ def run(cfg: RunConfig) -> RunOutcome:
     record["status"] = "labelling"
     write_run_json(run_dir, record)
     metrics = label_and_evaluate(run_dir, rows, record, cfg, detector, classifier)
+    if cfg.reference or cfg.clip_model:
+        metrics = quality_run(run_dir, cfg.reference, cfg.extractor, cfg.extractor_args, cfg.clip_model,
+                              device=device)
     return RunOutcome(run_dir, metrics)
 
 
@@ -194,6 +197,29 @@ def evaluate_run(run_dir: Path, labels: pd.DataFrame, classifier: Any, cfg: RunC
     if family is not None:
         metrics["alignment"] = {"family_accuracy": family}
     metrics["classifier"] = classifier.name
+    atomic_write_json(run_dir / METRICS_JSON, metrics)
+    write_tables(run_dir, metrics)
+    return metrics
+
+
+def quality_run(run_dir: Path, reference: str | None, extractor: str = "auto",
+                extractor_args: dict[str, Any] | None = None, clip_model: str | None = None,
+                clip_revision: str | None = None, batch_size: int = 64, device: str = "cpu") -> dict[str, Any]:
+    """Add image quality (FD/KID against `reference`) and CLIP score to a finished run's metrics.json."""
+    from fairbench.metrics.clipscore import CLIPScorer, clip_score_run
+    from fairbench.metrics.features import build_extractor
+    from fairbench.metrics.quality import quality
+
+    metrics = read_json(run_dir / METRICS_JSON)
+    if reference:
+        if extractor == "auto":
+            spec = read_json(run_dir / RUN_JSON)["spec"]
+            extractor = "synthface" if spec.get("classifier") == "synthface" else "inception"
+        q = quality(run_dir, reference, build_extractor(extractor, extractor_args), batch_size)
+        metrics.setdefault("quality", {})[q["name"]] = q
+    if clip_model:
+        metrics.setdefault("alignment", {})["clip_score"] = clip_score_run(
+            run_dir, CLIPScorer(clip_model, clip_revision, device))
     atomic_write_json(run_dir / METRICS_JSON, metrics)
     write_tables(run_dir, metrics)
     return metrics

@@ -112,6 +112,7 @@ def test_report_and_leaderboard(finished_run, tmp_path):
     df = pd.read_csv(out)
     assert set(df["attribute"]) >= {"gender", "age"}
     assert {"schema_version", "method", "n_faces", "no_face_rate", "fd", "fd_ci_low", "fd_ci_high"} <= set(df.columns)
+    assert (df["schema_version"] == 2).all()
     assert len(df) == 2 * df["attribute"].nunique()
 
 

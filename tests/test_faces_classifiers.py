@@ -112,31 +112,6 @@ def test_fairface_sha256_mismatch_and_bad_files(fairface_weights, tmp_path):
 
 # ---- CLIP: real CLIPModel code path, tiny random weights saved locally ----
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from fairbench.models.tiny import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(image_size=30, patch_size=6, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4),
-        projection_dim=16,
-    )
-    model = CLIPModel(config).eval()
-    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30},
-                                                            crop_size={"height": 30, "width": 30}), tokenizer=tok)
-    out = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(out)
-    proc.save_pretrained(out)
-    return out, model, proc
-
-
 def test_clip_probabilities_match_hand_computation(tiny_clip):
     path, model, proc = tiny_clip
     clf = build_classifier("clip", {"model": str(path), "attributes": "gender"})

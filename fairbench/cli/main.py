@@ -62,6 +62,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detector", help="face detector (fairbench ls detectors)")
     p.add_argument("--n-boot", type=int, help="bootstrap replicates")
     p.add_argument("--ci-level", type=float, help="interval level, e.g. 0.95")
+    p.add_argument("--reference", help="image folder or run directory to compute FD/KID against")
+    p.add_argument("--extractor", help="FD features: auto (synthface on synthface, else inception), clip, dinov2")
+    p.add_argument("--extractor-arg", action="append", metavar="KEY=VALUE")
+    p.add_argument("--clip-model", help="hub id or folder of a CLIP model for the CLIP score")
     p.add_argument("--shard", help="i/N: generate only shard i of N (merge with `fairbench merge`)")
     p.add_argument("--out", help="run directory (default runs/<method>-<model>-<suite>)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
@@ -75,9 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     fields = ["method", "model", "suite", "split", "limit", "n", "seed", "batch_size", "batch_invariant", "steps", "guidance_scale",
               "height", "width", "negative_prompt", "scheduler", "dtype", "device", "classifier", "detector",
-              "n_boot", "ci_level", "shard", "out", "progress"]
+              "n_boot", "ci_level", "reference", "extractor", "clip_model", "shard", "out", "progress"]
     cfg = build_config(args.config, method_args=_key_values(args.method_arg, "--method-arg"),
                        classifier_args=_key_values(args.classifier_arg, "--classifier-arg"),
+                       extractor_args=_key_values(args.extractor_arg, "--extractor-arg"),
                        **{f: getattr(args, f) for f in fields})
     outcome = run(cfg)
     if outcome.metrics is not None:
@@ -99,7 +104,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """fairbench report RUN_DIR."""
     from fairbench.outputs.report import write_report
 
-    print(write_report(args.run_dir))
+    print(write_report(args.run_dir, args.baseline))
     return 0
 
 
@@ -161,6 +166,65 @@ def cmd_synthface(args: argparse.Namespace) -> int:
     return run_synthface(args)
 
 
+def cmd_quality(args: argparse.Namespace) -> int:
+    """fairbench quality RUN_DIR --reference SRC."""
+    from pathlib import Path
+
+    from fairbench.runner import quality_run
+
+    if not args.reference and not args.clip_model:
+        raise UserError("give --reference (for FD/KID) and/or --clip-model (for the CLIP score)")
+    m = quality_run(Path(args.run_dir), args.reference, args.extractor,
+                    _key_values(args.extractor_arg, "--extractor-arg"), args.clip_model, args.clip_revision,
+                    args.batch_size)
+    for name, q in m.get("quality", {}).items():
+        print(f"{name}: {q['fd']:.4f}  KID {q['kid']:.5f} +- {q['kid_std']:.5f}  "
+              f"({q['n_generated']} vs {q['n_reference']} images, {q['extractor']})")
+    if "clip_score" in m.get("alignment", {}):
+        c = m["alignment"]["clip_score"]
+        print(f"CLIP score: {c['clip_score']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}] (n = {c['n']}, {c['model']})")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """fairbench check RUN_DIR --against REF."""
+    from pathlib import Path
+
+    from fairbench.errors import RegressionFound
+    from fairbench.outputs.check import compare, headline, load_reference
+    from fairbench.outputs.rundir import read_run
+
+    _, metrics = read_run(args.run_dir)
+    findings = compare(headline(metrics), load_reference(Path(args.against)), args.z, args.tolerance)
+    for f in findings:
+        print(f.line())
+    bad = [f for f in findings if f.regressed]
+    if bad:
+        raise RegressionFound(f"{len(bad)} of {len(findings)} metrics regressed: " +
+                              ", ".join(f"{f.name} {f.value - f.reference:+.4f}" for f in bad))
+    print(f"no regression: {len(findings)} metrics within their bands")
+    return 0
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    """fairbench reference RUN_DIR --out FILE.json."""
+    from pathlib import Path
+
+    from fairbench.outputs.check import write_reference
+
+    ref = write_reference(Path(args.run_dir), Path(args.out))
+    print(f"{args.out}: {len(ref['metrics'])} reference metrics")
+    return 0
+
+
+def cmd_fetch_inception(args: argparse.Namespace) -> int:
+    """fairbench fetch-inception PATH."""
+    from fairbench.metrics.features import fetch_inception
+
+    print(fetch_inception(args.path))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser."""
     parser = _Parser(prog="fairbench", description="Demographic fairness benchmark for text-to-image diffusion.")
@@ -171,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     p = sub.add_parser("ls", help="list registered methods, models, suites, classifiers, detectors, metrics, attributes")
     p.add_argument("kind", choices=["methods", "models", "suites", "classifiers", "detectors", "metrics", "attributes"])
-    p = sub.add_parser("report", help="write report.md for a finished run")
+    p = sub.add_parser("report", help="write report.md (with figures) for a finished run")
     p.add_argument("run_dir")
+    p.add_argument("--baseline", help="run directory to compare with (e.g. vanilla on the same prompts)")
     p = sub.add_parser("leaderboard", help="collect finished runs into one CSV")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True, help="CSV file to write")
@@ -189,6 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-arg", action="append", metavar="KEY=VALUE")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("quality", help="FD/KID against a reference set and/or CLIP score, added to metrics.json")
+    p.add_argument("run_dir")
+    p.add_argument("--reference", help="image folder or run directory")
+    p.add_argument("--extractor", default="auto", help="auto, synthface, inception, clip, dinov2")
+    p.add_argument("--extractor-arg", action="append", metavar="KEY=VALUE")
+    p.add_argument("--clip-model")
+    p.add_argument("--clip-revision")
+    p.add_argument("--batch-size", type=int, default=64)
+    p = sub.add_parser("check", help="exit 1 when a run's metrics regressed against a reference")
+    p.add_argument("run_dir")
+    p.add_argument("--against", required=True, help="reference JSON (fairbench reference) or a run directory")
+    p.add_argument("--z", type=float, default=3.0, help="band width in combined standard errors (default 3)")
+    p.add_argument("--tolerance", type=float, default=0.0, help="minimum absolute band for every metric")
+    p = sub.add_parser("reference", help="write a run's headline metrics as a reference file for `check`")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("fetch-inception", help="download FID's Inception-v3 weights (checked by sha256 prefix)")
+    p.add_argument("path")
     from fairbench.cli.synthface import add_synthface
 
     add_synthface(sub)
@@ -197,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "leaderboard": cmd_leaderboard,
             "make-tiny-sd": cmd_make_tiny_sd, "merge": cmd_merge, "classify": cmd_classify,
-            "synthface": cmd_synthface}
+            "synthface": cmd_synthface, "quality": cmd_quality, "fetch-inception": cmd_fetch_inception,
+            "check": cmd_check, "reference": cmd_reference}
 
 
 def main(argv: list[str] | None = None) -> int:

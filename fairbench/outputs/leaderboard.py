@@ -9,7 +9,7 @@ import pandas as pd
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.outputs.rundir import read_run
 
-LEADERBOARD_SCHEMA = 1
+LEADERBOARD_SCHEMA = 2
 ID_COLUMNS = ["schema_version", "run", "method", "method_level", "model", "suite", "split", "n_per_prompt",
               "seed", "classifier", "attribute", "n_prompts", "n_images", "n_faces", "no_face_rate"]
 
@@ -32,8 +32,25 @@ def leaderboard_rows(run_dir: Path) -> list[dict]:
             est = res["aggregate"].get(m)
             if est:
                 row.update({m: est["value"], f"{m}_ci_low": est["ci_low"], f"{m}_ci_high": est["ci_high"]})
+        row.update(run_level_columns(metrics))
         rows.append(row)
     return rows
+
+
+def run_level_columns(metrics: dict) -> dict:
+    """Quality, alignment and adherence numbers of a run (the same on each of its attribute rows)."""
+    cols: dict = {}
+    for name, q in metrics.get("quality", {}).items():
+        cols.update({f"quality:{name}": q["fd"], f"quality:{name}:kid": q["kid"],
+                     f"quality:{name}:reference": q["reference"]})
+    for name, a in metrics.get("alignment", {}).items():
+        value = a.get("value", a.get("clip_score"))
+        cols.update({f"alignment:{name}": value, f"alignment:{name}_ci_low": a["ci_low"],
+                     f"alignment:{name}_ci_high": a["ci_high"]})
+    for attr, a in metrics.get("adherence", {}).items():
+        cols.update({f"adherence:{attr}": a["value"], f"adherence:{attr}_ci_low": a["ci_low"],
+                     f"adherence:{attr}_ci_high": a["ci_high"]})
+    return cols
 
 
 def build_leaderboard(run_dirs: list[Path]) -> pd.DataFrame:

@@ -1,15 +1,18 @@
-"""`fairbench report RUN_DIR`: a human-readable report.md of a finished run."""
+"""`fairbench report RUN_DIR [--baseline RUN_DIR]`: report.md with tables and PNG figures."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from fairbench.io import atomic_write_text
+from fairbench.io import atomic_write_text, read_jsonl
 from fairbench.metrics.evaluate import per_prompt_table, summary_table
+from fairbench.outputs.plots import image_grid, plot_comparison, plot_shares
 from fairbench.outputs.rundir import read_run
 
 REPORT = "report.md"
+RECONSTRUCTION_NOTE = ("> Fair Mapping's unpublished details (layers, loss form, lambda, word lists) are a documented "
+                       "reconstruction in fairbench, not the authors' code.")
 
 
 def _run_header(run: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
@@ -31,34 +34,68 @@ def _run_header(run: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
         "",
     ]
     if spec["method"] == "fairmap":
-        lines += ["> Fair Mapping's unpublished details (layers, loss form, lambda, word lists) are a documented "
-                  "reconstruction in fairbench, not the authors' code.", ""]
+        lines += [RECONSTRUCTION_NOTE, ""]
     return lines
 
 
-def render_report(run_dir: Path) -> str:
-    """Markdown text of the report."""
+def _quality_lines(metrics: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, q in metrics.get("quality", {}).items():
+        lines.append(f"- {name}: {q['fd']:.4f}, KID {q['kid']:.5f} +- {q['kid_std']:.5f} "
+                     f"({q['n_generated']} vs {q['n_reference']} images; reference `{q['reference']}`; "
+                     f"features {q['extractor']}, {q['resize']} to {q['input_size']} px)")
+    for name, a in metrics.get("alignment", {}).items():
+        value = a.get("value", a.get("clip_score"))
+        lines.append(f"- {name}: {value:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] (n = {a['n']})")
+    for attr, a in metrics.get("adherence", {}).items():
+        lines.append(f"- explicit-prompt adherence ({attr}): {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] "
+                     f"over {a['n']} faces")
+    return (["## Quality and alignment", ""] + lines + [""]) if lines else []
+
+
+def render_report(run_dir: Path, baseline: Path | None = None) -> str:
+    """Write the figures and return the markdown of the report."""
     run, metrics = read_run(run_dir)
+    fig_dir = run_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
     lines = _run_header(run, metrics)
     s = metrics["settings"]
     lines += ["## Aggregate fairness (mean over prompts)", "",
               f"Intervals: {s['level']:.0%} bootstrap over prompts and images ({s['n_boot']} replicates). "
-              "Lower is fairer for every metric but dp_ratio.", ""]
-    summary = summary_table(metrics)
-    lines += [summary.to_markdown(index=False, floatfmt=".3f"), ""]
+              "Lower is fairer for every metric but dp_ratio.", "",
+              summary_table(metrics).to_markdown(index=False, floatfmt=".3f"), ""]
+    lines += _quality_lines(metrics)
+    if baseline is not None:
+        base_run, base_metrics = read_run(baseline)
+        path = plot_comparison(metrics, base_metrics, run["spec"]["method"], base_run["spec"]["method"],
+                               fig_dir / "comparison.png")
+        if path:
+            lines += [f"## {run['spec']['method']} vs {base_run['spec']['method']} (`{baseline}`)", "",
+                      f"![comparison](figures/{path.name})", ""]
+    rows = read_jsonl(run_dir / "manifest.jsonl")
     for attr, res in metrics["attributes"].items():
         table = per_prompt_table(res)
-        if table.empty:
+        if table.empty or "*" in attr:
             continue
+        safe = attr.replace("*", "_x_")
+        lines += [f"## {attr}", ""]
+        fig = plot_shares(attr, res, fig_dir / f"shares_{safe}.png")
+        if fig:
+            lines += [f"![{attr} shares](figures/{fig.name})", ""]
         shown = table.sort_values("fd", ascending=False)
-        cols = ["prompt_id", "n_images", "n_faces"] + [c for c in table.columns if c.startswith("share:")] + ["fd", "fd_ci_low", "fd_ci_high"]
-        lines += [f"## {attr}: per prompt, most skewed first", "", shown[cols].to_markdown(index=False, floatfmt=".3f"), ""]
+        skewed = shown["prompt_id"].head(6).tolist()
+        grid = image_grid(run_dir, rows, skewed, fig_dir / f"grid_{safe}.png")
+        if grid:
+            lines += [f"Most skewed prompts ({attr}), first images of each:", "", f"![grid](figures/{grid.name})", ""]
+        cols = ["prompt_id", "n_images", "n_faces"] + [c for c in table.columns if c.startswith("share:")] + [
+            "fd", "fd_ci_low", "fd_ci_high"]
+        lines += [shown[cols].head(20).to_markdown(index=False, floatfmt=".3f"), ""]
     return "\n".join(lines)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write report.md into the run directory and return its path."""
+def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Path:
+    """Write report.md (and figures/) into the run directory and return its path."""
     d = Path(run_dir)
-    text = render_report(d)
+    text = render_report(d, Path(baseline) if baseline else None)
     atomic_write_text(d / REPORT, text)
     return d / REPORT

@@ -1,0 +1,163 @@
+"""Image feature extractors for Frechet distances: Inception-v3 (FID), synthface, CLIP, DINOv2.
+
+Each extractor maps uint8 images (N, 3, S, S), already resized to its `input_size` with PIL
+bicubic (clean-fid's "clean" resize), to float features (N, D). `identity` names everything that
+changes the numbers and is part of every cache key.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fairbench.errors import UserError
+from fairbench.io import sha256_file
+from fairbench.registry import Registry
+
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub convention: the file name carries its sha256 prefix
+
+
+class FeatureExtractor(nn.Module):
+    """Base: `input_size`, `num_features` and `identity` are set by subclasses."""
+
+    input_size: int = 224
+    num_features: int = 0
+    identity: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for metrics.json."""
+        return {"extractor": self.identity, "input_size": self.input_size, "num_features": self.num_features,
+                "resize": "PIL bicubic"}
+
+
+def fetch_inception(dest: str | Path, url: str = INCEPTION_URL, hash_prefix: str = INCEPTION_SHA256_PREFIX) -> Path:
+    """Download the FID Inception weights (torch-fidelity's file) to `dest`, checking the sha256 prefix."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(dest), hash_prefix=hash_prefix, progress=False)
+    except (OSError, RuntimeError) as exc:
+        raise UserError(f"could not fetch Inception weights from {url}: {exc}") from None
+    return dest
+
+
+class InceptionExtractor(FeatureExtractor):
+    """FID's Inception-v3 (pool3, 2048-d) through torchmetrics, from a local weights file."""
+
+    input_size = 299
+    num_features = 2048
+
+    def __init__(self, weights: str | None = None, sha256: str | None = None) -> None:
+        super().__init__()
+        if weights is None:
+            raise UserError("the inception extractor needs its weights: --extractor-arg weights=PATH "
+                            f"(fetch once with `fairbench fetch-inception PATH`; source {INCEPTION_URL})")
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UserError(f"Inception weights not found: {weights}")
+        actual = sha256_file(path)
+        expected = sha256 or INCEPTION_SHA256_PREFIX
+        if not actual.startswith(expected.lower()):
+            raise UserError(f"sha256 mismatch for {path}: expected {expected}..., got {actual}")
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        # torch-fidelity reads weights with weights_only=False; hand it a file we wrote from safely-loaded tensors
+        with tempfile.TemporaryDirectory() as tmp:
+            safe = Path(tmp) / "inception.pth"
+            torch.save(state, safe)
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                          feature_extractor_weights_path=str(safe))
+        self.identity = f"inception-v3-compat:{actual[:16]}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).float()
+
+
+class SynthFaceExtractor(FeatureExtractor):
+    """The synthface classifier's 128-d penultimate features (offline)."""
+
+    input_size = 32
+    num_features = 128
+
+    def __init__(self, weights: str | None = None) -> None:
+        super().__init__()
+        from fairbench.classifiers.synthface import load_net
+
+        self.net, _ = load_net(weights)
+        from fairbench.classifiers.synthface import synthface_assets
+
+        weights_file = Path(weights or synthface_assets()) / "classifier.safetensors"
+        self.identity = f"synthface-classifier:{sha256_file(weights_file)[:16]}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.features(images.float() / 127.5 - 1.0)
+
+
+class CLIPExtractor(FeatureExtractor):
+    """CLIP image embeddings (hub id or local folder)."""
+
+    def __init__(self, model: str = "openai/clip-vit-base-patch32", revision: str | None = None) -> None:
+        super().__init__()
+        from transformers import CLIPModel, CLIPProcessor
+
+        try:
+            self.model = CLIPModel.from_pretrained(model, revision=revision).eval()
+            self.processor = CLIPProcessor.from_pretrained(model, revision=revision)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load CLIP model {model!r}: {str(exc).splitlines()[0][:200]}") from None
+        self.input_size = int(self.model.config.vision_config.image_size)
+        self.num_features = int(self.model.config.projection_dim)
+        self.identity = f"clip:{model}@{revision or 'default'}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        px = self.processor.image_processor(list(images), return_tensors="pt", do_resize=False,
+                                            do_center_crop=False)["pixel_values"]
+        feats = self.model.get_image_features(pixel_values=px)
+        return getattr(feats, "pooler_output", feats).float()
+
+
+class DINOv2Extractor(FeatureExtractor):
+    """DINOv2 CLS features (Stein et al. 2023's recommendation), hub id or local folder."""
+
+    def __init__(self, model: str = "facebook/dinov2-base", revision: str | None = None) -> None:
+        super().__init__()
+        from transformers import AutoImageProcessor, Dinov2Model
+
+        try:
+            self.model = Dinov2Model.from_pretrained(model, revision=revision).eval()
+            self.processor = AutoImageProcessor.from_pretrained(model, revision=revision)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load DINOv2 model {model!r}: {str(exc).splitlines()[0][:200]}") from None
+        self.input_size = int(self.model.config.image_size)
+        self.num_features = int(self.model.config.hidden_size)
+        self.identity = f"dinov2:{model}@{revision or 'default'}"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        px = self.processor(list(images), return_tensors="pt", do_resize=False, do_center_crop=False)["pixel_values"]
+        return self.model(pixel_values=px).pooler_output.float()
+
+
+EXTRACTORS: Registry[type[FeatureExtractor]] = Registry("feature extractor")
+EXTRACTORS.add("inception", InceptionExtractor, source="FID Inception-v3 (torch-fidelity weights, local path)")
+EXTRACTORS.add("synthface", SynthFaceExtractor, source="synthface classifier features (offline)")
+EXTRACTORS.add("clip", CLIPExtractor, source="CLIP image embeddings (hub id or path)")
+EXTRACTORS.add("dinov2", DINOv2Extractor, source="DINOv2 CLS features (hub id or path)")
+
+
+def build_extractor(name: str, args: dict[str, Any] | None = None) -> FeatureExtractor:
+    """Instantiate a registered extractor with its --extractor-arg values."""
+    cls = EXTRACTORS.get(name)
+    try:
+        return cls(**(args or {}))
+    except TypeError as exc:
+        raise UserError(f"feature extractor {name!r}: {exc}") from None

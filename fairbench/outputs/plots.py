@@ -1,0 +1,112 @@
+"""Figures of a run for report.md: per-prompt shares, method-vs-baseline, image grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from fairbench.metrics.evaluate import proportion
+
+COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_shares(attr: str, res: dict[str, Any], path: Path, max_prompts: int = 60) -> Path | None:
+    """Per-prompt group shares as bars (K = 2: the second group's share with a 95 % Wilson interval),
+    sorted by skew; at most `max_prompts` prompts, the most skewed ones."""
+    rows = [p for p in res["per_prompt"] if p["n_faces"] > 0]
+    if not rows:
+        return None
+    groups = res["groups"]
+    rows.sort(key=lambda p: -p["metrics"]["fd"]["value"])
+    rows = rows[:max_prompts]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * len(rows)))
+    y = np.arange(len(rows))
+    labels = [p["prompt_id"].replace("_", " ") for p in rows]
+    if len(groups) == 2:
+        g = groups[1]
+        rows.sort(key=lambda p: p["shares"][g])
+        labels = [p["prompt_id"].replace("_", " ") for p in rows]
+        share = np.array([p["shares"][g] for p in rows])
+        ci = [proportion(p["counts"][g], p["n_faces"]) for p in rows]
+        err = np.array([[s - c["ci_low"] for s, c in zip(share, ci)], [c["ci_high"] - s for s, c in zip(share, ci)]])
+        ax.barh(y, share, xerr=err, color=COLORS[1], ecolor="#333333", capsize=2, label=f"share {g}")
+        ax.axvline(0.5, color="black", linestyle="--", linewidth=1, label="parity (0.5)")
+        ax.set_xlabel(f"share of faces classified {g} (95 % Wilson interval)")
+    else:
+        left = np.zeros(len(rows))
+        for k, g in enumerate(groups):
+            vals = np.array([p["shares"][g] for p in rows])
+            ax.barh(y, vals, left=left, color=COLORS[k % len(COLORS)], label=g)
+            left += vals
+        ax.axvline(1 / len(groups), color="black", linestyle=":", linewidth=1)
+        ax.set_xlabel("share of faces per group (sorted by fairness discrepancy)")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_title(f"{attr}: per-prompt shares ({len(rows)} prompts, n = faces per prompt)")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(run: dict[str, Any], base: dict[str, Any], run_name: str, base_name: str, path: Path,
+                    metrics: tuple[str, ...] = ("fd", "kl", "bias_gap")) -> Path | None:
+    """Aggregate metrics of a method and its baseline side by side, with bootstrap intervals."""
+    attrs = [a for a in run["attributes"] if a in base["attributes"] and "*" not in a]
+    if not attrs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
+    x = np.arange(len(attrs))
+    for ax, m in zip(axes[0], metrics):
+        for j, (name, res) in enumerate(((base_name, base), (run_name, run))):
+            est = [res["attributes"][a]["aggregate"][m] for a in attrs]
+            vals = np.array([e["value"] for e in est])
+            err = np.array([[e["value"] - e["ci_low"] for e in est], [e["ci_high"] - e["value"] for e in est]])
+            ax.bar(x + (j - 0.5) * 0.38, vals, 0.38, yerr=err, capsize=3, color=COLORS[j], label=name)
+        ax.set_xticks(x, attrs)
+        ax.set_ylabel(f"{m} (lower is fairer)")
+        ax.set_title(m)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("method vs baseline: mean over prompts, 95 % bootstrap intervals")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def image_grid(run_dir: Path, rows: list[dict[str, Any]], prompt_ids: list[str], path: Path, per_row: int = 8,
+               cell: int = 96) -> Path | None:
+    """One row of images per prompt (the first `per_row` samples), prompt id written on the left."""
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    prompt_ids = [p for p in prompt_ids if p in by_prompt]
+    if not prompt_ids:
+        return None
+    label_w = 170
+    grid = Image.new("RGB", (label_w + per_row * (cell + 2), len(prompt_ids) * (cell + 2)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, pid in enumerate(prompt_ids):
+        y = i * (cell + 2)
+        draw.text((4, y + cell // 2 - 6), pid.replace("_", " ")[:26], fill="black")
+        for j, r in enumerate(by_prompt[pid][:per_row]):
+            im = Image.open(run_dir / r["image"]).convert("RGB")
+            grid.paste(im.resize((cell, cell), Image.NEAREST if im.width < cell else Image.BICUBIC),
+                       (label_w + j * (cell + 2), y))
+    grid.save(path)
+    return path

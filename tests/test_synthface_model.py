@@ -1,0 +1,64 @@
+"""The shipped synthface model and classifier: offline loading, classifier quality, default run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fairbench.cli.main import main
+from fairbench.synthface.pipeline import ASSETS
+
+
+def test_assets_ship_inside_the_package_and_are_small():
+    files = [p for p in ASSETS.rglob("*") if p.is_file()]
+    names = {p.relative_to(ASSETS).as_posix() for p in files}
+    assert {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+            "scheduler/scheduler_config.json", "classifier.safetensors", "classifier.json", "MODEL_CARD.md"} <= names
+    assert sum(p.stat().st_size for p in files) < 25e6
+
+
+def test_pipeline_loads_offline_and_is_seed_deterministic():
+    import torch
+
+    from fairbench.models import load_backend
+    from fairbench.models.backend import SamplingParams
+
+    backend = load_backend("synthface")
+    params = SamplingParams(steps=5, guidance_scale=2.0)
+    cond = backend.encode(["a photo of the face of a nurse"] * 3, guidance_scale=2.0)
+    a, _ = backend.generate(cond, [torch.Generator().manual_seed(s) for s in (1, 2, 3)], params)
+    b, _ = backend.generate(cond, [torch.Generator().manual_seed(s) for s in (1, 2, 3)], params)
+    assert [np.asarray(x).tobytes() for x in a] == [np.asarray(x).tobytes() for x in b]
+    assert np.asarray(a[0]).shape == (32, 32, 3)
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))
+
+
+def test_shipped_classifier_on_fresh_renders():
+    from fairbench.synthface.classifier import evaluate_classifier, load_classifier
+
+    net, meta = load_classifier(str(ASSETS))
+    report = evaluate_classifier(net, 400, 100, seed=4242)  # renders never seen in training
+    assert report["gender"]["accuracy"] >= 0.97
+    assert report["skin_tone"]["accuracy"] >= 0.93
+    assert report["age2"]["accuracy"] >= 0.93
+    assert report["family"]["accuracy"] >= 0.95
+    assert report["face"]["recall"] >= 0.98 and report["face"]["false_positive_rate"] <= 0.02
+    # the shipped confusion matrices are row-stochastic and match the group order
+    for head in ("gender", "skin_tone", "age2"):
+        c = np.asarray(meta["heldout"][head]["confusion"])
+        assert c.shape == (len(meta["groups"][head]),) * 2 and np.allclose(c.sum(1), 1)
+
+
+def test_default_run_is_synthface_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--n", "2", "--limit", "3", "--no-progress", "--n-boot", "50"]) == 0
+    run_dir = tmp_path / "runs" / "vanilla-synthface-occupations"
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["spec"]["model"] == "synthface" and run["spec"]["classifier"] == "synthface"
+    assert run["spec"]["steps"] == 15 and run["spec"]["split"] == "test"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"gender", "skin_tone", "age2", "gender*skin_tone"} <= set(metrics["attributes"])
+    assert metrics["n_images"] == 6 and "family_accuracy" in metrics["alignment"]
+    assert "corrected_shares" in metrics["attributes"]["gender"]["per_prompt"][0] or metrics["n_faces"] == 0
