@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test regression bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,13 +17,19 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP)
 
-# Main job. Until the synthface world lands, it runs vanilla on a tiny random SD pipeline.
+# Main job: the benchmark on the embedded synthface world, offline on a CPU.
 run: $(STAMP)
-	test -f .cache/tiny-sd/model_index.json || $(BIN)/fairbench make-tiny-sd .cache/tiny-sd
-	$(BIN)/fairbench run --method vanilla --model .cache/tiny-sd --n 4 --limit 6 --steps 2 --out runs/quickstart
+	HF_HUB_OFFLINE=1 $(BIN)/fairbench run --method vanilla
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	$(MAKE) regression
+
+# A small synthface run checked against the committed reference numbers.
+regression: $(STAMP)
+	rm -rf runs/ci-regression
+	HF_HUB_OFFLINE=1 $(BIN)/fairbench run --method vanilla --n 8 --limit 12 --no-progress --out runs/ci-regression
+	$(BIN)/fairbench check runs/ci-regression --against results/synthface_ci_reference.json
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_generation.py

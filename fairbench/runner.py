@@ -119,6 +119,7 @@ def run(cfg: RunConfig) -> RunOutcome:
     method = build_method(cfg.method, cfg.method_args)
     detector, classifier = build_labellers(cfg, device)
     backend = load_backend(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler)
+    method.prepare(backend, suite)
     method.apply_to_model(backend)
     params = SamplingParams(cfg.steps, cfg.guidance_scale, cfg.height, cfg.width, cfg.negative_prompt)
     units = make_units(suite, cfg.method, resolve_model(cfg.model), cfg.n, cfg.seed, cfg.split, cfg.limit)

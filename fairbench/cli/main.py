@@ -186,6 +186,29 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """fairbench train --method fairmap --model M --out DIR."""
+    from pathlib import Path
+
+    import json
+
+    from fairbench.methods import build_method
+    from fairbench.methods.fairmap import train_and_save
+    from fairbench.models import load_backend
+    from fairbench.prompts import load_suite
+
+    if args.method != "fairmap":
+        raise UserError(f"method {args.method!r} has nothing to train (trainable: fairmap)")
+    method = build_method(args.method, _key_values(args.method_arg, "--method-arg"))
+    backend = load_backend(args.model, dtype=args.dtype, device=args.device)
+    out = train_and_save(backend, load_suite(args.suite or method.train_suite), method.cfg, Path(args.out))
+    meta = json.loads((out / "mapping.json").read_text())
+    t = meta["training"]
+    print(f"Fair Mapping (reconstruction) written to {out}: {t['n_prompts']} training prompts, "
+          f"attributes {', '.join(method.cfg.attributes)}, encode {t['encode_seconds']} s, train {t['train_seconds']} s")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """fairbench check RUN_DIR --against REF."""
     from pathlib import Path
@@ -262,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-model")
     p.add_argument("--clip-revision")
     p.add_argument("--batch-size", type=int, default=64)
+    p = sub.add_parser("train", help="train a trainable method (fairmap) and write its checkpoint")
+    p.add_argument("--method", required=True)
+    p.add_argument("--model", default="synthface")
+    p.add_argument("--suite", help="training suite (default: the method's, occupations)")
+    p.add_argument("--method-arg", action="append", metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
     p = sub.add_parser("check", help="exit 1 when a run's metrics regressed against a reference")
     p.add_argument("run_dir")
     p.add_argument("--against", required=True, help="reference JSON (fairbench reference) or a run directory")
@@ -281,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "leaderboard": cmd_leaderboard,
             "make-tiny-sd": cmd_make_tiny_sd, "merge": cmd_merge, "classify": cmd_classify,
             "synthface": cmd_synthface, "quality": cmd_quality, "fetch-inception": cmd_fetch_inception,
-            "check": cmd_check, "reference": cmd_reference}
+            "check": cmd_check, "reference": cmd_reference, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fairbench.errors import UserError
 from fairbench.methods.base import LEVELS, Method
+from fairbench.methods.fairmap import FairMapping
 from fairbench.methods.vanilla import Vanilla
 from fairbench.registry import Registry
 
@@ -21,6 +22,7 @@ def register_method(name: str, cls: type[Method]) -> None:
 
 
 register_method("vanilla", Vanilla)
+register_method("fairmap", FairMapping)
 
 
 def build_method(name: str, args: dict[str, Any] | None = None) -> Method:

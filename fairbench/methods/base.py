@@ -35,6 +35,9 @@ class Method:
             raise TypeError(f"unexpected argument(s): {', '.join(kwargs)}")
         self.args: dict[str, Any] = {}
 
+    def prepare(self, backend: DiffusersBackend, suite: Any) -> None:
+        """Load or fit what the method needs (checkpoints, statistics), once, before generation."""
+
     def apply_to_model(self, backend: DiffusersBackend) -> None:
         """Weights level: edit the model in place, once, before any image is generated."""
 

@@ -1,0 +1,286 @@
+"""`fairmap`: Fair Mapping (Li, Hu, Zhang, Zheng, Zhang, Wang; "Fair Text-to-Image Diffusion via
+Fair Mapping", AAAI 2025, arXiv 2311.17695). No official code is public: this is a documented
+RECONSTRUCTION (docs/fairmap.md). Known parts are implemented as published; every unpublished
+detail is a parameter with the default below.
+
+Known: text encoder and diffusion model frozen; a small mapping network M after the text encoder
+maps the conditioning token states; loss L = L_text + lambda * L_fair, where L_text keeps M(E(p))
+close to E(p) and L_fair makes the mapped neutral embedding equidistant from the embeddings of the
+prompt specialised to each group; at inference a keyword detector bypasses M for prompts that
+already name a group.
+
+Reconstruction defaults (unknown in the paper): M = one linear d x d layer with bias, identity
+initialised (`depth` > 1: residual MLP, last layer zero-initialised, still identity at start);
+group embeddings mapped too (`map_groups`); d = Euclidean distance per token, averaged over
+tokens; L_fair = sum_j (d(v, v_j) - mean_k d(v, v_k))^2 per attribute, summed over attributes;
+L_text = mean over prompts and tokens of ||M(E(p)) - E(p)||^2; lambda = 1; Adam, lr 1e-3, 400
+full-batch steps; training prompts = the suite's training split; group words = the adjectives
+of prompts/attributes.yaml; detector words = their `words` lists; the unconditional (negative)
+embedding is not mapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fairbench.errors import UserError
+from fairbench.io import atomic_write_json
+from fairbench.methods.base import Method
+from fairbench.models.backend import Conditioning, DiffusersBackend
+from fairbench.prompts import SuiteSpec, attribute
+from fairbench.units import WorkUnit
+
+SOURCE = "Li et al., Fair Mapping (AAAI 2025, arXiv 2311.17695); fairbench reconstruction"
+
+
+class MappingNetwork(nn.Module):
+    """Token-wise map R^d -> R^d, identity at initialisation."""
+
+    def __init__(self, dim: int, depth: int = 1, hidden: int | None = None) -> None:
+        super().__init__()
+        self.dim, self.depth = dim, depth
+        if depth == 1:
+            self.linear = nn.Linear(dim, dim)
+            with torch.no_grad():
+                self.linear.weight.copy_(torch.eye(dim))
+                self.linear.bias.zero_()
+        else:
+            width = hidden or dim
+            dims = [dim] + [width] * (depth - 1) + [dim]
+            layers: list[nn.Module] = []
+            for i in range(depth):
+                layers.append(nn.Linear(dims[i], dims[i + 1]))
+                if i < depth - 1:
+                    layers.append(nn.GELU())
+            self.mlp = nn.Sequential(*layers)
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) if self.depth == 1 else x + self.mlp(x)
+
+
+def token_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance per token, averaged over tokens: (..., L, D) x (..., L, D) -> (...)."""
+    return (a - b).norm(dim=-1).mean(dim=-1)
+
+
+def fairness_loss(v: torch.Tensor, v_groups: torch.Tensor) -> torch.Tensor:
+    """sum_j (d(v, v_j) - mean_k d(v, v_k))^2, averaged over prompts. v: (P, L, D); v_groups: (P, K, L, D)."""
+    d = token_distance(v.unsqueeze(1), v_groups)  # (P, K)
+    return ((d - d.mean(dim=1, keepdim=True)) ** 2).sum(dim=1).mean()
+
+
+def text_loss(mapped: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Mean over prompts and tokens of ||M(E(p)) - E(p)||^2."""
+    return ((mapped - original) ** 2).sum(dim=-1).mean()
+
+
+@dataclass
+class FairMapConfig:
+    """Hyperparameters (the unpublished ones carry fairbench's defaults)."""
+
+    attributes: list[str] = field(default_factory=lambda: ["gender"])
+    lambda_fair: float = 1.0
+    depth: int = 1
+    hidden: int | None = None
+    map_groups: bool = True
+    lr: float = 1e-3
+    steps: int = 400
+    seed: int = 0
+    split: str = "train"
+    use_text_loss: bool = True
+    use_fair_loss: bool = True
+
+
+def training_texts(suite: SuiteSpec, attributes: list[str], split: str) -> tuple[list[str], dict[str, list[list[str]]]]:
+    """Neutral prompts of the split and, per attribute, each prompt specialised to every group."""
+    prompts = suite.select(split)  # type: ignore[arg-type]
+    if not prompts:
+        raise UserError(f"suite {suite.name!r} has no {split!r} prompts to train Fair Mapping on")
+    neutral = [suite.text(p) for p in prompts]
+    groups = {a: [[suite.group_text(p, g.adjective) for g in attribute(a).groups] for p in prompts]
+              for a in attributes}
+    return neutral, groups
+
+
+def text_encoder_hash(backend: DiffusersBackend) -> str:
+    """sha256 over the text encoder's parameters (names, shapes, bytes): which encoder a map fits."""
+    h = hashlib.sha256()
+    for name, t in sorted(backend.text_encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def encode_all(backend: DiffusersBackend, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Conditioning token states of texts, computed once."""
+    chunks = [backend.encode(texts[i : i + batch_size], guidance_scale=0.0).prompt_embeds.float().cpu()
+              for i in range(0, len(texts), batch_size)]
+    return torch.cat(chunks)
+
+
+def fit_mapping(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig) -> tuple[MappingNetwork, dict]:
+    """Train M on cached text embeddings; returns the network and training statistics."""
+    start = time.perf_counter()
+    neutral, groups = training_texts(suite, cfg.attributes, cfg.split)
+    e_neutral = encode_all(backend, neutral)
+    e_groups = {a: encode_all(backend, [t for row in rows for t in row]).view(len(neutral), len(rows[0]),
+                                                                               *e_neutral.shape[1:])
+                for a, rows in groups.items()}
+    encode_s = time.perf_counter() - start
+    torch.manual_seed(cfg.seed)
+    net = MappingNetwork(e_neutral.shape[-1], cfg.depth, cfg.hidden)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    history = []
+    for step in range(cfg.steps):
+        v = net(e_neutral)
+        lt = text_loss(v, e_neutral) if cfg.use_text_loss else torch.zeros(())
+        lf = torch.zeros(())
+        if cfg.use_fair_loss:
+            for e in e_groups.values():
+                lf = lf + fairness_loss(v, net(e) if cfg.map_groups else e)
+        loss = lt + cfg.lambda_fair * lf
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            history.append({"step": step, "loss": loss.item(), "text": lt.item(), "fair": lf.item()})
+    stats = {"n_prompts": len(neutral), "encode_seconds": round(encode_s, 3),
+             "train_seconds": round(time.perf_counter() - start - encode_s, 3), "history": history}
+    return net.eval(), stats
+
+
+class KeywordDetector:
+    """Exact, case-insensitive, whole-word match against the group words of the debiased attributes."""
+
+    def __init__(self, attributes: list[str]) -> None:
+        words = sorted({w.lower() for a in attributes for g in attribute(a).groups for w in g.words + [g.adjective]},
+                       key=len, reverse=True)
+        self.words = words
+        self._pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(w) for w in words) + r")(?![\w-])") if words else None
+
+    def names_group(self, text: str) -> bool:
+        """Whether the prompt already names a group (then Fair Mapping leaves it alone)."""
+        return bool(self._pattern and self._pattern.search(text.lower()))
+
+
+class FairMapping(Method):
+    """Map the prompt's conditioning token states with a trained M (bypassed for prompts naming a group)."""
+
+    level = "embedding"
+    source = SOURCE
+
+    def __init__(self, checkpoint: str | None = None, attributes: str = "gender", lambda_fair: float = 1.0,
+                 depth: int = 1, hidden: int | None = None, steps: int = 400, lr: float = 1e-3,
+                 detector: bool = True, map_groups: bool = True, seed: int = 0,
+                 use_text_loss: bool = True, use_fair_loss: bool = True, train_suite: str = "occupations") -> None:
+        super().__init__()
+        attrs = [a.strip() for a in str(attributes).split(",") if a.strip()]
+        for a in attrs:
+            attribute(a)
+        self.cfg = FairMapConfig(attrs, float(lambda_fair), int(depth), hidden, bool(map_groups), float(lr),
+                                 int(steps), int(seed), "train", bool(use_text_loss), bool(use_fair_loss))
+        self.checkpoint = checkpoint
+        self.train_suite = train_suite
+        self.use_detector = bool(detector)
+        self.detector = KeywordDetector(attrs)
+        self.net: MappingNetwork | None = None
+        self.args = {"checkpoint": checkpoint, "detector": self.use_detector, "train_suite": train_suite,
+                     **asdict(self.cfg)}
+        self.bypassed = 0
+
+    def prepare(self, backend: DiffusersBackend, suite: SuiteSpec) -> None:
+        """Load the checkpoint, or fit one on `train_suite`'s training split (cached by its full specification)."""
+        from fairbench.prompts import load_suite
+
+        if self.checkpoint:
+            self.net, meta = load_checkpoint(Path(self.checkpoint))
+            enc = text_encoder_hash(backend)
+            if meta["text_encoder_sha256"] != enc:
+                raise UserError(f"Fair Mapping checkpoint {self.checkpoint} was trained for another text encoder "
+                                f"({meta['text_encoder_sha256'][:12]}, this model's is {enc[:12]})")
+            self.args["checkpoint_meta"] = {k: meta[k] for k in ("config", "text_encoder", "suite")}
+            return
+        path = train_and_save(backend, load_suite(self.train_suite), self.cfg, cache=True)
+        self.checkpoint = str(path)
+        self.net, _ = load_checkpoint(path)
+        self.args["checkpoint"] = self.checkpoint
+
+    @torch.no_grad()
+    def transform_conditioning(self, cond: Conditioning, units: list[WorkUnit], texts: list[str]) -> Conditioning:
+        """M on the prompt embeddings of rows whose text names no group; the negative embedding stays."""
+        if self.net is None:
+            raise RuntimeError("FairMapping.prepare() must run before generation")
+        pe = cond.prompt_embeds.clone()
+        dev, dt = pe.device, pe.dtype
+        net = self.net.to(dev)
+        for i, text in enumerate(texts):
+            if self.use_detector and self.detector.names_group(text):
+                self.bypassed += 1
+                continue
+            pe[i] = net(pe[i].float()).to(dt)
+        return Conditioning(pe, cond.negative_prompt_embeds)
+
+
+def checkpoint_meta(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig, stats: dict) -> dict:
+    """JSON side of a checkpoint: config, groups, text encoder identity and hash, training data."""
+    return {
+        "method": "fairmap", "reconstruction": True, "source": SOURCE, "config": asdict(cfg),
+        "groups": {a: attribute(a).group_names for a in cfg.attributes},
+        "adjectives": {a: [g.adjective for g in attribute(a).groups] for a in cfg.attributes},
+        "text_encoder": {"model": backend.source, "class": type(backend.text_encoder).__name__},
+        "text_encoder_sha256": text_encoder_hash(backend),
+        "suite": {"name": suite.name, "version": suite.version, "split": cfg.split,
+                  "group_template": suite.group_template},
+        "training": stats,
+    }
+
+
+def save_checkpoint(net: MappingNetwork, meta: dict, out: Path) -> Path:
+    """mapping.safetensors + mapping.json in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "mapping.safetensors"))
+    atomic_write_json(out / "mapping.json", {**meta, "dim": net.dim, "depth": net.depth})
+    return out
+
+
+def load_checkpoint(path: Path) -> tuple[MappingNetwork, dict]:
+    """Load a checkpoint folder written by save_checkpoint."""
+    if not (path / "mapping.json").is_file() or not (path / "mapping.safetensors").is_file():
+        raise UserError(f"{path} is not a Fair Mapping checkpoint (mapping.json + mapping.safetensors)")
+    meta = json.loads((path / "mapping.json").read_text())
+    net = MappingNetwork(meta["dim"], meta["depth"], meta["config"].get("hidden"))
+    net.load_state_dict(load_file(path / "mapping.safetensors"))
+    return net.eval(), meta
+
+
+def cache_key(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig) -> str:
+    """Everything that changes the trained map."""
+    texts = training_texts(suite, cfg.attributes, cfg.split)
+    blob = json.dumps({"cfg": asdict(cfg), "enc": text_encoder_hash(backend), "texts": texts}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def train_and_save(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig, out: Path | None = None,
+                   cache: bool = False) -> Path:
+    """Fit and write a checkpoint (to `out`, or to the cache keyed by the full specification)."""
+    from fairbench.metrics.quality import cache_dir
+
+    if out is None:
+        out = cache_dir().parent / "fairmap" / cache_key(backend, suite, cfg)
+        if cache and (out / "mapping.json").is_file():
+            return out
+    net, stats = fit_mapping(backend, suite, cfg)
+    return save_checkpoint(net, checkpoint_meta(backend, suite, cfg, stats), out)

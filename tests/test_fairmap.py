@@ -1,0 +1,88 @@
+"""Fair Mapping (reconstruction): identity init, losses on hand-built embeddings, detector, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_args
+from fairbench.cli.main import main
+from fairbench.methods.fairmap import (FairMapConfig, KeywordDetector, MappingNetwork, fairness_loss,
+                                       load_checkpoint, text_loss, token_distance, train_and_save)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_identity_initialisation_leaves_embeddings_unchanged(depth):
+    x = torch.randn(2, 77, 32)
+    assert torch.equal(MappingNetwork(32, depth)(x), x) if depth == 1 else torch.allclose(MappingNetwork(32, depth)(x), x)
+    assert text_loss(MappingNetwork(32, depth)(x), x) == 0
+
+
+def test_fairness_loss_zero_when_equidistant_positive_otherwise():
+    v = torch.zeros(1, 2, 3)  # one prompt, 2 tokens, 3 dims
+    # groups at distance 1 and 1 from v on every token -> equal distances
+    g = torch.zeros(1, 2, 2, 3)
+    g[0, 0, :, 0] = 1.0
+    g[0, 1, :, 1] = -1.0
+    assert fairness_loss(v, g) == 0
+    # move group 1 to distance 3: d = (1, 3), mean 2 -> loss (1 - 2)^2 + (3 - 2)^2 = 2
+    g[0, 1, :, 1] = -3.0
+    assert token_distance(v, g[:, 1]) == pytest.approx(3.0)
+    assert fairness_loss(v, g).item() == pytest.approx(2.0)
+
+
+def test_detector_bypasses_on_group_words_only():
+    det = KeywordDetector(["gender", "skin_tone"])
+    assert det.names_group("a photo of the face of a female doctor")
+    assert det.names_group("a photo of the face of a Woman who is a pilot")
+    assert det.names_group("a photo of the face of a dark-skinned nurse")
+    assert not det.names_group("a photo of the face of a doctor")
+    assert not det.names_group("a photo of the face of a salesman")  # 'man' only as a whole word
+    assert not det.names_group("a photo of the face of a chemist")  # 'he' inside a word
+    assert not det.names_group("a photo of the face of a darkroom technician")
+    assert KeywordDetector(["gender"]).names_group("the face of a male nurse")
+
+
+def test_training_reduces_fairness_loss_and_round_trips(tiny_sd, tmp_path):
+    from fairbench.models import load_backend
+    from fairbench.prompts import load_suite
+
+    backend = load_backend(str(tiny_sd))
+    cfg = FairMapConfig(attributes=["gender"], steps=60, lr=1e-2, lambda_fair=1000.0)
+    out = train_and_save(backend, load_suite("occupations"), cfg, tmp_path / "ckpt")
+    net, meta = load_checkpoint(out)
+    hist = meta["training"]["history"]
+    assert hist[-1]["fair"] < 0.5 * hist[0]["fair"]
+    assert meta["reconstruction"] is True and meta["groups"] == {"gender": ["male", "female"]}
+    assert meta["suite"]["split"] == "train" and meta["training"]["n_prompts"] == 122
+    x = torch.randn(3, 77, 32)
+    again, _ = load_checkpoint(out)
+    assert torch.equal(net(x), again(x))
+
+
+def test_tiny_sd_run_with_fairmap_is_deterministic_and_bypasses(tiny_sd, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        args = run_args(tiny_sd, out, "--method", "fairmap", "--method-arg", "steps=20", "--n", "2", "--limit", "2")
+        assert main(args) == 0
+        runs.append(out)
+    rows = [[json.loads(line)["sha256"] for line in (r / "manifest.jsonl").read_text().splitlines()] for r in runs]
+    assert rows[0] == rows[1]
+    run = json.loads((runs[0] / "run.json").read_text())
+    assert run["method"]["level"] == "embedding" and run["method"]["args"]["checkpoint"]
+    vanilla = tmp_path / "vanilla"
+    assert main(run_args(tiny_sd, vanilla, "--n", "2", "--limit", "2")) == 0
+    van = [json.loads(line)["sha256"] for line in (vanilla / "manifest.jsonl").read_text().splitlines()]
+    assert van != rows[0]  # the mapping changed the conditioning
+    # explicit prompts bypass the map: identical to vanilla
+    explicit = [run_args(tiny_sd, tmp_path / f"e{m}", "--suite", "explicit", "--n", "1", "--limit", "2",
+                         *(["--method", "fairmap", "--method-arg", "steps=20"] if m == "fm" else [])) for m in ("fm", "v")]
+    for a in explicit:
+        assert main(a) == 0
+    e = [[json.loads(line)["sha256"] for line in (tmp_path / f"e{m}" / "manifest.jsonl").read_text().splitlines()]
+         for m in ("fm", "v")]
+    assert e[0] == e[1]
