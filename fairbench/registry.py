@@ -69,6 +69,14 @@ class Registry(Generic[T]):
         """The object registered under `name`."""
         return self.entry(name).obj
 
+    def build(self, name: str, args: dict[str, Any] | None = None) -> Any:
+        """Instantiate the class registered under `name`; bad arguments become a UserError."""
+        cls = self.get(name)
+        try:
+            return cls(**(args or {}))  # type: ignore[operator]
+        except TypeError as exc:
+            raise UserError(f"{self.kind} {name!r}: {exc}") from None
+
     def __iter__(self) -> Iterator[Entry[T]]:
         self._load_plugins()
         return iter(sorted(self._entries.values(), key=lambda e: e.name))

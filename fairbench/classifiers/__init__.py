@@ -9,7 +9,6 @@ from fairbench.classifiers.base import AttributeClassifier
 from fairbench.classifiers.clip import CLIPClassifier
 from fairbench.classifiers.fairface import FairFaceClassifier
 from fairbench.classifiers.synthface import SynthFaceClassifier
-from fairbench.errors import UserError
 from fairbench.registry import Registry
 
 CLASSIFIERS: Registry[type[AttributeClassifier]] = Registry("classifier")
@@ -19,14 +18,10 @@ for _cls in (AgeGenderClassifier, FairFaceClassifier, CLIPClassifier, SynthFaceC
 
 def build_classifier(name: str, args: dict[str, Any] | None = None, device: str = "cpu") -> AttributeClassifier:
     """Instantiate a registered classifier with its --classifier-arg values."""
-    cls = CLASSIFIERS.get(name)
     args = dict(args or {})
-    if "device" in cls.__init__.__code__.co_varnames:
+    if "device" in CLASSIFIERS.get(name).__init__.__code__.co_varnames:
         args.setdefault("device", device)
-    try:
-        return cls(**args)
-    except TypeError as exc:
-        raise UserError(f"classifier {name!r}: {exc}") from None
+    return CLASSIFIERS.build(name, args)
 
 
 __all__ = ["CLASSIFIERS", "AttributeClassifier", "build_classifier"]

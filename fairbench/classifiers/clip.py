@@ -17,6 +17,7 @@ from PIL import Image
 
 from fairbench.classifiers.base import AttributeClassifier, softmax
 from fairbench.errors import UserError
+from fairbench.hub import from_pretrained
 from fairbench.prompts import attribute
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # ITI-GEN's classifier (ViT-B/32)
@@ -55,12 +56,8 @@ class CLIPClassifier(AttributeClassifier):
         self.model_id, self.revision, self.device, self.batch_size = model, revision, device, int(batch_size)
         self.attributes = tuple(a.strip() for a in attributes.split(",") if a.strip())
         self.texts = load_class_texts(self.attributes, templates)
-        try:
-            self.model = CLIPModel.from_pretrained(model, revision=revision).eval().to(device)
-            self.processor = CLIPProcessor.from_pretrained(model, revision=revision)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load CLIP model {model!r} (local folder or reachable hub id): "
-                            f"{str(exc).splitlines()[0][:200]}") from None
+        self.model = from_pretrained(CLIPModel, model, revision, "CLIP model").eval().to(device)
+        self.processor = from_pretrained(CLIPProcessor, model, revision, "CLIP processor")
         self._text_features = {a: self._encode_texts(t) for a, t in self.texts.items()}
 
     @torch.no_grad()

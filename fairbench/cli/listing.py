@@ -52,6 +52,10 @@ def list_kind(kind: str) -> None:
         _table("fairness metrics", ["name", "higher is better", "anchor", "definition"],
                [[e.name, e.obj.higher_is_better, e.obj.anchor, (e.obj.fn.__doc__ or "").split(":", 1)[-1].strip()]
                 for e in FAIRNESS_METRICS])
+    elif kind == "extractors":
+        from fairbench.metrics.features import EXTRACTORS
+
+        _table("feature extractors (FD/KID)", ["name", "source"], [[e.name, e.meta["source"]] for e in EXTRACTORS])
     elif kind == "attributes":
         from fairbench.prompts import load_attributes
 

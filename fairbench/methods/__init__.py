@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fairbench.errors import UserError
 from fairbench.methods.base import LEVELS, Method
 from fairbench.methods.fairmap import FairMapping
 from fairbench.methods.vanilla import Vanilla
@@ -27,11 +26,7 @@ register_method("fairmap", FairMapping)
 
 def build_method(name: str, args: dict[str, Any] | None = None) -> Method:
     """Instantiate a registered method with its --method-arg values."""
-    cls = METHODS.get(name)
-    try:
-        return cls(**(args or {}))
-    except TypeError as exc:
-        raise UserError(f"method {name!r}: {exc}") from None
+    return METHODS.build(name, args)
 
 
 __all__ = ["METHODS", "Method", "build_method", "register_method"]

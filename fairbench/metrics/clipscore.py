@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from fairbench.errors import UserError
+from fairbench.hub import from_pretrained
 from fairbench.io import read_jsonl
 
 
@@ -25,11 +26,8 @@ class CLIPScorer:
                  device: str = "cpu") -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        try:
-            self.model = CLIPModel.from_pretrained(model, revision=revision).eval().to(device)
-            self.processor = CLIPProcessor.from_pretrained(model, revision=revision)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load CLIP model {model!r}: {str(exc).splitlines()[0][:200]}") from None
+        self.model = from_pretrained(CLIPModel, model, revision, "CLIP model").eval().to(device)
+        self.processor = from_pretrained(CLIPProcessor, model, revision, "CLIP processor")
         self.model_id, self.revision, self.device = model, revision, device
         self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
 

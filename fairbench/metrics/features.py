@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fairbench.errors import UserError
+from fairbench.hub import from_pretrained
 from fairbench.io import sha256_file
 from fairbench.registry import Registry
 
@@ -108,11 +109,8 @@ class CLIPExtractor(FeatureExtractor):
         super().__init__()
         from transformers import CLIPModel, CLIPProcessor
 
-        try:
-            self.model = CLIPModel.from_pretrained(model, revision=revision).eval()
-            self.processor = CLIPProcessor.from_pretrained(model, revision=revision)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load CLIP model {model!r}: {str(exc).splitlines()[0][:200]}") from None
+        self.model = from_pretrained(CLIPModel, model, revision, "CLIP model").eval()
+        self.processor = from_pretrained(CLIPProcessor, model, revision, "CLIP processor")
         self.input_size = int(self.model.config.vision_config.image_size)
         self.num_features = int(self.model.config.projection_dim)
         self.identity = f"clip:{model}@{revision or 'default'}"
@@ -132,11 +130,8 @@ class DINOv2Extractor(FeatureExtractor):
         super().__init__()
         from transformers import AutoImageProcessor, Dinov2Model
 
-        try:
-            self.model = Dinov2Model.from_pretrained(model, revision=revision).eval()
-            self.processor = AutoImageProcessor.from_pretrained(model, revision=revision)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load DINOv2 model {model!r}: {str(exc).splitlines()[0][:200]}") from None
+        self.model = from_pretrained(Dinov2Model, model, revision, "DINOv2 model").eval()
+        self.processor = from_pretrained(AutoImageProcessor, model, revision, "DINOv2 processor")
         self.input_size = int(self.model.config.image_size)
         self.num_features = int(self.model.config.hidden_size)
         self.identity = f"dinov2:{model}@{revision or 'default'}"
@@ -156,8 +151,4 @@ EXTRACTORS.add("dinov2", DINOv2Extractor, source="DINOv2 CLS features (hub id or
 
 def build_extractor(name: str, args: dict[str, Any] | None = None) -> FeatureExtractor:
     """Instantiate a registered extractor with its --extractor-arg values."""
-    cls = EXTRACTORS.get(name)
-    try:
-        return cls(**(args or {}))
-    except TypeError as exc:
-        raise UserError(f"feature extractor {name!r}: {exc}") from None
+    return EXTRACTORS.build(name, args)
