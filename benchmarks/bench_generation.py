@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--model", help="synthface or a pipeline folder (default: a fresh make-tiny-sd)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--n", type=int, default=8, help="images per prompt")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, help="default: the model's (synthface 64, SD 8)")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--repeats", type=int, default=3)
@@ -97,6 +97,7 @@ def main() -> None:
     backend = load_backend(model)
     defaults = model_defaults(model)
     args.steps = args.steps or defaults["steps"]
+    args.batch_size = args.batch_size or defaults["batch_size"]
     args.guidance = defaults["guidance_scale"] if args.guidance is None else args.guidance
     units = make_units(load_suite("occupations"), "vanilla", model, args.n, 0, "test", args.prompts)
     warm = units[: args.batch_size]

@@ -34,7 +34,7 @@ class RunConfig(BaseModel):
     limit: int | None = Field(default=None, gt=0)
     n: int = Field(default=16, gt=0, description="images per prompt")
     seed: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=8, gt=0)
+    batch_size: int | None = Field(default=None, gt=0, description="None: the model's default")
     batch_invariant: bool = False
     steps: int | None = Field(default=None, gt=0, description="None: the model's default")
     guidance_scale: float | None = Field(default=None, ge=0, description="None: the model's default")
@@ -70,7 +70,7 @@ class RunConfig(BaseModel):
         return v
 
     def with_model_defaults(self) -> "RunConfig":
-        """Fill the unset model-dependent options (steps, guidance, classifier, detector)."""
+        """Fill the unset model-dependent options (steps, guidance, batch size, classifier, detector)."""
         from fairbench.models import model_defaults
 
         defaults = model_defaults(self.model)

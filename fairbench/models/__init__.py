@@ -11,13 +11,14 @@ from fairbench.registry import Registry
 # name -> hub id or folder (hub weights load where the hub or its cache is reachable)
 MODELS: Registry[str] = Registry("model")
 MODELS.add("synthface", "synthface", family="embedded default world (ships inside fairbench, offline)",
-           defaults={"steps": 15, "guidance_scale": 2.0, "classifier": "synthface", "detector": "synthface"})
+           defaults={"steps": 15, "guidance_scale": 2.0, "batch_size": 64, "classifier": "synthface",
+                     "detector": "synthface"})
 MODELS.add("sd14", "CompVis/stable-diffusion-v1-4", family="Stable Diffusion 1.4")
 MODELS.add("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", family="Stable Diffusion 1.5")
 MODELS.add("sd21base", "stabilityai/stable-diffusion-2-1-base", family="Stable Diffusion 2.1 base")
 
 
-SD_DEFAULTS = {"steps": 25, "guidance_scale": 7.5, "classifier": "agegender", "detector": "mtcnn"}
+SD_DEFAULTS = {"steps": 25, "guidance_scale": 7.5, "batch_size": 8, "classifier": "agegender", "detector": "mtcnn"}
 
 
 def model_defaults(name: str) -> dict:
