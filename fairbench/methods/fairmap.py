@@ -212,6 +212,8 @@ class FairMapping(Method):
                 raise UserError(f"Fair Mapping checkpoint {self.checkpoint} was trained for another text encoder "
                                 f"({meta['text_encoder_sha256'][:12]}, this model's is {enc[:12]})")
             self.args["checkpoint_meta"] = {k: meta[k] for k in ("config", "text_encoder", "suite")}
+            self.cfg = FairMapConfig(**meta["config"])
+            self.detector = KeywordDetector(self.cfg.attributes)  # the words of the attributes it was trained for
             return
         path = train_and_save(backend, load_suite(self.train_suite), self.cfg, cache=True)
         self.checkpoint = str(path)
