@@ -118,9 +118,21 @@ def render_set(n: int, seed: int, n_occupations: int | None = None) -> RenderSet
     return RenderSet(images=images, **lab)
 
 
-def sample_caption_rows(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Caption rows for a batch of render indices (caption kind drawn per sample)."""
+def kind_probabilities(neutral_share: float | None = None) -> np.ndarray:
+    """Probabilities of KINDS among non-empty captions; `neutral_share` overrides the neutral kind's
+    (named kinds rescaled to the rest). None: KINDS as listed (5/9 neutral)."""
     probs = np.array([p for _, p in KINDS])
-    kinds = rng.choice(len(KINDS), size=len(idx), p=probs / probs.sum())
+    probs = probs / probs.sum()
+    if neutral_share is not None:
+        probs[1:] *= (1 - neutral_share) / probs[1:].sum()
+        probs[0] = neutral_share
+    return probs
+
+
+def sample_caption_rows(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng: np.random.Generator,
+                        neutral_share: float | None = None) -> np.ndarray:
+    """Caption rows for a batch of render indices (caption kind drawn per sample)."""
+    probs = kind_probabilities(neutral_share)
+    kinds = rng.choice(len(KINDS), size=len(idx), p=probs)
     rows = table.index[rs.occupation[idx], kinds, rs.gender[idx], rs.skin[idx], rs.age[idx]]
     return np.where(rng.random(len(idx)) < P_EMPTY, 0, rows)

@@ -39,6 +39,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     prediction_type: str = "v_prediction"
     n_occupations: int | None = None  # first N occupations only (smoke tests)
+    neutral_share: float | None = None  # share of non-empty captions naming no group (None: 5/9)
+    init_from: str | None = None  # start from these UNet weights (a second training stage)
 
 
 def build_data(out: Path, cfg: TrainConfig) -> tuple[RenderSet, torch.Tensor, CaptionTable]:
@@ -66,7 +68,7 @@ def _batch(step: int, cfg: TrainConfig, rs: RenderSet, emb: torch.Tensor, table:
     x = rs.images[idx].astype(np.float32) / 127.5 - 1.0
     flip = rng.random(cfg.batch_size) < 0.5
     x[flip] = x[flip, :, ::-1]
-    rows = sample_caption_rows(table, rs, idx, rng)
+    rows = sample_caption_rows(table, rs, idx, rng, cfg.neutral_share)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     t = torch.randint(0, n_timesteps, (cfg.batch_size,), generator=gen)
     noise = torch.randn(cfg.batch_size, 3, 32, 32, generator=gen)
@@ -96,6 +98,10 @@ def train_unet(out: str | Path, cfg: TrainConfig, max_minutes: float | None = No
     rs, emb, table = build_data(out, cfg)
     train_sched, sampler = make_scheduler(cfg.prediction_type)
     unet = make_unet()
+    if cfg.init_from:
+        from diffusers import UNet2DConditionModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(cfg.init_from).state_dict())
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
     step = 0
     if (out / "checkpoint" / "state.json").exists():
