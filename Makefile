@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test regression bench clean
+.PHONY: setup run test regression bench synthface clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,16 @@ regression: $(STAMP)
 	rm -rf runs/ci-regression
 	HF_HUB_OFFLINE=1 $(BIN)/fairbench run --method vanilla --n 8 --limit 12 --no-progress --out runs/ci-regression
 	$(BIN)/fairbench check runs/ci-regression --against results/synthface_ci_reference.json
+
+# Rebuild the synthface world from scratch (about 80 minutes on 2 CPU cores; every stage resumes).
+synthface: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/fairbench synthface train --out .cache/synthface-train --steps 3600
+	mkdir -p .cache/synthface-ft
+	cp .cache/synthface-train/renders.npz .cache/synthface-train/captions.safetensors .cache/synthface-ft/
+	HF_HUB_OFFLINE=1 $(BIN)/fairbench synthface train --out .cache/synthface-ft --steps 800 \
+		--init-from .cache/synthface-train/final/unet --neutral-share 0.2 --lr 2e-4
+	$(BIN)/fairbench synthface train-classifier --out .cache/synthface-classifier
+	$(BIN)/fairbench synthface install --model-dir .cache/synthface-ft/final --classifier-dir .cache/synthface-classifier
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_generation.py

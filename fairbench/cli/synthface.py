@@ -23,7 +23,7 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-progress", action="store_true")
     c = ss.add_parser("train-classifier", help="train the synthface attribute classifier on renders")
     c.add_argument("--out", default=".cache/synthface-classifier")
-    c.add_argument("--steps", type=int, default=2500)
+    c.add_argument("--steps", type=int, default=1500)
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--no-progress", action="store_true")
     g = ss.add_parser("grid", help="write a labelled sample grid PNG (one row per prompt)")

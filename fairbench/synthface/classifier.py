@@ -87,7 +87,7 @@ class ClassifierTrainConfig:
     n_positive: int = 24_000
     n_negative: int = 6_000
     n_heldout: int = 4_000
-    steps: int = 2_500
+    steps: int = 1_500
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 1
