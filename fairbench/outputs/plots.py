@@ -56,7 +56,7 @@ def plot_shares(attr: str, res: dict[str, Any], path: Path, max_prompts: int = 6
     ax.set_yticks(y, labels, fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_title(f"{attr}: per-prompt shares ({len(rows)} prompts, n = faces per prompt)")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

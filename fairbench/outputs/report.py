@@ -67,8 +67,8 @@ def render_report(run_dir: Path, baseline: Path | None = None) -> str:
     lines += _quality_lines(metrics)
     if baseline is not None:
         base_run, base_metrics = read_run(baseline)
-        path = plot_comparison(metrics, base_metrics, run["spec"]["method"], base_run["spec"]["method"],
-                               fig_dir / "comparison.png")
+        path = plot_comparison(metrics, base_metrics, f"{run['spec']['method']} ({run_dir.name})",
+                               f"{base_run['spec']['method']} ({Path(baseline).name})", fig_dir / "comparison.png")
         if path:
             lines += [f"## {run['spec']['method']} vs {base_run['spec']['method']} (`{baseline}`)", "",
                       f"![comparison](figures/{path.name})", ""]
