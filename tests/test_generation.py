@@ -146,12 +146,19 @@ def test_resume_refuses_a_different_run(tiny_sd, reference_run, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_accelerate_two_processes_match_one(tiny_sd, reference_run, tmp_path):
+def test_accelerate_two_processes_match_one(tiny_sd, tmp_path):
+    # CPU kernels reduce in a thread-count-dependent order and torchrun gives each worker one
+    # thread, so the single-process reference runs with one thread too
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference_run = tmp_path / "one"
+    res = subprocess.run(_fairbench_cmd() + run_args(tiny_sd, reference_run, "--n", "3", "--limit", "5"), env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
     launcher = Path(sys.executable).with_name("accelerate")
     out = tmp_path / "acc"
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "fairbench"] + run_args(tiny_sd, out, "--n", "3", "--limit", "5")
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == 2
