@@ -22,7 +22,7 @@ from fairbench.errors import UserError
 from fairbench.faces import DETECTORS
 from fairbench.generation.engine import run_generation
 from fairbench.generation.manifest import MANIFEST, consolidate
-from fairbench.io import atomic_write_bytes, ensure_writable_dir, read_jsonl, sha256_file
+from fairbench.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir, read_jsonl, sha256_file
 from fairbench.labels import LABELS, label_images
 from fairbench.methods import build_method
 from fairbench.metrics.alignment import family_accuracy
@@ -32,7 +32,6 @@ from fairbench.models.backend import SamplingParams
 from fairbench.outputs.rundir import (METRICS_JSON, RUN_JSON, git_sha, hardware, library_versions, read_json,
                                       write_run_json)
 from fairbench.outputs.tables import write_tables
-from fairbench.io import atomic_write_json
 from fairbench.prompts import SUITES, load_suite
 from fairbench.units import make_units
 

@@ -10,11 +10,10 @@ Usage: python scripts/fairmap_ablation.py [--n 40] [--out runs/ablation]
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from fairbench.config import build_config
-from fairbench.runner import quality_run, run
+from fairbench.runner import run
 
 VARIANTS = {
     "full (lambda 1, 1 layer)": {},

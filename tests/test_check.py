@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
-import pytest
 
 from fairbench.cli.main import main
 from fairbench.outputs.check import compare, headline
