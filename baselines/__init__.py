@@ -1,9 +1,25 @@
 """Competing debiasing methods, registered into fairbench's method registry.
 
 Registration goes through the `fairbench.methods` entry point (pyproject.toml), exactly as a
-third-party package would plug in its own method.
+third-party package would plug in its own method. One module per method:
+
+  entigen        prompt text   ethical intervention appended (Bansal et al. 2022)
+  hardprompt     prompt text   a uniformly sampled group named per image (reference upper bound)
+  debiasvl       embedding     calibrated projection (Chuang et al. 2023)
+  fairdiffusion  guidance      SEGA guidance, random direction per image (Friedrich et al. 2023)
+  uce            weights       closed-form cross-attention edit (Gandikota et al. 2024)
 """
 
 
 def register() -> None:
     """Register every baseline method (called once by fairbench's method registry)."""
+    from baselines.debiasvl import DebiasVL
+    from baselines.entigen import Entigen
+    from baselines.fairdiffusion import FairDiffusion
+    from baselines.hardprompt import HardPrompt
+    from baselines.uce import UCE
+    from fairbench.methods import register_method
+
+    for name, cls in (("entigen", Entigen), ("hardprompt", HardPrompt), ("debiasvl", DebiasVL),
+                      ("fairdiffusion", FairDiffusion), ("uce", UCE)):
+        register_method(name, cls)

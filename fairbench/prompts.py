@@ -188,3 +188,40 @@ def attribute(name: str) -> AttributeSpec:
     if name not in attrs:
         raise UserError(f"unknown attribute {name!r}. Available: {', '.join(attrs)}")
     return attrs[name]
+
+
+def parse_attributes(value: str | list[str]) -> list[str]:
+    """Attribute names from a --method-arg value ("gender,skin_tone"), each checked against attributes.yaml."""
+    names = [a.strip() for a in (value.split(",") if isinstance(value, str) else value) if a.strip()]
+    if not names:
+        raise UserError("no attribute given (e.g. attributes=gender or attributes=gender,skin_tone)")
+    for a in names:
+        attribute(a)
+    return names
+
+
+def subject_of(suite: SuiteSpec, prompt: PromptSpec) -> str:
+    """The prompt's subject (e.g. the occupation), or an error naming the suite."""
+    if not suite.subject_var or suite.subject_var not in prompt.vars:
+        raise UserError(f"suite {suite.name!r} declares no subject_var, so the method cannot name the subject")
+    return prompt.vars[suite.subject_var]
+
+
+@lru_cache(maxsize=None)
+def load_prompt_data(name: str) -> dict:
+    """A YAML data file of prompts/ (e.g. interventions.yaml), safely loaded."""
+    return _load_yaml(prompts_dir() / f"{name}.yaml")
+
+
+class KeywordDetector:
+    """Exact, case-insensitive, whole-word match against the group words of the debiased attributes."""
+
+    def __init__(self, attributes: list[str]) -> None:
+        words = sorted({w.lower() for a in attributes for g in attribute(a).groups for w in g.words + [g.adjective]},
+                       key=len, reverse=True)
+        self.words = words
+        self._pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(w) for w in words) + r")(?![\w-])") if words else None
+
+    def names_group(self, text: str) -> bool:
+        """Whether the prompt already names a group (then Fair Mapping leaves it alone)."""
+        return bool(self._pattern and self._pattern.search(text.lower()))

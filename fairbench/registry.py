@@ -74,7 +74,7 @@ class Registry(Generic[T]):
         cls = self.get(name)
         try:
             return cls(**(args or {}))  # type: ignore[operator]
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise UserError(f"{self.kind} {name!r}: {exc}") from None
 
     def __iter__(self) -> Iterator[Entry[T]]:

@@ -25,6 +25,7 @@ from fairbench.generation.manifest import MANIFEST, consolidate
 from fairbench.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir, read_jsonl, sha256_file
 from fairbench.labels import LABELS, label_images
 from fairbench.methods import build_method
+from fairbench.methods.base import MethodContext
 from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
 from fairbench.models import load_backend, resolve_model
@@ -118,9 +119,11 @@ def run(cfg: RunConfig) -> RunOutcome:
     method = build_method(cfg.method, cfg.method_args)
     detector, classifier = build_labellers(cfg, device)
     backend = load_backend(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler)
-    method.prepare(backend, suite)
-    method.apply_to_model(backend)
     params = SamplingParams(cfg.steps, cfg.guidance_scale, cfg.height, cfg.width, cfg.negative_prompt)
+    context = MethodContext(suite, cfg.split, cfg.limit, params, detector, classifier, cfg.seed, cfg.batch_size,
+                            cfg.progress and rank == 0)
+    method.prepare(backend, suite, context)
+    method.apply_to_model(backend)
     units = make_units(suite, cfg.method, resolve_model(cfg.model), cfg.n, cfg.seed, cfg.split, cfg.limit)
     part = (rank, world) if world > 1 else cfg.shard_pair()
 

@@ -20,6 +20,8 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--neutral-share", type=float, help="share of non-empty captions naming no group (default 5/9)")
     t.add_argument("--init-from", help="UNet folder to start from (a second training stage)")
+    t.add_argument("--balanced-renders", type=int, default=0,
+                   help="extra renders with uniform groups, used as the images of group-naming captions")
     t.add_argument("--no-progress", action="store_true")
     c = ss.add_parser("train-classifier", help="train the synthface attribute classifier on renders")
     c.add_argument("--out", default=".cache/synthface-classifier")
@@ -41,7 +43,8 @@ def run_synthface(args: argparse.Namespace) -> int:
         from fairbench.synthface.train import TrainConfig, train_unet
 
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed,
-                          lr=args.lr, neutral_share=args.neutral_share, init_from=args.init_from)
+                          lr=args.lr, neutral_share=args.neutral_share, init_from=args.init_from,
+                          balanced_renders=args.balanced_renders)
         step = train_unet(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
         done = "finished; EMA model in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")

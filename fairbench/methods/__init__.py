@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fairbench.methods.base import LEVELS, Method
+from fairbench.methods.base import LEVELS, Method, MethodContext
 from fairbench.methods.fairmap import FairMapping
 from fairbench.methods.vanilla import Vanilla
 from fairbench.registry import Registry
@@ -29,4 +29,4 @@ def build_method(name: str, args: dict[str, Any] | None = None) -> Method:
     return METHODS.build(name, args)
 
 
-__all__ = ["METHODS", "Method", "build_method", "register_method"]
+__all__ = ["METHODS", "Method", "MethodContext", "build_method", "register_method"]

@@ -7,11 +7,14 @@ Levels, in the order the engine meets them:
   weights    edit model weights once before generation             (apply_to_model)
 A method overrides only the hook of its level; the others are identities.
 Trainable methods also implement fit(), writing a checkpoint (safetensors + JSON) that
-__init__ loads through its `checkpoint` argument.
+__init__ loads through its `checkpoint` argument. prepare() receives a MethodContext: what
+the run will generate and the run's own face detector and classifier (closed-loop methods
+such as UCE measure ratios with them).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -22,6 +25,25 @@ from fairbench.units import WorkUnit
 
 Level = Literal["none", "text", "embedding", "guidance", "weights"]
 LEVELS: tuple[Level, ...] = ("none", "text", "embedding", "guidance", "weights")
+
+
+@dataclass
+class MethodContext:
+    """What prepare() may use besides the model: the run's prompts, sampling settings and labellers."""
+
+    suite: Any
+    split: str = "all"
+    limit: int | None = None
+    params: SamplingParams | None = None
+    detector: Any = None
+    classifier: Any = None
+    seed: int = 0
+    batch_size: int = 8
+    progress: bool = False
+
+    def prompts(self) -> list[Any]:
+        """The suite prompts this run generates."""
+        return self.suite.select(self.split, self.limit)
 
 
 class Method:
@@ -35,7 +57,7 @@ class Method:
             raise TypeError(f"unexpected argument(s): {', '.join(kwargs)}")
         self.args: dict[str, Any] = {}
 
-    def prepare(self, backend: DiffusersBackend, suite: Any) -> None:
+    def prepare(self, backend: DiffusersBackend, suite: Any, context: MethodContext | None = None) -> None:
         """Load or fit what the method needs (checkpoints, statistics), once, before generation."""
 
     def apply_to_model(self, backend: DiffusersBackend) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +33,9 @@ from torch import nn
 
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json
-from fairbench.methods.base import Method
+from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import Conditioning, DiffusersBackend
-from fairbench.prompts import SuiteSpec, attribute
+from fairbench.prompts import KeywordDetector, SuiteSpec, attribute, parse_attributes
 from fairbench.units import WorkUnit
 
 SOURCE = "Li et al., Fair Mapping (AAAI 2025, arXiv 2311.17695); fairbench reconstruction"
@@ -161,20 +160,6 @@ def fit_mapping(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig)
     return net.eval(), stats
 
 
-class KeywordDetector:
-    """Exact, case-insensitive, whole-word match against the group words of the debiased attributes."""
-
-    def __init__(self, attributes: list[str]) -> None:
-        words = sorted({w.lower() for a in attributes for g in attribute(a).groups for w in g.words + [g.adjective]},
-                       key=len, reverse=True)
-        self.words = words
-        self._pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(w) for w in words) + r")(?![\w-])") if words else None
-
-    def names_group(self, text: str) -> bool:
-        """Whether the prompt already names a group (then Fair Mapping leaves it alone)."""
-        return bool(self._pattern and self._pattern.search(text.lower()))
-
-
 class FairMapping(Method):
     """Map the prompt's conditioning token states with a trained M (bypassed for prompts naming a group)."""
 
@@ -186,9 +171,7 @@ class FairMapping(Method):
                  detector: bool = True, map_groups: bool = True, seed: int = 0,
                  use_text_loss: bool = True, use_fair_loss: bool = True, train_suite: str = "occupations") -> None:
         super().__init__()
-        attrs = [a.strip() for a in str(attributes).split(",") if a.strip()]
-        for a in attrs:
-            attribute(a)
+        attrs = parse_attributes(attributes)
         self.cfg = FairMapConfig(attrs, float(lambda_fair), int(depth), hidden, bool(map_groups), float(lr),
                                  int(steps), int(seed), "train", bool(use_text_loss), bool(use_fair_loss))
         self.checkpoint = checkpoint
@@ -200,7 +183,7 @@ class FairMapping(Method):
                      **asdict(self.cfg)}
         self.bypassed = 0
 
-    def prepare(self, backend: DiffusersBackend, suite: SuiteSpec) -> None:
+    def prepare(self, backend: DiffusersBackend, suite: SuiteSpec, context: MethodContext | None = None) -> None:
         """Load the checkpoint, or fit one on `train_suite`'s training split (cached by its full specification)."""
         from fairbench.prompts import load_suite
 

@@ -131,6 +131,11 @@ class DiffusersBackend:
         )
         return Conditioning(pe, ne if cfg else None)
 
+    def token_lengths(self, texts: list[str], max_length: int) -> list[int]:
+        """Tokens of each text including start and end tokens (the end token sits at length - 1)."""
+        tok = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True)
+        return [int(sum(m)) for m in tok["attention_mask"]]
+
     @torch.no_grad()
     def generate(
         self, cond: Conditioning, generators: list[torch.Generator], params: SamplingParams

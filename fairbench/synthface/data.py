@@ -88,8 +88,8 @@ class RenderSet:
     age: np.ndarray
 
 
-def sample_labels(n: int, seed: int, n_occupations: int | None = None) -> dict[str, np.ndarray]:
-    """Draw occupations uniformly and attributes with the world's skew."""
+def sample_labels(n: int, seed: int, n_occupations: int | None = None, balanced: bool = False) -> dict[str, np.ndarray]:
+    """Draw occupations uniformly and attributes with the world's skew (`balanced`: uniform groups)."""
     rng = np.random.default_rng(seed)
     occs = occupations(n_occupations)
     fams = load_families()
@@ -100,15 +100,17 @@ def sample_labels(n: int, seed: int, n_occupations: int | None = None) -> dict[s
     family = np.array([fam_index[fam_of[occs[o][0]]] for o in occ])
     skin_p = np.array([fams[f].skin for f in family_names()])[family]
     old_p = np.array([fams[f].old for f in family_names()])[family]
+    if balanced:
+        female_share, skin_p, old_p = np.full(n, 0.5), np.full((n, 4), 0.25), np.full(n, 0.5)
     gender = (rng.random(n) < female_share).astype(np.int64)
     skin = (rng.random(n)[:, None] > np.cumsum(skin_p, axis=1)).sum(axis=1).clip(0, 3)
     age = (rng.random(n) < old_p).astype(np.int64)
     return {"occupation": occ, "family": family, "gender": gender, "skin": skin, "age": age}
 
 
-def render_set(n: int, seed: int, n_occupations: int | None = None) -> RenderSet:
+def render_set(n: int, seed: int, n_occupations: int | None = None, balanced: bool = False) -> RenderSet:
     """Render n labelled training faces (deterministic in seed)."""
-    lab = sample_labels(n, seed, n_occupations)
+    lab = sample_labels(n, seed, n_occupations, balanced)
     fams = family_names()
     images = np.stack([
         render_face(FaceSpec(GENDERS[lab["gender"][i]], SKIN_GROUPS[lab["skin"][i]], AGE_GROUPS[lab["age"][i]],
@@ -130,9 +132,18 @@ def kind_probabilities(neutral_share: float | None = None) -> np.ndarray:
 
 
 def sample_caption_rows(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng: np.random.Generator,
-                        neutral_share: float | None = None) -> np.ndarray:
-    """Caption rows for a batch of render indices (caption kind drawn per sample)."""
+                        neutral_share: float | None = None, balanced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Caption rows for a batch of render indices (caption kind drawn per sample), and the render indices.
+
+    `balanced`: indices of renders with uniform groups; a caption that names a group takes its
+    image from them, so "a female construction worker" is learned from more than a handful of
+    renders while neutral captions keep the skewed distribution.
+    """
     probs = kind_probabilities(neutral_share)
     kinds = rng.choice(len(KINDS), size=len(idx), p=probs)
+    empty = rng.random(len(idx)) < P_EMPTY
+    if balanced is not None:
+        named = (kinds > 0) & ~empty
+        idx = np.where(named, balanced[rng.integers(0, len(balanced), len(idx))], idx)
     rows = table.index[rs.occupation[idx], kinds, rs.gender[idx], rs.skin[idx], rs.age[idx]]
-    return np.where(rng.random(len(idx)) < P_EMPTY, 0, rows)
+    return np.where(empty, 0, rows), idx

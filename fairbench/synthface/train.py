@@ -41,6 +41,7 @@ class TrainConfig:
     n_occupations: int | None = None  # first N occupations only (smoke tests)
     neutral_share: float | None = None  # share of non-empty captions naming no group (None: 5/9)
     init_from: str | None = None  # start from these UNet weights (a second training stage)
+    balanced_renders: int = 0  # extra renders with uniform groups, the images of group-naming captions
 
 
 def build_data(out: Path, cfg: TrainConfig) -> tuple[RenderSet, torch.Tensor, CaptionTable]:
@@ -53,6 +54,15 @@ def build_data(out: Path, cfg: TrainConfig) -> tuple[RenderSet, torch.Tensor, Ca
     else:
         rs = render_set(cfg.n_renders, cfg.seed, cfg.n_occupations)
         np.savez(data_file, **asdict(rs))
+    if cfg.balanced_renders:
+        bal_file = out / f"balanced-{cfg.balanced_renders}.npz"
+        if bal_file.exists():
+            z = np.load(bal_file)
+            bal = RenderSet(**{k: z[k] for k in z.files})
+        else:
+            bal = render_set(cfg.balanced_renders, cfg.seed + 1, cfg.n_occupations, balanced=True)
+            np.savez(bal_file, **asdict(bal))
+        rs = RenderSet(**{k: np.concatenate([getattr(rs, k), getattr(bal, k)]) for k in asdict(rs)})
     if emb_file.exists():
         emb = load_file(emb_file)["embeddings"]
     else:
@@ -64,11 +74,13 @@ def build_data(out: Path, cfg: TrainConfig) -> tuple[RenderSet, torch.Tensor, Ca
 
 def _batch(step: int, cfg: TrainConfig, rs: RenderSet, emb: torch.Tensor, table: CaptionTable, n_timesteps: int):
     rng = np.random.default_rng([cfg.seed, step])
-    idx = rng.integers(0, len(rs.images), cfg.batch_size)
+    n_skewed = len(rs.images) - cfg.balanced_renders
+    idx = rng.integers(0, n_skewed, cfg.batch_size)
+    balanced = np.arange(n_skewed, len(rs.images)) if cfg.balanced_renders else None
+    rows, idx = sample_caption_rows(table, rs, idx, rng, cfg.neutral_share, balanced)
     x = rs.images[idx].astype(np.float32) / 127.5 - 1.0
     flip = rng.random(cfg.batch_size) < 0.5
     x[flip] = x[flip, :, ::-1]
-    rows = sample_caption_rows(table, rs, idx, rng, cfg.neutral_share)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     t = torch.randint(0, n_timesteps, (cfg.batch_size,), generator=gen)
     noise = torch.randn(cfg.batch_size, 3, 32, 32, generator=gen)

@@ -1,0 +1,230 @@
+"""Baselines: each method's core mathematics checked independently, and determinism on the tiny pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.debiasvl import DebiasVL, calibrated_projection
+from baselines.entigen import Entigen, intervention_text
+from baselines.fairdiffusion import FairDiffusion, edit_signs, sega_guidance
+from baselines.hardprompt import HardPrompt, sample_groups
+from baselines.uce import UCE, closed_form_edit, cross_attention_projections, debias_target
+from fairbench.errors import UserError
+from fairbench.faces.base import Detection
+from fairbench.generation.engine import generate_batch
+from fairbench.methods import METHODS, MethodContext, build_method
+from fairbench.models import load_backend
+from fairbench.models.backend import SamplingParams
+from fairbench.prompts import load_suite
+from fairbench.units import make_units
+
+PARAMS = SamplingParams(steps=3, guidance_scale=7.5)
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return load_suite("occupations")
+
+
+def _pixels(backend, method, units):
+    _, images, _ = generate_batch(backend, method, units, PARAMS)
+    return np.stack([np.asarray(im) for im in images])
+
+
+# registry ---------------------------------------------------------------------------------------
+def test_baselines_registered_with_level_and_source():
+    levels = {e.name: e.meta["level"] for e in METHODS}
+    assert {k: levels[k] for k in ("entigen", "hardprompt", "debiasvl", "fairdiffusion", "uce")} == {
+        "entigen": "text", "hardprompt": "text", "debiasvl": "embedding", "fairdiffusion": "guidance", "uce": "weights"}
+    assert all(METHODS.entry(n).meta["source"] for n in ("entigen", "hardprompt", "debiasvl", "fairdiffusion", "uce"))
+
+
+def test_bad_method_arguments_are_user_errors():
+    with pytest.raises(UserError):
+        build_method("debiasvl", {"lam": "abc"})
+    with pytest.raises(UserError):
+        build_method("hardprompt", {"attributes": "gendr"})
+    with pytest.raises(UserError):
+        build_method("uce", {"edit_text": "nonsense"})
+
+
+# text level -------------------------------------------------------------------------------------
+def test_entigen_intervention_text():
+    assert intervention_text("nurse", ["gender"]) == "if all individuals can be a nurse irrespective of their gender"
+    assert intervention_text("engineer", ["gender", "skin_tone"]) == (
+        "if all individuals can be an engineer irrespective of their gender and skin color")
+
+
+def test_entigen_rewrites_every_prompt(suite):
+    m = Entigen()
+    m.prepare(None, suite)
+    unit = make_units(suite, "entigen", "m", 1, 0, "test", 1)[0]
+    assert m.rewrite_prompt(unit) == unit.prompt + " if all individuals can be " + unit.prompt.split(" of the face of ")[1] + \
+        " irrespective of their gender"
+
+
+def test_hardprompt_names_a_uniform_group_and_leaves_explicit_prompts(suite):
+    m = HardPrompt("gender,skin_tone")
+    m.prepare(None, suite)
+    units = make_units(suite, "hardprompt", "m", 400, 0, "test", 2)
+    texts = [m.rewrite_prompt(u) for u in units]
+    assert texts[0].startswith("a photo of the face of ") and texts[0] != units[0].prompt
+    assert texts == [m.rewrite_prompt(u) for u in units]  # deterministic per unit
+    female = np.mean([" female " in t for t in texts])
+    dark = np.mean([" dark-skinned " in t for t in texts])
+    assert abs(female - 0.5) < 4 * np.sqrt(0.25 / 800) and abs(dark - 0.25) < 4 * np.sqrt(0.1875 / 800)
+    groups = np.array([sample_groups(u.seed, ["gender", "skin_tone"]) for u in units])
+    assert set(groups[:, 0]) == {0, 1} and set(groups[:, 1]) == {0, 1, 2, 3}
+    explicit = load_suite("explicit")
+    e_units = make_units(explicit, "hardprompt", "m", 2, 0, "test", 4)
+    assert [m.rewrite_prompt(u) for u in e_units] == [u.prompt for u in e_units]
+
+
+# embedding level --------------------------------------------------------------------------------
+def test_debiasvl_projection_matches_direct_matrix_computation():
+    rng = np.random.default_rng(0)
+    diffs = rng.normal(size=(6, 5))
+    expected = np.linalg.inv(500 * sum(np.outer(d, d) for d in diffs) / 6 + np.eye(5))
+    got = calibrated_projection(torch.tensor(diffs), 500.0).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    # one unit direction d: P d = d / (1 + lam), directions orthogonal to d untouched
+    d = np.array([[0.6, 0.8, 0.0]])
+    p = calibrated_projection(torch.tensor(d), 9.0).numpy()
+    np.testing.assert_allclose(p @ d[0], d[0] / 10, atol=1e-12)
+    np.testing.assert_allclose(p @ np.array([0.8, -0.6, 0.0]), [0.8, -0.6, 0.0], atol=1e-12)
+
+
+def test_debiasvl_applies_p_to_every_prompt_token(tiny_sd, suite):
+    backend = load_backend(str(tiny_sd))
+    m = DebiasVL()
+    m.prepare(backend, suite)
+    diffs = m.pair_differences(backend)
+    n_train = len(suite.select("train"))
+    assert diffs.shape == (n_train, backend.encode(["x"], guidance_scale=0).prompt_embeds.shape[-1])
+    cond = backend.encode(["a photo of the face of a nurse"], "", 7.5)
+    out = m.transform_conditioning(cond, [], ["a photo of the face of a nurse"])
+    p = calibrated_projection(diffs, 500.0).float()
+    torch.testing.assert_close(out.prompt_embeds, cond.prompt_embeds @ p.T)
+    assert torch.equal(out.negative_prompt_embeds, cond.negative_prompt_embeds)
+
+
+# guidance level ---------------------------------------------------------------------------------
+def test_sega_guidance_step_by_hand():
+    u = torch.zeros(1, 1, 2, 2)
+    t = torch.ones(1, 1, 2, 2)
+    edits = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 8.0]]).view(2, 1, 1, 2, 2)
+    signs = torch.tensor([[1.0], [-1.0]])
+    mom = torch.zeros(1, 1, 2, 2)
+    # threshold 0.5: concept 0 keeps |psi| >= quantile(2,4,6,8; 0.5) = 5 -> (0,0,6,8); concept 1 keeps 16 only (-16)
+    out, mom1 = sega_guidance(u, t, edits, signs, mom, 3.0, 2.0, 0.5, 0.5, 0.6, warm=False)
+    torch.testing.assert_close(out, 3.0 * t)  # before warm-up: plain classifier-free guidance
+    edit = torch.tensor([0.0, 0.0, 6.0, 8.0 - 16.0]).view(1, 1, 2, 2)
+    torch.testing.assert_close(mom1, 0.4 * edit)
+    out2, mom2 = sega_guidance(u, t, edits, signs, mom1, 3.0, 2.0, 0.5, 0.5, 0.6, warm=True)
+    edit2 = edit + 0.5 * mom1
+    torch.testing.assert_close(out2, 3.0 * t + edit2)
+    torch.testing.assert_close(mom2, 0.6 * mom1 + 0.4 * edit2)
+
+
+def test_edit_signs_one_target_per_attribute():
+    s = edit_signs(list(range(200)), [2, 4])
+    assert s.shape == (6, 200)
+    assert torch.all((s[:2] == 1).sum(0) == 1) and torch.all((s[2:] == 1).sum(0) == 1)
+    assert 0.35 < (s[0] == 1).float().mean() < 0.65
+
+
+def test_fairdiffusion_without_edit_scale_equals_vanilla(tiny_sd, suite):
+    backend = load_backend(str(tiny_sd))
+    units = make_units(suite, "x", "m", 2, 0, "test", 2)
+    vanilla = _pixels(backend, build_method("vanilla"), units)
+    m = FairDiffusion(edit_guidance_scale=0.0)
+    m.prepare(backend, suite)
+    assert np.array_equal(_pixels(backend, m, units), vanilla)
+    m = FairDiffusion(edit_warmup_steps=1)
+    m.prepare(backend, suite, MethodContext(suite, params=SamplingParams(steps=3, guidance_scale=7.5)))
+    edited = _pixels(backend, m, units)
+    assert not np.array_equal(edited, vanilla)
+    assert backend.unet.forward.__self__ is backend.unet  # the wrapper is removed after the batch
+
+
+# weights level ----------------------------------------------------------------------------------
+def test_uce_closed_form_solves_regularised_least_squares():
+    rng = np.random.default_rng(1)
+    w_old = rng.normal(size=(4, 6))
+    c_e, v_e, c_p = rng.normal(size=(3, 6)), rng.normal(size=(3, 4)), rng.normal(size=(2, 6))
+    lam, e, p = 0.5, 1.0, 0.7
+    a = np.vstack([np.sqrt(e) * c_e, np.sqrt(p) * c_p, np.sqrt(lam) * np.eye(6)])
+    b = np.vstack([np.sqrt(e) * v_e, np.sqrt(p) * c_p @ w_old.T, np.sqrt(lam) * w_old.T])
+    expected = np.linalg.lstsq(a, b, rcond=None)[0].T
+    got = closed_form_edit(*(torch.tensor(x) for x in (w_old, c_e, v_e, c_p)), lam, e, p).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_uce_debias_target_by_hand():
+    o = torch.tensor([[3.0, 4.0]])  # ||o|| = 5
+    groups = torch.tensor([[[0.0, 2.0]], [[1.0, 0.0]]])  # normalised: (0, 1) and (1, 0)
+    alpha = torch.tensor([0.1, -0.2])
+    torch.testing.assert_close(debias_target(o, groups, alpha), torch.tensor([[3.0 - 1.0, 4.0 + 0.5]]))
+
+
+class _AllFaces:
+    def detect(self, images):
+        return [Detection(box=(0, 0, im.width, im.height), confidence=1.0, n_faces=1) for im in images]
+
+
+class _AllMale:
+    name, crop_margin = "all-male", 0.0
+
+    def specs(self):
+        from fairbench.prompts import attribute
+
+        return {"gender": attribute("gender")}
+
+    def predict(self, crops):
+        return {"gender": np.tile([1.0, 0.0], (len(crops), 1))}
+
+
+def test_uce_loop_edits_value_projections_until_max_iterations(tiny_sd, suite):
+    backend = load_backend(str(tiny_sd))
+    before = [l.weight.detach().clone() for l in cross_attention_projections(backend.unet, keys=True)]
+    m = UCE(max_iterations=2, images_per_concept=2)
+    ctx = MethodContext(suite, "test", 2, SamplingParams(steps=2, guidance_scale=7.5), _AllFaces(), _AllMale(), 0, 4)
+    m.prepare(backend, suite, ctx)
+    m.apply_to_model(backend)
+    after = cross_attention_projections(backend.unet, keys=True)
+    n = len(after) // 2
+    assert all(not torch.equal(b, a.weight) for b, a in zip(before[:n], after[:n]))  # to_v edited
+    assert all(torch.equal(b, a.weight) for b, a in zip(before[n:], after[n:]))  # to_k untouched
+    assert [h["round"] for h in m.args["history"]] == [0, 1, 2]
+
+
+def test_uce_without_labellers_is_a_user_error(tiny_sd, suite):
+    with pytest.raises(UserError):
+        UCE().prepare(None, suite, None)
+
+
+# determinism ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["entigen", "hardprompt", "debiasvl", "fairdiffusion"])
+def test_method_deterministic_on_tiny_pipeline(tiny_sd, suite, name):
+    units = make_units(suite, name, "m", 2, 0, "test", 2)
+    runs = []
+    for _ in range(2):
+        backend = load_backend(str(tiny_sd))
+        m = build_method(name, {"edit_warmup_steps": 1} if name == "fairdiffusion" else None)
+        m.prepare(backend, suite, MethodContext(suite, "test", 2, PARAMS))
+        m.apply_to_model(backend)
+        runs.append(_pixels(backend, m, units))
+    assert np.array_equal(runs[0], runs[1])
+
+
+def test_uce_deterministic_on_tiny_pipeline(tiny_sd, suite):
+    outs = []
+    for _ in range(2):
+        backend = load_backend(str(tiny_sd))
+        m = UCE(max_iterations=1, images_per_concept=2)
+        m.prepare(backend, suite, MethodContext(suite, "test", 2, SamplingParams(steps=2), _AllFaces(), _AllMale(), 0, 4))
+        m.apply_to_model(backend)
+        outs.append(torch.cat([l.weight.flatten() for l in cross_attention_projections(backend.unet)]))
+    assert torch.equal(outs[0], outs[1])
