@@ -13,22 +13,30 @@ concept specialised to group a. alpha = step * (desired ratio - observed ratio),
 observed ratios measured by generating `images_per_concept` images per concept and labelling
 them with the run's own face detector and classifier; each round edits the current weights;
 concepts within `tolerance` of the target join the preserved set (as in the published loop).
-Concepts = the subjects of the prompts this run generates (UCE edits the concepts it debiases).
+Concepts = the subjects of the prompts this run generates (UCE edits the concepts it debiases),
+or of `concepts_suite` / `concepts_split` (e.g. edit for the test occupations, then measure the
+edited model on explicit prompts). The edited projections are cached by everything that
+determines them (arguments, concepts, sampling settings, seed, classifier, UNet weights), so a
+second run with the same specification loads them instead of repeating the loop.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from fairbench.errors import UserError
 from fairbench.faces.base import crop_face
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import DiffusersBackend
-from fairbench.prompts import attribute, parse_attributes, subject_of
+from fairbench.io import atomic_write_json
+from fairbench.prompts import attribute, load_suite, parse_attributes, subject_of
 from fairbench.units import unit_seed
 
 
@@ -65,7 +73,8 @@ class UCE(Method):
     def __init__(self, attributes: str = "gender", lam: float = 0.5, erase_scale: float = 1.0,
                  preserve_scale: float = 1.0, max_iterations: int = 30, tolerance: float = 0.05,
                  weight_step: float = 0.1, images_per_concept: int = 10, edit_keys: bool = False,
-                 edit_text: str = "prompt") -> None:
+                 edit_text: str = "prompt", concepts_suite: str | None = None, concepts_split: str = "test",
+                 cache: bool = True) -> None:
         super().__init__()
         if edit_text not in ("prompt", "subject"):
             raise UserError("uce edit_text must be 'prompt' (the suite's prompt) or 'subject' (the bare word)")
@@ -77,7 +86,9 @@ class UCE(Method):
                                      "preserve_scale": self.preserve, "max_iterations": self.max_iterations,
                                      "tolerance": self.tolerance, "weight_step": self.step,
                                      "images_per_concept": self.n_images, "edit_keys": self.keys,
-                                     "edit_text": edit_text}
+                                     "edit_text": edit_text, "concepts_suite": concepts_suite,
+                                     "concepts_split": concepts_split if concepts_suite else None}
+        self.concepts_suite, self.concepts_split, self.cache = concepts_suite, concepts_split, bool(cache)
         self.context: MethodContext | None = None
 
     def prepare(self, backend: DiffusersBackend, suite: Any, context: MethodContext | None = None) -> None:
@@ -87,6 +98,12 @@ class UCE(Method):
         missing = [a for a in self.attributes if a not in context.classifier.specs()]
         if missing:
             raise UserError(f"classifier {context.classifier.name!r} does not predict {', '.join(missing)}")
+        if self.concepts_suite:
+            context = MethodContext(load_suite(self.concepts_suite), self.concepts_split, None, context.params,
+                                    context.detector, context.classifier, context.seed, context.batch_size,
+                                    context.progress)
+            if not context.prompts():
+                raise UserError(f"suite {self.concepts_suite!r} has no {self.concepts_split!r} prompts to debias")
         self.context = context
 
     # texts -----------------------------------------------------------------------------------
@@ -164,10 +181,45 @@ class UCE(Method):
         """Uniform target shares, concatenated over attributes."""
         return np.concatenate([np.full(attribute(a).k, 1 / attribute(a).k) for a in self.attributes])
 
+    def cache_path(self, backend: DiffusersBackend) -> Any:
+        """Cache folder keyed by everything that determines the edit."""
+        from fairbench.metrics.quality import cache_dir
+
+        ctx = self.context
+        assert ctx is not None and ctx.params is not None
+        h = hashlib.sha256()
+        for name, t in sorted(backend.unet.state_dict().items()):
+            if "attn2.to_" in name:
+                h.update(name.encode() + t.detach().cpu().float().numpy().tobytes())
+        spec = {k: v for k, v in self.args.items() if k != "history"}
+        blob = json.dumps({"args": spec, "concepts": self.concept_texts(), "params": ctx.params.to_dict(),
+                           "seed": ctx.seed, "batch_size": ctx.batch_size, "classifier": ctx.classifier.name,
+                           "model": backend.source, "unet": h.hexdigest()}, sort_keys=True)
+        return cache_dir().parent / "uce" / hashlib.sha256(blob.encode()).hexdigest()[:24]
+
     def apply_to_model(self, backend: DiffusersBackend) -> None:
-        """The published loop: measure, stop when every gap is within tolerance, else edit and repeat."""
+        """The published loop (or its cached result): measure, stop within tolerance, else edit and repeat."""
         if self.context is None:
             raise RuntimeError("UCE.prepare() must run before apply_to_model()")
+        layers = cross_attention_projections(backend.unet, self.keys)
+        path = self.cache_path(backend) if self.cache else None
+        if path is not None and (path / "projections.safetensors").is_file():
+            saved = load_file(path / "projections.safetensors")
+            with torch.no_grad():
+                for i, layer in enumerate(layers):
+                    layer.weight.copy_(saved[f"{i}"].to(layer.weight))
+            self.args["history"] = json.loads((path / "uce.json").read_text())["args"]["history"]
+            self.args["loaded_from_cache"] = str(path)
+            return
+        self.run_loop(backend)
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            save_file({f"{i}": layer.weight.detach().cpu().contiguous() for i, layer in enumerate(layers)},
+                      str(path / "projections.safetensors"))
+            atomic_write_json(path / "uce.json", {"args": self.args, "concepts": self.concept_texts()[1]})
+
+    def run_loop(self, backend: DiffusersBackend) -> None:
+        """Measure, stop when every gap is within tolerance, else edit and repeat (up to max_iterations)."""
         ids, concepts, groups = self.concept_texts()
         text_of = dict(zip(ids, concepts))
         target = self.desired()

@@ -189,7 +189,7 @@ class _AllMale:
 def test_uce_loop_edits_value_projections_until_max_iterations(tiny_sd, suite):
     backend = load_backend(str(tiny_sd))
     before = [l.weight.detach().clone() for l in cross_attention_projections(backend.unet, keys=True)]
-    m = UCE(max_iterations=2, images_per_concept=2)
+    m = UCE(max_iterations=2, images_per_concept=2, cache=False)
     ctx = MethodContext(suite, "test", 2, SamplingParams(steps=2, guidance_scale=7.5), _AllFaces(), _AllMale(), 0, 4)
     m.prepare(backend, suite, ctx)
     m.apply_to_model(backend)
@@ -223,8 +223,22 @@ def test_uce_deterministic_on_tiny_pipeline(tiny_sd, suite):
     outs = []
     for _ in range(2):
         backend = load_backend(str(tiny_sd))
-        m = UCE(max_iterations=1, images_per_concept=2)
+        m = UCE(max_iterations=1, images_per_concept=2, cache=False)
         m.prepare(backend, suite, MethodContext(suite, "test", 2, SamplingParams(steps=2), _AllFaces(), _AllMale(), 0, 4))
         m.apply_to_model(backend)
         outs.append(torch.cat([l.weight.flatten() for l in cross_attention_projections(backend.unet)]))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_uce_edit_is_cached_by_spec_and_reloaded(tiny_sd, suite, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))
+    weights = []
+    for _ in range(2):
+        backend = load_backend(str(tiny_sd))
+        m = UCE(max_iterations=1, images_per_concept=2, concepts_suite="occupations", concepts_split="test")
+        ctx = MethodContext(load_suite("explicit"), "test", 2, SamplingParams(steps=2), _AllFaces(), _AllMale(), 0, 4)
+        m.prepare(backend, suite, ctx)
+        assert len(m.context.prompts()) == len(suite.select("test"))  # the concepts suite, not the run's
+        m.apply_to_model(backend)
+        weights.append(torch.cat([l.weight.flatten() for l in cross_attention_projections(backend.unet)]))
+    assert "loaded_from_cache" in m.args and torch.equal(weights[0], weights[1])

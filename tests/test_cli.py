@@ -133,3 +133,34 @@ def test_make_tiny_sd_loads_offline(tmp_path):
     cond = backend.encode(["a photo of the face of a nurse"])
     assert cond.prompt_embeds.shape == (1, 77, 32) and cond.negative_prompt_embeds.shape == (1, 77, 32)
     assert backend.default_resolution() == 32
+
+
+def _fake_run(d: Path, method: str, args: dict, suite: str, adherence: dict | None = None) -> Path:
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({
+        "spec": {"method": method, "method_args": args, "model": "synthface", "split": "test", "n": 4, "seed": 0},
+        "suite": {"name": suite}, "method": {"level": "none"}}))
+    res = {"n_prompts_with_faces": 2, "n_images": 8, "n_faces": 8, "no_face_rate": 0.0,
+           "aggregate": {"fd": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}}
+    metrics = {"attributes": {"gender": res, "skin_tone": res, "age2": res}, "classifier": "synthface"}
+    if adherence:
+        metrics["adherence"] = adherence
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    return d
+
+
+def test_leaderboard_joins_explicit_adherence_by_method_identity(tmp_path):
+    adh = {"gender": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}}
+    runs = [_fake_run(tmp_path / "a", "vanilla", {}, "occupations"),
+            _fake_run(tmp_path / "b", "hardprompt", {"attributes": "gender"}, "occupations")]
+    explicit = [_fake_run(tmp_path / "ea", "vanilla", {}, "explicit", adh),
+                _fake_run(tmp_path / "eb", "hardprompt", {"attributes": "gender,skin_tone"}, "explicit", adh)]
+    out = tmp_path / "lb.csv"
+    assert main(["leaderboard", *map(str, runs), "--out", str(out), "--attributes", "gender,skin_tone",
+                 "--explicit", *map(str, explicit)]) == 0
+    df = pd.read_csv(out)
+    assert set(df["attribute"]) == {"gender", "skin_tone"} and len(df) == 4
+    van, hard = df[df["method"] == "vanilla"], df[df["method"] == "hardprompt"]
+    assert (van["adherence:gender"] == 0.9).all() and (van["adherence_run"] == "ea").all()
+    assert hard["adherence:gender"].isna().all()  # different method arguments: not paired
+    assert main(["leaderboard", str(runs[0]), "--out", str(out), "--explicit", str(runs[1])]) == 2

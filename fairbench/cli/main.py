@@ -115,9 +115,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from fairbench.io import atomic_write_text
     from fairbench.outputs.leaderboard import build_leaderboard
 
-    df = build_leaderboard([Path(d) for d in args.run_dirs])
+    attrs = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
+    df = build_leaderboard([Path(d) for d in args.run_dirs], [Path(d) for d in args.explicit or []], attrs)
     atomic_write_text(Path(args.out), df.to_csv(index=False))
-    print(f"{args.out}: {len(df)} rows from {len(args.run_dirs)} runs")
+    print(f"{args.out}: {len(df)} rows from {len(args.run_dirs)} runs"
+          + (f" (+ adherence from {len(args.explicit)} explicit-prompt runs)" if args.explicit else ""))
     return 0
 
 
@@ -265,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="collect finished runs into one CSV")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--explicit", nargs="+", metavar="RUN_DIR",
+                   help="explicit-prompt runs; their adherence joins the run of the same method, arguments and model")
+    p.add_argument("--attributes", help="only these attributes, e.g. gender,skin_tone")
     p = sub.add_parser("make-tiny-sd", help="write a tiny random Stable Diffusion pipeline (tests, smoke runs)")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from fairbench.errors import UserError
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.outputs.rundir import read_run
 
@@ -53,8 +55,38 @@ def run_level_columns(metrics: dict) -> dict:
     return cols
 
 
-def build_leaderboard(run_dirs: list[Path]) -> pd.DataFrame:
-    """Rows of every run, sorted by attribute then gender-neutral metric fd (fairest first)."""
-    rows = [r for d in run_dirs for r in leaderboard_rows(d)]
+def method_identity(run: dict) -> str:
+    """(method, its arguments, model) of a run: pairs a run with its explicit-prompt run."""
+    spec = run["spec"]
+    return json.dumps([spec["method"], spec.get("method_args") or {}, spec["model"]], sort_keys=True)
+
+
+def explicit_columns(explicit_dirs: list[Path]) -> dict[str, dict]:
+    """Adherence columns of explicit-prompt runs, keyed by method identity."""
+    out: dict[str, dict] = {}
+    for d in explicit_dirs:
+        run, metrics = read_run(d)
+        if not metrics.get("adherence"):
+            raise UserError(f"{d} has no adherence numbers: not a run of an explicit-prompt suite")
+        key = method_identity(run)
+        if key in out:
+            raise UserError(f"two explicit-prompt runs for the same method, arguments and model: {d}")
+        cols = {k: v for k, v in run_level_columns(metrics).items() if k.startswith("adherence:")}
+        out[key] = {**cols, "adherence_run": Path(d).name}
+    return out
+
+
+def build_leaderboard(run_dirs: list[Path], explicit_dirs: list[Path] | None = None,
+                      attributes: list[str] | None = None) -> pd.DataFrame:
+    """Rows of every run, sorted by attribute then fd (fairest first).
+
+    `explicit_dirs`: explicit-prompt runs whose adherence columns join the rows of the run with
+    the same method, method arguments and model. `attributes`: keep only these attributes.
+    """
+    adherence = explicit_columns(explicit_dirs or [])
+    rows = []
+    for d in run_dirs:
+        extra = adherence.get(method_identity(read_run(d)[0]), {})
+        rows += [{**r, **extra} for r in leaderboard_rows(d) if not attributes or r["attribute"] in attributes]
     df = pd.DataFrame(rows)
     return df.sort_values(["attribute", "fd", "method"]).reset_index(drop=True) if not df.empty else df
