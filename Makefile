@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test regression bench synthface clean
+.PHONY: setup run test regression bench synthface leaderboard clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,9 +17,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP)
 
-# Main job: the benchmark on the embedded synthface world, offline on a CPU.
+# Main job: Fair Mapping on the embedded synthface world, offline on a CPU.
 run: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/fairbench run --method vanilla
+	HF_HUB_OFFLINE=1 $(BIN)/fairbench run --method fairmap
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
@@ -40,6 +40,10 @@ synthface: $(STAMP)
 		--init-from .cache/synthface-train/final/unet --neutral-share 0.2 --lr 2e-4
 	$(BIN)/fairbench synthface train-classifier --out .cache/synthface-classifier
 	$(BIN)/fairbench synthface install --model-dir .cache/synthface-ft/final --classifier-dir .cache/synthface-classifier
+
+# results/leaderboard.csv: vanilla, fairmap and the five baselines on synthface (CPU: a few hours).
+leaderboard: $(STAMP)
+	scripts/make_leaderboard.sh
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_generation.py
