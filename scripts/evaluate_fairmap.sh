@@ -1,30 +1,27 @@
 #!/usr/bin/env bash
-# Reproduce the Fair Mapping (reconstruction) measurements on synthface's held-out test occupations.
-# Run after scripts/evaluate_synthface.sh (it reuses runs/acceptance/explicit as the vanilla explicit run).
+# Fair Mapping (reconstruction) acceptance numbers on synthface's held-out test occupations.
+# Reuses the leaderboard runs (scripts/make_leaderboard.sh): vanilla-test, fairmap-test (gender +
+# skin tone, 40 images per occupation, FD to vanilla), and the explicit-prompt runs (detector on).
 set -euo pipefail
 export HF_HUB_OFFLINE=1
-FB=.venv/bin/fairbench
-PY=.venv/bin/python
+FB=${FB:-.venv/bin/fairbench}
+PY=${PY:-.venv/bin/python}
+LB=runs/leaderboard
 OUT=runs/fairmap
-ARGS=(--method-arg checkpoint=$OUT/checkpoint)
+NE=${1:-5}
 mkdir -p "$OUT"
 
-echo "== training (gender + skin tone, all 122 training occupations)"
-start=$(date +%s)
+echo "== training time: gender + skin tone, all training occupations (model load included)"
+start=$(date +%s.%N)
 $FB train --method fairmap --model synthface --method-arg attributes=gender,skin_tone --out "$OUT/checkpoint"
-echo "train command wall time (model load included): $(( $(date +%s) - start )) s"
+echo "train command wall time: $(echo "$(date +%s.%N) - $start" | bc) s"
 
-echo "== vanilla and fairmap, test split, 40 images per occupation"
-$FB run --method vanilla --split test --n 40 --no-progress --out "$OUT/vanilla-test" > "$OUT/vanilla.log" 2>&1
-$FB run --method fairmap "${ARGS[@]}" --split test --n 40 --no-progress --reference "$OUT/vanilla-test" \
-    --out "$OUT/fairmap-test" > "$OUT/fairmap.log" 2>&1
-echo "== explicit prompts, detector on / off"
-$FB run --method fairmap "${ARGS[@]}" --suite explicit --n 10 --no-progress --out "$OUT/explicit-on" > /dev/null 2>&1
-$FB run --method fairmap "${ARGS[@]}" --method-arg detector=false --suite explicit --n 10 --no-progress \
-    --out "$OUT/explicit-off" > /dev/null 2>&1
-$PY scripts/fairmap_compare.py "$OUT/vanilla-test" "$OUT/fairmap-test" "$OUT/explicit-on" "$OUT/explicit-off" \
-    runs/acceptance/explicit
-$FB report "$OUT/fairmap-test" --baseline "$OUT/vanilla-test"
+echo "== explicit prompts with the keyword detector off"
+$FB run --method fairmap --method-arg attributes=gender,skin_tone --method-arg detector=false --suite explicit \
+    --n "$NE" --no-progress --out "$OUT/explicit-off" > "$OUT/explicit-off.log" 2>&1
+$PY scripts/fairmap_compare.py "$LB/vanilla-test" "$LB/fairmap-test" "$LB/fairmap-explicit" "$OUT/explicit-off" \
+    "$LB/vanilla-explicit"
+$FB report "$LB/fairmap-test" --baseline "$LB/vanilla-test"
 
-echo "== training-time benchmark"
+echo "== training-time benchmark (synthface and an SD-1.5-sized random text encoder)"
 $PY benchmarks/bench_fairmap.py

@@ -4,7 +4,9 @@ Variants: full loss, text loss only, fairness loss only, three lambdas, one vs s
 each against vanilla on the same prompts and seeds. Fair Mapping here is fairbench's
 documented reconstruction (docs/fairmap.md).
 
-Usage: python scripts/fairmap_ablation.py [--n 40] [--out runs/ablation]
+Usage: python scripts/fairmap_ablation.py [--n 40] [--limit N] [--out runs/ablation]
+       [--vanilla RUN --full RUN]   (reuse finished runs with the same prompts, n and seed,
+                                     e.g. runs/leaderboard/vanilla-test and fairmap-test)
 """
 
 from __future__ import annotations
@@ -40,15 +42,20 @@ def main() -> None:
     """Run every variant and write the table."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--limit", type=int, help="only the first N test occupations")
     ap.add_argument("--out", default="runs/ablation")
+    ap.add_argument("--vanilla", help="finished vanilla run to reuse (same prompts, n, seed)")
+    ap.add_argument("--full", help="finished fairmap run (attributes gender,skin_tone, defaults) to reuse")
     args = ap.parse_args()
     out = Path(args.out)
-    common = {"split": "test", "n": args.n, "progress": False}
-    vanilla = run(build_config(method="vanilla", out=str(out / "vanilla"), **common))
+    common = {"split": "test", "n": args.n, "limit": args.limit, "progress": False}
+    vanilla_dir = Path(args.vanilla) if args.vanilla else out / "vanilla"
+    vanilla = run(build_config(method="vanilla", out=str(vanilla_dir), **common))
     rows = [_row("vanilla", vanilla.metrics)]
     for name, extra in VARIANTS.items():
         slug = name.split(" (")[0].replace(" ", "-")
-        cfg = build_config(method="fairmap", method_args={"attributes": ATTRS, **extra}, out=str(out / slug),
+        run_dir = Path(args.full) if args.full and not extra else out / slug
+        cfg = build_config(method="fairmap", method_args={"attributes": ATTRS, **extra}, out=str(run_dir),
                            reference=str(vanilla.run_dir), **common)
         result = run(cfg)
         rows.append(_row(name, result.metrics))
@@ -60,7 +67,7 @@ def main() -> None:
         f"Held-out test occupations ({n_prompts} prompts), {args.n} images each, seed 0, attributes {ATTRS};",
         "intervals: 95 % bootstrap over prompts and images. FD: Frechet distance to vanilla's images for the",
         "same prompts and seeds (synthface classifier features). Regenerate with",
-        f"`python scripts/fairmap_ablation.py --n {args.n}`.",
+        f"`python scripts/fairmap_ablation.py --n {args.n}" + (f" --limit {args.limit}" if args.limit else "") + "`.",
         "",
         "| variant | gender mean abs(f_m - f_f) | skin tone KL to uniform | family accuracy | no-face rate | FD to vanilla |",
         "|---|---|---|---|---|---|",

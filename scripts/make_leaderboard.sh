@@ -37,4 +37,5 @@ for m in "${ORDER[@]}"; do
 done
 # shellcheck disable=SC2046
 $FB leaderboard $(printf "$OUT/%s-test " "${ORDER[@]}") --out results/leaderboard.csv --attributes $ATTR \
+  --markdown results/leaderboard.md \
   --explicit $(printf "$OUT/%s-explicit " "${ORDER[@]}")

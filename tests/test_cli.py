@@ -156,8 +156,10 @@ def test_leaderboard_joins_explicit_adherence_by_method_identity(tmp_path):
     explicit = [_fake_run(tmp_path / "ea", "vanilla", {}, "explicit", adh),
                 _fake_run(tmp_path / "eb", "hardprompt", {"attributes": "gender,skin_tone"}, "explicit", adh)]
     out = tmp_path / "lb.csv"
+    md = tmp_path / "lb.md"
     assert main(["leaderboard", *map(str, runs), "--out", str(out), "--attributes", "gender,skin_tone",
-                 "--explicit", *map(str, explicit)]) == 0
+                 "--explicit", *map(str, explicit), "--markdown", str(md)]) == 0
+    assert "| gender" in md.read_text() and "0.900 [0.800, 0.950]" in md.read_text()
     df = pd.read_csv(out)
     assert set(df["attribute"]) == {"gender", "skin_tone"} and len(df) == 4
     van, hard = df[df["method"] == "vanilla"], df[df["method"] == "hardprompt"]

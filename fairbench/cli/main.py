@@ -118,6 +118,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     attrs = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
     df = build_leaderboard([Path(d) for d in args.run_dirs], [Path(d) for d in args.explicit or []], attrs)
     atomic_write_text(Path(args.out), df.to_csv(index=False))
+    if args.markdown:
+        from fairbench.outputs.leaderboard import markdown_table
+
+        atomic_write_text(Path(args.markdown), markdown_table(df) + "\n")
     print(f"{args.out}: {len(df)} rows from {len(args.run_dirs)} runs"
           + (f" (+ adherence from {len(args.explicit)} explicit-prompt runs)" if args.explicit else ""))
     return 0
@@ -270,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explicit", nargs="+", metavar="RUN_DIR",
                    help="explicit-prompt runs; their adherence joins the run of the same method, arguments and model")
     p.add_argument("--attributes", help="only these attributes, e.g. gender,skin_tone")
+    p.add_argument("--markdown", metavar="FILE", help="also write a compact markdown table")
     p = sub.add_parser("make-tiny-sd", help="write a tiny random Stable Diffusion pipeline (tests, smoke runs)")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)

@@ -90,3 +90,28 @@ def build_leaderboard(run_dirs: list[Path], explicit_dirs: list[Path] | None = N
         rows += [{**r, **extra} for r in leaderboard_rows(d) if not attributes or r["attribute"] in attributes]
     df = pd.DataFrame(rows)
     return df.sort_values(["attribute", "fd", "method"]).reset_index(drop=True) if not df.empty else df
+
+
+def _interval(df: pd.DataFrame, col: str) -> pd.Series:
+    """'v [lo, hi]' strings of a metric column (blank where absent)."""
+    if col not in df:
+        return pd.Series([""] * len(df), index=df.index)
+    lo, hi = df.get(f"{col}_ci_low"), df.get(f"{col}_ci_high")
+    return pd.Series([("" if pd.isna(v) else f"{v:.3f}" + ("" if lo is None or pd.isna(lo.iloc[i]) else
+                       f" [{lo.iloc[i]:.3f}, {hi.iloc[i]:.3f}]")) for i, v in enumerate(df[col])], index=df.index)
+
+
+def markdown_table(df: pd.DataFrame, metrics: tuple[str, ...] = ("bias_gap", "kl")) -> str:
+    """A compact markdown view of a leaderboard: fairness with intervals, faces, alignment, FD, adherence."""
+    view = pd.DataFrame({"attribute": df["attribute"], "method": df["method"], "level": df["method_level"]})
+    for m in metrics:
+        view[m] = _interval(df, m)
+    view["faces / images"] = [f"{int(f)} / {int(n)}" for f, n in zip(df["n_faces"], df["n_images"])]
+    if "alignment:family_accuracy" in df:
+        view["family acc."] = _interval(df, "alignment:family_accuracy")
+    fd_cols = [c for c in df.columns if c.startswith("quality:") and c.count(":") == 1]
+    for c in fd_cols:
+        view[c.split(":", 1)[1] + " to ref."] = [("" if pd.isna(v) else f"{v:.3f}") for v in df[c]]
+    for c in [c for c in df.columns if c.startswith("adherence:") and not c.endswith(("_ci_low", "_ci_high"))]:
+        view["explicit " + c.split(":", 1)[1]] = _interval(df, c)
+    return view.to_markdown(index=False)
