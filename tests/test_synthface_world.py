@@ -76,7 +76,8 @@ def test_captions_use_attribute_words():
 def test_short_training_run_resumes_to_the_same_weights(tmp_path):
     from fairbench.synthface.train import TrainConfig, train_unet
 
-    cfg = TrainConfig(steps=4, batch_size=4, n_renders=32, n_occupations=2, checkpoint_every=2, warmup=2)
+    cfg = TrainConfig(steps=4, batch_size=4, n_renders=32, n_occupations=2, checkpoint_every=2, warmup=2,
+                      balanced_renders=16)
     straight = tmp_path / "straight"
     assert train_unet(straight, cfg, progress=False) == 4
     paused = tmp_path / "paused"
@@ -103,3 +104,21 @@ def test_exported_folder_loads_as_a_backend(tmp_path):
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
     images, nsfw = backend.generate(cond, gens, SamplingParams(steps=3, guidance_scale=2.0))
     assert [im.size for im in images] == [(32, 32), (32, 32)] and nsfw == [False, False]
+
+
+def test_group_naming_captions_take_balanced_images():
+    from fairbench.synthface.data import NEUTRAL, RenderSet, render_template, sample_caption_rows
+
+    skewed, balanced = sample_labels(300, 0, 3), sample_labels(20_000, 1, 3, balanced=True)
+    assert abs(balanced["gender"].mean() - 0.5) < 0.02
+    assert np.all(np.abs(np.bincount(balanced["skin"], minlength=4) / 20_000 - 0.25) < 0.02)
+    both = {k: np.concatenate([skewed[k], balanced[k]]) for k in skewed}
+    rs = RenderSet(images=np.zeros((len(both["gender"]), 1, 1, 3), np.uint8), **both)
+    table = CaptionTable.build(3)
+    rows, idx = sample_caption_rows(table, rs, np.arange(300), np.random.default_rng(0), 0.3,
+                                    balanced=np.arange(300, len(both["gender"])))
+    neutral = {render_template(NEUTRAL, occupation=o) for o, _ in occupations(3)}
+    texts = [table.texts[r] for r in rows]
+    named = np.array([t != "" and t not in neutral for t in texts])
+    assert named.any() and (~named).any()
+    assert np.all(idx[named] >= 300) and np.all(idx[~named] < 300)
