@@ -22,6 +22,7 @@ def install_assets(model_dir: Path, classifier_dir: Path, dest: Path = ASSETS) -
         shutil.rmtree(dest / sub, ignore_errors=True)
         shutil.copytree(model_dir / sub, dest / sub)
     for name in ("classifier.safetensors", "classifier.json"):
-        shutil.copy2(classifier_dir / name, dest / name)
+        if (classifier_dir / name).resolve() != (dest / name).resolve():  # installing a new UNet only
+            shutil.copy2(classifier_dir / name, dest / name)
     atomic_write_json(dest / "model_index.json", MODEL_INDEX)
     return dest
