@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-MAX_TOKENS = 24  # the window synthface was trained with; its longest training caption takes 19 tokens
+MAX_TOKENS = 24  # the window synthface was trained with (its longest training caption takes 24 tokens)
 
 
 def minilm_path() -> Path:
