@@ -40,7 +40,7 @@ class HardPrompt(Method):
 
     def prepare(self, backend: Any, suite: Any, context: MethodContext | None = None) -> None:
         """Keep the suite's group template and prompts (the rewrite fills the template)."""
-        if not suite.group_template:
+        if not suite.group_template and any(not self.detector.names_group(suite.text(p)) for p in suite.prompts):
             raise UserError(f"suite {suite.name!r} has no group_template; hardprompt cannot name a group in it")
         self._suite, self._prompts = suite, {p.id: p for p in suite.prompts}
 

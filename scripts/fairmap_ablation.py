@@ -25,6 +25,8 @@ VARIANTS = {
     "lambda 10": {"lambda_fair": 10.0},
     "lambda 100": {"lambda_fair": 100.0},
     "3 layers (residual MLP)": {"depth": 3},
+    "group embeddings not mapped": {"map_groups": False},
+    "group embeddings not mapped, lambda 100": {"map_groups": False, "lambda_fair": 100.0},
 }
 ATTRS = "gender,skin_tone"
 
@@ -53,7 +55,7 @@ def main() -> None:
     vanilla = run(build_config(method="vanilla", out=str(vanilla_dir), **common))
     rows = [_row("vanilla", vanilla.metrics)]
     for name, extra in VARIANTS.items():
-        slug = name.split(" (")[0].replace(" ", "-")
+        slug = name.split(" (")[0].replace(",", "").replace(" ", "-")
         run_dir = Path(args.full) if args.full and not extra else out / slug
         cfg = build_config(method="fairmap", method_args={"attributes": ATTRS, **extra}, out=str(run_dir),
                            reference=str(vanilla.run_dir), **common)

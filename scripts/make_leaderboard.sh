@@ -20,8 +20,8 @@ declare -A ARGS=(
   [debiasvl]="--method-arg attributes=$ATTR"
   [fairdiffusion]="--method-arg attributes=$ATTR"
   # UCE: the published loop with 10 images per concept cannot reach a 0.05 gap on 4 skin-tone
-  # groups (shares move in steps of 0.1), so it would always run its 30 rounds; 5 rounds here.
-  [uce]="--method-arg attributes=$ATTR --method-arg max_iterations=5 --method-arg concepts_suite=occupations --method-arg concepts_split=test"
+  # groups (shares move in steps of 0.1), so it would always run its 30 rounds; 3 rounds here (CPU budget).
+  [uce]="--method-arg attributes=$ATTR --method-arg max_iterations=3 --method-arg concepts_suite=occupations --method-arg concepts_split=test"
 )
 ORDER=(vanilla fairmap entigen hardprompt debiasvl fairdiffusion uce)
 for m in "${ORDER[@]}"; do
