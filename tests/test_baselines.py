@@ -78,6 +78,7 @@ def test_hardprompt_names_a_uniform_group_and_leaves_explicit_prompts(suite):
     groups = np.array([sample_groups(u.seed, ["gender", "skin_tone"]) for u in units])
     assert set(groups[:, 0]) == {0, 1} and set(groups[:, 1]) == {0, 1, 2, 3}
     explicit = load_suite("explicit")
+    m.prepare(None, explicit)  # no group template needed: every explicit prompt names its group
     e_units = make_units(explicit, "hardprompt", "m", 2, 0, "test", 4)
     assert [m.rewrite_prompt(u) for u in e_units] == [u.prompt for u in e_units]
 
