@@ -113,7 +113,8 @@ class FairDiffusion(Method):
             eps_edit = original(x, timestep, ctx, *args, **kwargs)
             eps_edit = (eps_edit[0] if isinstance(eps_edit, tuple) else eps_edit.sample).view(e.shape[0], b, *pred.shape[1:])
             u, c = pred[:b], pred[b:]
-            step = int((scheduler.timesteps == timestep).nonzero()[0]) if (scheduler.timesteps == timestep).any() else 0
+            hits = (scheduler.timesteps == timestep).nonzero()
+            step = int(hits[0]) if len(hits) else 0
             mom = state.get("momentum", torch.zeros_like(u))
             guided, state["momentum"] = sega_guidance(u, c, eps_edit, signs.to(u.device, u.dtype), mom,
                                                       params.guidance_scale, self.edit_scale, self.threshold,
