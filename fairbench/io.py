@@ -81,9 +81,9 @@ def ensure_writable_dir(path: Path) -> Path:
     """Create `path` if needed and check that files can be written there."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".fairbench-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a unique probe name: processes of one `accelerate launch` check the same folder at once
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".fairbench-write-test-"):
+            pass
     except OSError as exc:
         raise UserError(f"output directory {str(path)!r} is not writable: {exc.strerror or exc}") from None
     return path

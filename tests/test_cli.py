@@ -166,3 +166,15 @@ def test_leaderboard_joins_explicit_adherence_by_method_identity(tmp_path):
     assert (van["adherence:gender"] == 0.9).all() and (van["adherence_run"] == "ea").all()
     assert hard["adherence:gender"].isna().all()  # different method arguments: not paired
     assert main(["leaderboard", str(runs[0]), "--out", str(out), "--explicit", str(runs[1])]) == 2
+
+
+def test_writable_check_is_safe_for_concurrent_processes(tmp_path):
+    # every process of an `accelerate launch` checks the run folder at the same moment
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fairbench.io import ensure_writable_dir
+
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda _: ensure_writable_dir(tmp_path), range(400)))
+    assert done == [tmp_path] * 400
+    assert list(tmp_path.iterdir()) == []
