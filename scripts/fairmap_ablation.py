@@ -18,15 +18,15 @@ from fairbench.config import build_config
 from fairbench.runner import run
 
 VARIANTS = {
-    "full (lambda 1, 1 layer)": {},
+    "full (lambda 100, 1 layer, group embeddings fixed)": {},
     "text loss only": {"use_fair_loss": False},
     "fairness loss only": {"use_text_loss": False},
-    "lambda 0.1": {"lambda_fair": 0.1},
+    "lambda 1": {"lambda_fair": 1.0},
     "lambda 10": {"lambda_fair": 10.0},
-    "lambda 100": {"lambda_fair": 100.0},
+    "lambda 1000": {"lambda_fair": 1000.0},
     "3 layers (residual MLP)": {"depth": 3},
-    "group embeddings not mapped": {"map_groups": False},
-    "group embeddings not mapped, lambda 100": {"map_groups": False, "lambda_fair": 100.0},
+    "group embeddings mapped too": {"map_groups": True},
+    "group embeddings mapped too, lambda 1 (first default)": {"map_groups": True, "lambda_fair": 1.0},
 }
 ATTRS = "gender,skin_tone"
 

@@ -11,9 +11,10 @@ already name a group.
 
 Reconstruction defaults (unknown in the paper): M = one linear d x d layer with bias, identity
 initialised (`depth` > 1: residual MLP, last layer zero-initialised, still identity at start);
-group embeddings mapped too (`map_groups`); d = Euclidean distance per token, averaged over
-tokens; L_fair = sum_j (d(v, v_j) - mean_k d(v, v_k))^2 per attribute, summed over attributes;
-L_text = mean over prompts and tokens of ||M(E(p)) - E(p)||^2; lambda = 1; Adam, lr 1e-3, 400
+group embeddings are fixed targets, not mapped (`map_groups=false`); d = Euclidean distance per
+token, averaged over tokens; L_fair = sum_j (d(v, v_j) - mean_k d(v, v_k))^2 per attribute, summed
+over attributes; L_text = mean over prompts and tokens of ||M(E(p)) - E(p)||^2; lambda = 100
+(map_groups and lambda chosen by the synthface ablation, docs/fairmap_ablation.md); Adam, lr 1e-3, 400
 full-batch steps; training prompts = the suite's training split; group words = the adjectives
 of prompts/attributes.yaml; detector words = their `words` lists; the unconditional (negative)
 embedding is not mapped.
@@ -89,10 +90,10 @@ class FairMapConfig:
     """Hyperparameters (the unpublished ones carry fairbench's defaults)."""
 
     attributes: list[str] = field(default_factory=lambda: ["gender"])
-    lambda_fair: float = 1.0
+    lambda_fair: float = 100.0
     depth: int = 1
     hidden: int | None = None
-    map_groups: bool = True
+    map_groups: bool = False
     lr: float = 1e-3
     steps: int = 400
     seed: int = 0
@@ -166,9 +167,10 @@ class FairMapping(Method):
     level = "embedding"
     source = SOURCE
 
-    def __init__(self, checkpoint: str | None = None, attributes: str = "gender", lambda_fair: float = 1.0,
-                 depth: int = 1, hidden: int | None = None, steps: int = 400, lr: float = 1e-3,
-                 detector: bool = True, map_groups: bool = True, seed: int = 0,
+    def __init__(self, checkpoint: str | None = None, attributes: str = "gender",
+                 lambda_fair: float = FairMapConfig.lambda_fair, depth: int = FairMapConfig.depth,
+                 hidden: int | None = None, steps: int = FairMapConfig.steps, lr: float = FairMapConfig.lr,
+                 detector: bool = True, map_groups: bool = FairMapConfig.map_groups, seed: int = 0,
                  use_text_loss: bool = True, use_fair_loss: bool = True, train_suite: str = "occupations") -> None:
         super().__init__()
         attrs = parse_attributes(attributes)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# GPU check: every method through `fairbench run` on a tiny random SD pipeline on CUDA
+# (real diffusers pipeline, MTCNN and the age/gender classifier as for SD), float16 too,
+# and vanilla's CUDA images against the same run on the CPU.
+#   usage: scripts/gpu_check.sh [OUT=runs/gpu-check]   (needs a CUDA device; about 3 minutes)
+set -uo pipefail
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+OUT=${1:-runs/gpu-check}
+FB=${FB:-fairbench}
+mkdir -p "$OUT"
+python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name(0))" || exit 1
+$FB make-tiny-sd "$OUT/tiny-sd" > /dev/null || exit 1
+COMMON=(--model "$OUT/tiny-sd" --n 4 --limit 3 --steps 4 --no-progress --n-boot 100)
+status=0
+for m in vanilla fairmap entigen hardprompt debiasvl fairdiffusion uce; do
+  t0=$(date +%s%N)
+  if $FB run --method "$m" "${COMMON[@]}" --device cuda --out "$OUT/$m-cuda" > "$OUT/$m-cuda.log" 2>&1; then
+    printf '%-14s cuda float32 ok   %6d ms\n' "$m" $(( ($(date +%s%N) - t0) / 1000000 ))
+  else
+    printf '%-14s cuda float32 FAILED (%s)\n' "$m" "$OUT/$m-cuda.log"; tail -5 "$OUT/$m-cuda.log"; status=1
+  fi
+done
+$FB run --method vanilla "${COMMON[@]}" --device cuda --dtype float16 --out "$OUT/vanilla-cuda-fp16" \
+  > "$OUT/vanilla-cuda-fp16.log" 2>&1 && echo "vanilla        cuda float16 ok" || { echo "vanilla float16 FAILED"; tail -5 "$OUT/vanilla-cuda-fp16.log"; status=1; }
+$FB run --method vanilla "${COMMON[@]}" --device cpu --out "$OUT/vanilla-cpu" > "$OUT/vanilla-cpu.log" 2>&1 \
+  || { echo "vanilla cpu FAILED"; tail -5 "$OUT/vanilla-cpu.log"; status=1; }
+python3 - "$OUT" <<'EOF' || status=1
+import json, sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+out = Path(sys.argv[1])
+def images(run):
+    return {p.relative_to(out / run): np.asarray(Image.open(p), dtype=np.int16) for p in sorted((out / run).glob("images/*/*.png"))}
+cpu = images("vanilla-cpu")
+for run in ("vanilla-cuda", "vanilla-cuda-fp16"):
+    gpu = images(run)
+    assert gpu.keys() == cpu.keys() and cpu, f"{run}: different image sets"
+    diff = np.stack([np.abs(gpu[k] - cpu[k]) for k in cpu])
+    print(f"{run} vs vanilla-cpu: {len(cpu)} images, max |pixel diff| {diff.max()}, mean {diff.mean():.3f} (0..255)")
+for run in sorted(p.name for p in out.glob("*-cuda*") if p.is_dir()):
+    rec = json.loads((out / run / "run.json").read_text())
+    print(f"{run}: status {rec['status']}, {rec['model']['device']} {rec['model']['dtype']} on {rec['hardware'].get('gpu')}, "
+          f"{rec['generation']['images_per_second']} images/s")
+EOF
+exit $status
