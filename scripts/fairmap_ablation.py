@@ -1,6 +1,7 @@
 """Fair Mapping ablation on synthface (held-out test occupations): writes docs/fairmap_ablation.md.
 
-Variants: full loss, text loss only, fairness loss only, three lambdas, one vs several layers;
+Variants: full loss, text loss only, fairness loss only, three lambdas, one vs several layers,
+the distance, mapped vs fixed group embeddings;
 each against vanilla on the same prompts and seeds. Fair Mapping here is fairbench's
 documented reconstruction (docs/fairmap.md).
 
@@ -25,6 +26,7 @@ VARIANTS = {
     "lambda 10": {"lambda_fair": 10.0},
     "lambda 1000": {"lambda_fair": 1000.0},
     "3 layers (residual MLP)": {"depth": 3},
+    "distance between token-averaged states": {"distance": "pooled"},
     "group embeddings mapped too": {"map_groups": True},
     "group embeddings mapped too, lambda 1 (first default)": {"map_groups": True, "lambda_fair": 1.0},
 }

@@ -33,6 +33,20 @@ def test_fairness_loss_zero_when_equidistant_positive_otherwise():
     assert fairness_loss(v, g).item() == pytest.approx(2.0)
 
 
+
+def test_pooled_distance_compares_token_averages():
+    v = torch.zeros(1, 2, 3)
+    g = torch.zeros(1, 2, 2, 3)
+    # group 0: tokens +1 and -1 on dim 0 -> token average 0 (pooled distance 0, token distance 1)
+    g[0, 0, 0, 0], g[0, 0, 1, 0] = 1.0, -1.0
+    # group 1: both tokens (0, 3, 4) -> pooled distance 5
+    g[0, 1, :, 1], g[0, 1, :, 2] = 3.0, 4.0
+    # d = (0, 5), mean 2.5 -> loss 2 * 2.5^2 = 12.5; per token d = (1, 5) -> loss 2 * 2^2 = 8
+    assert fairness_loss(v, g, "pooled").item() == pytest.approx(12.5)
+    assert fairness_loss(v, g, "token").item() == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="distance"):
+        FairMapConfig(distance="cosine")
+
 def test_detector_bypasses_on_group_words_only():
     det = KeywordDetector(["gender", "skin_tone"])
     assert det.names_group("a photo of the face of a female doctor")

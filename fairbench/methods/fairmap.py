@@ -74,9 +74,17 @@ def token_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).norm(dim=-1).mean(dim=-1)
 
 
-def fairness_loss(v: torch.Tensor, v_groups: torch.Tensor) -> torch.Tensor:
+def pooled_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance between the token-averaged states: (..., L, D) x (..., L, D) -> (...)."""
+    return (a.mean(dim=-2) - b.mean(dim=-2)).norm(dim=-1)
+
+
+DISTANCES = {"token": token_distance, "pooled": pooled_distance}
+
+
+def fairness_loss(v: torch.Tensor, v_groups: torch.Tensor, distance: str = "token") -> torch.Tensor:
     """sum_j (d(v, v_j) - mean_k d(v, v_k))^2, averaged over prompts. v: (P, L, D); v_groups: (P, K, L, D)."""
-    d = token_distance(v.unsqueeze(1), v_groups)  # (P, K)
+    d = DISTANCES[distance](v.unsqueeze(1), v_groups)  # (P, K)
     return ((d - d.mean(dim=1, keepdim=True)) ** 2).sum(dim=1).mean()
 
 
@@ -100,6 +108,11 @@ class FairMapConfig:
     split: str = "train"
     use_text_loss: bool = True
     use_fair_loss: bool = True
+    distance: str = "token"
+
+    def __post_init__(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {sorted(DISTANCES)}, got {self.distance!r}")
 
 
 def training_texts(suite: SuiteSpec, attributes: list[str], split: str) -> tuple[list[str], dict[str, list[list[str]]]]:
@@ -149,7 +162,7 @@ def fit_mapping(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig)
         lf = torch.zeros(())
         if cfg.use_fair_loss:
             for e in e_groups.values():
-                lf = lf + fairness_loss(v, net(e) if cfg.map_groups else e)
+                lf = lf + fairness_loss(v, net(e) if cfg.map_groups else e, cfg.distance)
         loss = lt + cfg.lambda_fair * lf
         opt.zero_grad()
         loss.backward()
@@ -171,11 +184,13 @@ class FairMapping(Method):
                  lambda_fair: float = FairMapConfig.lambda_fair, depth: int = FairMapConfig.depth,
                  hidden: int | None = None, steps: int = FairMapConfig.steps, lr: float = FairMapConfig.lr,
                  detector: bool = True, map_groups: bool = FairMapConfig.map_groups, seed: int = 0,
-                 use_text_loss: bool = True, use_fair_loss: bool = True, train_suite: str = "occupations") -> None:
+                 use_text_loss: bool = True, use_fair_loss: bool = True, train_suite: str = "occupations",
+                 distance: str = FairMapConfig.distance) -> None:
         super().__init__()
         attrs = parse_attributes(attributes)
         self.cfg = FairMapConfig(attrs, float(lambda_fair), int(depth), hidden, bool(map_groups), float(lr),
-                                 int(steps), int(seed), "train", bool(use_text_loss), bool(use_fair_loss))
+                                 int(steps), int(seed), "train", bool(use_text_loss), bool(use_fair_loss),
+                                 str(distance))
         self.checkpoint = checkpoint
         self.train_suite = train_suite
         self.use_detector = bool(detector)

@@ -1,0 +1,44 @@
+"""How far a model's text encoder already leans toward one gender, per occupation (docs/fairmap.md).
+
+For every occupation prompt: d(neutral, "male" variant) - d(neutral, "female" variant) with
+Fair Mapping's distances (per token, and between token-averaged states), correlated with
+Stable Diffusion 1.5's measured female share (Friedrich et al., Fair Diffusion's counts, stored
+with the occupations suite). Positive lean: the neutral prompt sits closer to its female variant.
+
+Usage: python scripts/fairmap_text_lean.py [--model synthface]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from scipy.stats import pearsonr
+
+from fairbench.methods.fairmap import DISTANCES, encode_all, training_texts
+from fairbench.models import load_backend
+from fairbench.prompts import load_suite
+from fairbench.synthface.data import occupations
+
+
+def main() -> None:
+    """Print the correlation of each distance's lean with SD 1.5's female shares."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="synthface")
+    args = ap.parse_args()
+    backend, suite = load_backend(args.model), load_suite("occupations")
+    neutral, groups = training_texts(suite, ["gender"], "all")
+    e = encode_all(backend, neutral)
+    g = encode_all(backend, [t for row in groups["gender"] for t in row]).view(len(neutral), 2, *e.shape[1:])
+    share = dict(occupations())
+    female = np.array([share[p.vars["occupation"]] for p in suite.select("all")])
+    for name, dist in DISTANCES.items():
+        d = dist(e.unsqueeze(1), g).numpy()  # (P, 2): male, female (prompts/attributes.yaml order)
+        lean = d[:, 0] - d[:, 1]
+        r, p = pearsonr(lean, female)
+        print(f"{name} distance: lean vs SD 1.5 female share over {len(lean)} occupations: Pearson r = {r:.3f} "
+              f"(p = {p:.1e}); mean |lean| / mean distance = {np.abs(lean).mean() / d.mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
