@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = ap.parse_args()
 
     from fairbench.models import load_backend, model_defaults
@@ -94,7 +95,7 @@ def main() -> None:
     model = args.model or str(tmp / "tiny-sd")
     if not args.model:
         make_tiny_sd(model)
-    backend = load_backend(model)
+    backend = load_backend(model, dtype=args.dtype)
     defaults = model_defaults(model)
     args.steps = args.steps or defaults["steps"]
     args.batch_size = args.batch_size or defaults["batch_size"]
@@ -116,7 +117,7 @@ def main() -> None:
     p, f = statistics.median(plain), statistics.median(fb)
     cost = labelling_cost(16)
     print(f"model: {model} | {len(units)} images ({args.prompts} prompts x {args.n}), batch {args.batch_size}, "
-          f"{args.steps} steps, guidance {args.guidance}, {args.repeats} rounds, torch threads {torch.get_num_threads()}")
+          f"{args.steps} steps, guidance {args.guidance}, {args.dtype}, {args.repeats} rounds, torch threads {torch.get_num_threads()}")
     print(f"plain diffusers loop : {p:8.2f} images/s = {1 / p:.3f} s/image  (rounds: {', '.join(f'{x:.2f}' for x in plain)})")
     print(f"fairbench generation : {f:8.2f} images/s = {1 / f:.3f} s/image  (rounds: {', '.join(f'{x:.2f}' for x in fb)})")
     print(f"ratio fairbench/plain: {f / p:8.3f}   identical pixels: {'yes' if same else 'NO'}")
