@@ -178,3 +178,11 @@ def test_writable_check_is_safe_for_concurrent_processes(tmp_path):
         done = list(pool.map(lambda _: ensure_writable_dir(tmp_path), range(400)))
     assert done == [tmp_path] * 400
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tables_are_not_wrapped_at_80_columns_in_logs(capsys):
+    # CI logs and `> run.log` are no terminal; rich would wrap every table at 80 columns there
+    assert main(["ls", "methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if " fairdiffusion " in line)
+    assert "guidance" in row and len(row) > 80

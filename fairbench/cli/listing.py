@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
+
+from fairbench.outputs.tables import terminal_console
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
@@ -12,7 +13,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(c)
     for r in rows:
         table.add_row(*[str(x) for x in r])
-    Console().print(table)
+    terminal_console().print(table)
 
 
 def list_kind(kind: str) -> None:

@@ -12,6 +12,15 @@ from fairbench.io import atomic_write_text
 from fairbench.metrics.evaluate import per_prompt_table, summary_table
 
 HEADLINE = ("fd", "kl", "bias_gap", "heim_imbalance")
+LOG_WIDTH = 160
+
+
+def terminal_console() -> Console:
+    """A rich console; logs and CI (no terminal) get a wide one, since rich would wrap them at 80 columns."""
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, LOG_WIDTH)
+    return console
 
 
 def write_tables(run_dir: Path, metrics: dict[str, Any]) -> list[Path]:
@@ -34,7 +43,7 @@ def _fmt(est: dict[str, Any]) -> str:
 
 def print_summary(metrics: dict[str, Any], title: str, console: Console | None = None) -> None:
     """Headline metrics per attribute, with intervals and sample sizes."""
-    console = console or Console()
+    console = console or terminal_console()
     table = Table(title=title, title_justify="left")
     table.add_column("attribute")
     for m in HEADLINE:
