@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from fairbench.errors import UserError
 from fairbench.faces.base import crop_face
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import DiffusersBackend
-from fairbench.io import atomic_write_json
+from fairbench.io import atomic_save_tensors, atomic_write_json
 from fairbench.prompts import attribute, load_suite, parse_attributes, subject_of
 from fairbench.units import unit_seed
 
@@ -203,7 +203,7 @@ class UCE(Method):
             raise RuntimeError("UCE.prepare() must run before apply_to_model()")
         layers = cross_attention_projections(backend.unet, self.keys)
         path = self.cache_path(backend) if self.cache else None
-        if path is not None and (path / "projections.safetensors").is_file():
+        if path is not None and (path / "uce.json").is_file():  # written last: the edit is complete
             saved = load_file(path / "projections.safetensors")
             with torch.no_grad():
                 for i, layer in enumerate(layers):
@@ -213,9 +213,7 @@ class UCE(Method):
             return
         self.run_loop(backend)
         if path is not None:
-            path.mkdir(parents=True, exist_ok=True)
-            save_file({f"{i}": layer.weight.detach().cpu().contiguous() for i, layer in enumerate(layers)},
-                      str(path / "projections.safetensors"))
+            atomic_save_tensors(path / "projections.safetensors", {f"{i}": layer.weight for i, layer in enumerate(layers)})
             atomic_write_json(path / "uce.json", {"args": self.args, "concepts": self.concept_texts()[1]})
 
     def run_loop(self, backend: DiffusersBackend) -> None:

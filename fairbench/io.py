@@ -27,6 +27,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_save_tensors(path: Path, tensors: dict[str, Any]) -> None:
+    """Write a safetensors file atomically (processes of one run may share a cached checkpoint)."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Text version of atomic_write_bytes."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -186,3 +186,15 @@ def test_tables_are_not_wrapped_at_80_columns_in_logs(capsys):
     lines = capsys.readouterr().out.splitlines()
     row = next(line for line in lines if " fairdiffusion " in line)
     assert "guidance" in row and len(row) > 80
+
+
+def test_atomic_save_tensors_round_trips_and_leaves_no_temp_file(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from fairbench.io import atomic_save_tensors
+
+    w = torch.arange(6.0).view(2, 3).t()  # non-contiguous, like a transposed weight
+    atomic_save_tensors(tmp_path / "m.safetensors", {"w": w})
+    assert torch.equal(load_file(tmp_path / "m.safetensors")["w"], w)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

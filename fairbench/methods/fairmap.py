@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from fairbench.errors import UserError
-from fairbench.io import atomic_write_json
+from fairbench.io import atomic_save_tensors, atomic_write_json
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import Conditioning, DiffusersBackend
 from fairbench.prompts import KeywordDetector, SuiteSpec, attribute, parse_attributes
@@ -252,7 +252,7 @@ def checkpoint_meta(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapCon
 def save_checkpoint(net: MappingNetwork, meta: dict, out: Path) -> Path:
     """mapping.safetensors + mapping.json in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "mapping.safetensors"))
+    atomic_save_tensors(out / "mapping.safetensors", net.state_dict())
     atomic_write_json(out / "mapping.json", {**meta, "dim": net.dim, "depth": net.depth})
     return out
 
