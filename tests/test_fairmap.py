@@ -33,7 +33,6 @@ def test_fairness_loss_zero_when_equidistant_positive_otherwise():
     assert fairness_loss(v, g).item() == pytest.approx(2.0)
 
 
-
 def test_pooled_distance_compares_token_averages():
     v = torch.zeros(1, 2, 3)
     g = torch.zeros(1, 2, 2, 3)
@@ -46,6 +45,7 @@ def test_pooled_distance_compares_token_averages():
     assert fairness_loss(v, g, "token").item() == pytest.approx(8.0)
     with pytest.raises(ValueError, match="distance"):
         FairMapConfig(distance="cosine")
+
 
 def test_detector_bypasses_on_group_words_only():
     det = KeywordDetector(["gender", "skin_tone"])

@@ -188,9 +188,10 @@ class FairMapping(Method):
                  distance: str = FairMapConfig.distance) -> None:
         super().__init__()
         attrs = parse_attributes(attributes)
-        self.cfg = FairMapConfig(attrs, float(lambda_fair), int(depth), hidden, bool(map_groups), float(lr),
-                                 int(steps), int(seed), "train", bool(use_text_loss), bool(use_fair_loss),
-                                 str(distance))
+        self.cfg = FairMapConfig(attributes=attrs, lambda_fair=float(lambda_fair), depth=int(depth), hidden=hidden,
+                                 map_groups=bool(map_groups), lr=float(lr), steps=int(steps), seed=int(seed),
+                                 use_text_loss=bool(use_text_loss), use_fair_loss=bool(use_fair_loss),
+                                 distance=str(distance))
         self.checkpoint = checkpoint
         self.train_suite = train_suite
         self.use_detector = bool(detector)
@@ -251,7 +252,6 @@ def checkpoint_meta(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapCon
 
 def save_checkpoint(net: MappingNetwork, meta: dict, out: Path) -> Path:
     """mapping.safetensors + mapping.json in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(out / "mapping.safetensors", net.state_dict())
     atomic_write_json(out / "mapping.json", {**meta, "dim": net.dim, "depth": net.depth})
     return out
