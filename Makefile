@@ -28,7 +28,7 @@ test: $(STAMP)
 # A small synthface run checked against the committed reference numbers.
 regression: $(STAMP)
 	rm -rf runs/ci-regression
-	HF_HUB_OFFLINE=1 $(BIN)/fairbench run --method vanilla --n 8 --limit 12 --no-progress --out runs/ci-regression
+	HF_HUB_OFFLINE=1 $(BIN)/fairbench run --method vanilla --n 8 --limit 12 --dtype float32 --no-progress --out runs/ci-regression
 	$(BIN)/fairbench check runs/ci-regression --against results/synthface_ci_reference.json
 
 # Rebuild the synthface world from scratch (about 80 minutes on 2 CPU cores; every stage resumes).

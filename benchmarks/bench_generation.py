@@ -83,10 +83,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: the model's on this CPU")
     args = ap.parse_args()
 
-    from fairbench.models import load_backend, model_defaults
+    from fairbench.models import default_dtype, load_backend, model_defaults
     from fairbench.models.tiny import make_tiny_sd
     from fairbench.prompts import load_suite
     from fairbench.units import make_units
@@ -95,6 +95,7 @@ def main() -> None:
     model = args.model or str(tmp / "tiny-sd")
     if not args.model:
         make_tiny_sd(model)
+    args.dtype = args.dtype or default_dtype(model, "cpu")
     backend = load_backend(model, dtype=args.dtype)
     defaults = model_defaults(model)
     args.steps = args.steps or defaults["steps"]

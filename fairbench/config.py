@@ -42,7 +42,8 @@ class RunConfig(BaseModel):
     width: int | None = Field(default=None, gt=0)
     negative_prompt: str = ""
     scheduler: str | None = None
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        default=None, description="None: the model's default on this device (synthface: bfloat16 where native)")
     device: str = "auto"
     classifier: str | None = None
     classifier_args: dict[str, Any] = Field(default_factory=dict)
@@ -70,11 +71,13 @@ class RunConfig(BaseModel):
         return v
 
     def with_model_defaults(self) -> "RunConfig":
-        """Fill the unset model-dependent options (steps, guidance, batch size, classifier, detector)."""
-        from fairbench.models import model_defaults
+        """Fill the unset model-dependent options (steps, guidance, batch size, classifier, detector, dtype)."""
+        from fairbench.models import default_dtype, model_defaults, resolve_device
 
-        defaults = model_defaults(self.model)
-        return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
+        update = {k: v for k, v in model_defaults(self.model).items() if k != "dtype" and getattr(self, k) is None}
+        if self.dtype is None:
+            update["dtype"] = default_dtype(self.model, resolve_device(self.device))
+        return self.model_copy(update=update)
 
     def shard_pair(self) -> tuple[int, int]:
         """(index, count) of the shard; (0, 1) when unsharded."""

@@ -28,7 +28,7 @@ from fairbench.methods import build_method
 from fairbench.methods.base import MethodContext
 from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
-from fairbench.models import load_backend, resolve_model
+from fairbench.models import load_backend, resolve_device, resolve_model
 from fairbench.models.backend import SamplingParams
 from fairbench.outputs.rundir import (METRICS_JSON, RUN_JSON, git_sha, hardware, library_versions, read_json,
                                       write_run_json)
@@ -57,18 +57,6 @@ def default_out(cfg: RunConfig) -> Path:
         i, n = cfg.shard_pair()
         name += f"-shard-{i}-of-{n}"
     return Path("runs") / name
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> this process's accelerator when there is one, else the CPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        return f"cuda:{local}"
-    return "cpu"
 
 
 def process_info() -> tuple[int, int, Any]:

@@ -198,3 +198,14 @@ def test_atomic_save_tensors_round_trips_and_leaves_no_temp_file(tmp_path):
     atomic_save_tensors(tmp_path / "m.safetensors", {"w": w})
     assert torch.equal(load_file(tmp_path / "m.safetensors")["w"], w)
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_dtype_default_is_the_models_on_this_device(native, tiny_sd, monkeypatch):
+    import fairbench.models as models
+    from fairbench.config import RunConfig
+
+    monkeypatch.setattr(models, "native_bfloat16", lambda device: native)
+    assert RunConfig(model="synthface").with_model_defaults().dtype == ("bfloat16" if native else "float32")
+    assert RunConfig(model=str(tiny_sd)).with_model_defaults().dtype == "float32"  # SD: float32 everywhere
+    assert RunConfig(model="synthface", dtype="float32").with_model_defaults().dtype == "float32"  # as asked
