@@ -55,7 +55,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--negative-prompt")
     p.add_argument("--scheduler", help="ddim, ddpm, dpm++, euler, euler_a, lms, pndm")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="default: the model's (synthface: bfloat16 where the device has it natively; SD: float32)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--classifier", help="attribute classifier (fairbench ls classifiers)")
     p.add_argument("--classifier-arg", action="append", metavar="KEY=VALUE", help="classifier argument (repeatable)")
