@@ -13,6 +13,7 @@ Usage: python scripts/fairmap_ablation.py [--n 40] [--limit N] [--out runs/ablat
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from fairbench.config import build_config
@@ -64,11 +65,12 @@ def main() -> None:
         result = run(cfg)
         rows.append(_row(name, result.metrics))
     n_prompts = vanilla.metrics["attributes"]["gender"]["n_prompts"]
+    dtype = json.loads((Path(vanilla.run_dir) / "run.json").read_text())["model"]["dtype"]
     text = "\n".join([
         "# Fair Mapping ablation on synthface",
         "",
         "Fair Mapping here is fairbench's documented reconstruction (docs/fairmap.md), not the authors' code.",
-        f"Held-out test occupations ({n_prompts} prompts), {args.n} images each, seed 0, attributes {ATTRS};",
+        f"Held-out test occupations ({n_prompts} prompts), {args.n} images each, seed 0, attributes {ATTRS}, {dtype};",
         "intervals: 95 % bootstrap over prompts and images. FD: Frechet distance to vanilla's images for the",
         "same prompts and seeds (synthface classifier features). Regenerate with",
         f"`python scripts/fairmap_ablation.py --n {args.n}" + (f" --limit {args.limit}" if args.limit else "") + "`.",
