@@ -49,11 +49,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--limit", type=int, help="only the first N test occupations")
     ap.add_argument("--out", default="runs/ablation")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: synthface's on this CPU")
     ap.add_argument("--vanilla", help="finished vanilla run to reuse (same prompts, n, seed)")
     ap.add_argument("--full", help="finished fairmap run (attributes gender,skin_tone, defaults) to reuse")
     args = ap.parse_args()
     out = Path(args.out)
-    common = {"split": "test", "n": args.n, "limit": args.limit, "progress": False}
+    common = {"split": "test", "n": args.n, "limit": args.limit, "dtype": args.dtype, "progress": False}
     vanilla_dir = Path(args.vanilla) if args.vanilla else out / "vanilla"
     vanilla = run(build_config(method="vanilla", out=str(vanilla_dir), **common))
     rows = [_row("vanilla", vanilla.metrics)]
@@ -73,7 +74,8 @@ def main() -> None:
         f"Held-out test occupations ({n_prompts} prompts), {args.n} images each, seed 0, attributes {ATTRS}, {dtype};",
         "intervals: 95 % bootstrap over prompts and images. FD: Frechet distance to vanilla's images for the",
         "same prompts and seeds (synthface classifier features). Regenerate with",
-        f"`python scripts/fairmap_ablation.py --n {args.n}" + (f" --limit {args.limit}" if args.limit else "") + "`.",
+        f"`python scripts/fairmap_ablation.py --n {args.n}" + (f" --limit {args.limit}" if args.limit else "")
+        + (f" --dtype {args.dtype}" if args.dtype else "") + "`.",
         "",
         "| variant | gender mean abs(f_m - f_f) | skin tone KL to uniform | family accuracy | no-face rate | FD to vanilla |",
         "|---|---|---|---|---|---|",
