@@ -80,7 +80,8 @@ def check_resume(run_dir: Path, cfg: RunConfig) -> None:
     diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
     if diff:
         k, (was, now) = next(iter(diff.items()))
-        raise UserError(f"{run_dir} holds a different run ({k}: {was!r} there, {now!r} now); choose another --out")
+        hint = f"pass --dtype {was} to resume it, or choose another --out" if k == "dtype" else "choose another --out"
+        raise UserError(f"{run_dir} holds a different run ({k}: {was!r} there, {now!r} now); {hint}")
 
 
 def suite_identity(cfg: RunConfig) -> dict[str, Any]:

@@ -165,3 +165,10 @@ def test_accelerate_two_processes_match_one(tiny_sd, tmp_path):
     assert not list(out.glob("manifest.rank*.jsonl"))
     assert image_bytes(out) == image_bytes(reference_run)
     assert [r["key"] for r in manifest(out)] == [r["key"] for r in manifest(reference_run)]
+
+
+def test_resume_at_another_dtype_names_the_flag(tiny_sd, reference_run, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(reference_run, out)
+    assert main(run_args(tiny_sd, out, "--n", "3", "--limit", "5", "--dtype", "bfloat16")) == 2
+    assert "(dtype: 'float32' there, 'bfloat16' now); pass --dtype float32 to resume it" in capsys.readouterr().err
