@@ -76,6 +76,17 @@ def test_training_reduces_fairness_loss_and_round_trips(tiny_sd, tmp_path):
     assert torch.equal(net(x), again(x))
 
 
+def test_text_encoder_identity_is_the_same_in_float32_and_bfloat16(tiny_sd):
+    from fairbench.methods.fairmap import text_encoder_hash
+    from fairbench.models import load_backend
+
+    fp32, bf16 = load_backend(str(tiny_sd)), load_backend(str(tiny_sd), dtype="bfloat16")
+    assert text_encoder_hash(fp32) == text_encoder_hash(bf16)  # a map trained in one applies in the other
+    with torch.no_grad():
+        next(fp32.text_encoder.parameters()).add_(1.0)  # another encoder: another identity
+    assert text_encoder_hash(fp32) != text_encoder_hash(bf16)
+
+
 def test_tiny_sd_run_with_fairmap_is_deterministic_and_bypasses(tiny_sd, tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))
     runs = []

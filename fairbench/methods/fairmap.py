@@ -127,12 +127,15 @@ def training_texts(suite: SuiteSpec, attributes: list[str], split: str) -> tuple
 
 
 def text_encoder_hash(backend: DiffusersBackend) -> str:
-    """sha256 over the text encoder's parameters (names, shapes, bytes): which encoder a map fits."""
+    """sha256 over the text encoder's parameters (names, shapes, values): which encoder a map fits.
+
+    Values are hashed at bfloat16 precision, so one encoder loaded in float32 or bfloat16 has one
+    identity (a map trained in one precision applies in the other)."""
     h = hashlib.sha256()
     for name, t in sorted(backend.text_encoder.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().to(torch.bfloat16).float().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
