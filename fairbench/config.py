@@ -74,8 +74,8 @@ class RunConfig(BaseModel):
         """Fill the unset model-dependent options (steps, guidance, batch size, classifier, detector, dtype)."""
         from fairbench.models import default_dtype, model_defaults, resolve_device
 
-        update = {k: v for k, v in model_defaults(self.model).items() if k != "dtype" and getattr(self, k) is None}
-        if self.dtype is None:
+        update = {k: v for k, v in model_defaults(self.model).items() if getattr(self, k) is None}
+        if self.dtype is None:  # the model's wish, where this device computes it natively
             update["dtype"] = default_dtype(self.model, resolve_device(self.device))
         return self.model_copy(update=update)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +81,14 @@ def check_resume(run_dir: Path, cfg: RunConfig) -> None:
     diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
     if diff:
         k, (was, now) = next(iter(diff.items()))
-        hint = f"pass --dtype {was} to resume it, or choose another --out" if k == "dtype" else "choose another --out"
-        raise UserError(f"{run_dir} holds a different run ({k}: {was!r} there, {now!r} now); {hint}")
+        raise UserError(f"{run_dir} holds a different run ({k}: {was!r} there, {now!r} now); {resume_hint(k, was)}")
+
+
+def resume_hint(field: str, was: Any) -> str:
+    """How to continue the run in place (its flag and value) where one flag says it, else: another --out."""
+    if isinstance(was, (str, int, float)) and not isinstance(was, bool):
+        return f"pass --{field.replace('_', '-')} {shlex.quote(str(was))} to resume it, or choose another --out"
+    return "choose another --out"
 
 
 def suite_identity(cfg: RunConfig) -> dict[str, Any]:

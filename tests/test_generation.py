@@ -142,7 +142,17 @@ def test_resume_refuses_a_different_run(tiny_sd, reference_run, tmp_path, capsys
     out = tmp_path / "copy"
     shutil.copytree(reference_run, out)
     assert main(run_args(tiny_sd, out, "--n", "3", "--limit", "5", "--seed", "7")) == 2
-    assert "holds a different run (seed" in capsys.readouterr().err
+    assert "holds a different run (seed: 0 there, 7 now); pass --seed 0 to resume it" in capsys.readouterr().err
+
+
+def test_resume_hint_names_a_flag_only_where_one_value_says_it():
+    from fairbench.runner import resume_hint
+
+    assert resume_hint("negative_prompt", "blurry, low quality") == (
+        "pass --negative-prompt 'blurry, low quality' to resume it, or choose another --out")
+    assert resume_hint("method_args", {"lambda_fair": 1.0}) == "choose another --out"
+    assert resume_hint("batch_invariant", True) == "choose another --out"
+    assert resume_hint("limit", None) == "choose another --out"
 
 
 @pytest.mark.slow
