@@ -35,12 +35,12 @@ regression: $(STAMP)
 SF = HF_HUB_OFFLINE=1 $(BIN)/fairbench synthface
 synthface: $(STAMP)
 	$(SF) train --out .cache/synthface-train --steps 3600
-	mkdir -p .cache/synthface-ft
-	cp .cache/synthface-train/renders.npz .cache/synthface-train/captions.safetensors .cache/synthface-ft/
-	$(SF) train --out .cache/synthface-ft --steps 800 --init-from .cache/synthface-train/final/unet \
-		--neutral-share 0.2 --lr 2e-4
+	mkdir -p .cache/synthface-text
+	cp .cache/synthface-train/renders.npz .cache/synthface-train/captions.safetensors .cache/synthface-text/
+	$(SF) train --out .cache/synthface-text --steps 1000 --init-from .cache/synthface-train/final/unet \
+		--neutral-share 0.2 --lr 2e-4 --transformer-layers 3 --text-lr-scale 10 --timestep-power 0.5
 	$(SF) train-classifier --out .cache/synthface-classifier
-	$(SF) install --model-dir .cache/synthface-ft/final --classifier-dir .cache/synthface-classifier
+	$(SF) install --model-dir .cache/synthface-text/final --classifier-dir .cache/synthface-classifier
 
 # results/leaderboard.csv: vanilla, fairmap and the five baselines on synthface (CPU: a few hours).
 leaderboard: $(STAMP)

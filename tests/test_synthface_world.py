@@ -122,3 +122,56 @@ def test_group_naming_captions_take_balanced_images():
     named = np.array([t != "" and t not in neutral for t in texts])
     assert named.any() and (~named).any()
     assert np.all(idx[named] >= 300) and np.all(idx[~named] < 300)
+
+
+def test_growing_the_text_pathway_starts_from_the_same_function(tmp_path):
+    from fairbench.synthface.pipeline import make_unet
+    from fairbench.synthface.train import init_weights
+
+    torch.manual_seed(0)
+    small = make_unet(transformer_layers=1)
+    small.save_pretrained(tmp_path / "small")
+    grown = make_unet(transformer_layers=3)
+    init_weights(grown, tmp_path / "small")
+    x, cond, t = torch.randn(2, 3, 32, 32), torch.randn(2, 24, 384), torch.tensor([10, 900])
+    with torch.no_grad():
+        assert torch.allclose(grown(x, t, encoder_hidden_states=cond).sample,
+                              small(x, t, encoder_hidden_states=cond).sample, atol=1e-6)
+    new = grown.down_blocks[2].attentions[0].transformer_blocks[2]
+    assert not torch.equal(new.attn2.to_k.weight, torch.zeros_like(new.attn2.to_k.weight))  # only outputs zeroed
+    assert sum(p.numel() for p in grown.parameters()) > 1.5 * sum(p.numel() for p in small.parameters())
+    grown.save_pretrained(tmp_path / "grown")
+    try:  # a folder with blocks this configuration lacks is refused
+        init_weights(make_unet(transformer_layers=1), tmp_path / "grown")
+    except ValueError as e:
+        assert "grow from" in str(e)
+    else:
+        raise AssertionError("shrinking was accepted")
+
+
+def test_text_pathway_has_its_own_learning_rate_group_and_timesteps_can_lean_to_high_noise():
+    from fairbench.synthface.data import render_set
+    from fairbench.synthface.pipeline import make_unet
+    from fairbench.synthface.train import TrainConfig, _batch, param_groups
+
+    unet = make_unet(transformer_layers=2)
+    rest, text = param_groups(unet, 10.0)
+    names = {id(p): n for n, p in unet.named_parameters()}
+    text_names = {names[id(p)] for p in text["params"]}
+    assert text["lr_scale"] == 10.0 and rest["lr_scale"] == 1.0
+    assert len(rest["params"]) + len(text["params"]) == len(list(unet.parameters()))
+    assert all(".attn2." in n or ".transformer_blocks.1." in n for n in text_names)
+    assert "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight" in text_names
+    assert "mid_block.attentions.0.transformer_blocks.1.ff.net.2.weight" in text_names
+    assert "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight" not in text_names
+
+    rs = render_set(16, 0, 2)
+    table = CaptionTable.build(2)
+    emb = torch.zeros(len(table.texts), 24, 384)
+    t_uniform = torch.cat([_batch(s, TrainConfig(batch_size=64), rs, emb, table, 1000)[2] for s in range(20)])
+    t_high = torch.cat([_batch(s, TrainConfig(batch_size=64, timestep_power=0.5), rs, emb, table, 1000)[2]
+                        for s in range(20)])
+    assert t_high.max() <= 999 and t_high.min() >= 0
+    # u**0.5 has mean 2/3 (uniform: 1/2); the same draws, so every t moves up or stays
+    assert abs(t_uniform.float().mean() / 1000 - 0.5) < 0.03 and abs(t_high.float().mean() / 1000 - 2 / 3) < 0.03
+    assert torch.all(t_high >= t_uniform)

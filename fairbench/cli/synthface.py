@@ -22,6 +22,12 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--init-from", help="UNet folder to start from (a second training stage)")
     t.add_argument("--balanced-renders", type=int, default=0,
                    help="extra renders with uniform groups, used as the images of group-naming captions")
+    t.add_argument("--transformer-layers", type=int, default=1,
+                   help="transformer blocks per 8 x 8 attention; blocks --init-from lacks start as identities")
+    t.add_argument("--text-lr-scale", type=float, default=1.0,
+                   help="learning-rate multiplier of the text pathway (cross-attention and grown blocks)")
+    t.add_argument("--timestep-power", type=float, default=1.0,
+                   help="draw t = T * u**power (below 1: more high-noise steps, where the caption decides)")
     t.add_argument("--no-progress", action="store_true")
     c = ss.add_parser("train-classifier", help="train the synthface attribute classifier on renders")
     c.add_argument("--out", default=".cache/synthface-classifier")
@@ -44,7 +50,8 @@ def run_synthface(args: argparse.Namespace) -> int:
 
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed,
                           lr=args.lr, neutral_share=args.neutral_share, init_from=args.init_from,
-                          balanced_renders=args.balanced_renders)
+                          balanced_renders=args.balanced_renders, transformer_layers=args.transformer_layers,
+                          text_lr_scale=args.text_lr_scale, timestep_power=args.timestep_power)
         step = train_unet(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
         done = "finished; EMA model in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")

@@ -21,8 +21,9 @@ from fairbench.synthface.text import MAX_TOKENS, encode_texts, load_text_encoder
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
-def make_unet(sample_size: int = 32) -> UNet2DConditionModel:
-    """The synthface denoiser: 2.7 M parameters, cross-attention at 8 x 8 only (trains on a CPU)."""
+def make_unet(sample_size: int = 32, transformer_layers: int = 1) -> UNet2DConditionModel:
+    """The synthface denoiser: cross-attention at 8 x 8 only, `transformer_layers` blocks per attention
+    (1: 2.7 M parameters; 3: 4.6 M). Trains on a CPU."""
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=3,
@@ -34,6 +35,7 @@ def make_unet(sample_size: int = 32) -> UNet2DConditionModel:
         cross_attention_dim=384,
         norm_num_groups=8,
         attention_head_dim=8,
+        transformer_layers_per_block=(1, 1, transformer_layers),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -42,6 +43,9 @@ class TrainConfig:
     neutral_share: float | None = None  # share of non-empty captions naming no group (None: 5/9)
     init_from: str | None = None  # start from these UNet weights (a second training stage)
     balanced_renders: int = 0  # extra renders with uniform groups, the images of group-naming captions
+    transformer_layers: int = 1  # transformer blocks per 8 x 8 attention (more: a wider text pathway)
+    text_lr_scale: float = 1.0  # learning-rate multiplier of the text pathway (cross-attention, grown blocks)
+    timestep_power: float = 1.0  # t = T * u**power, u uniform: below 1 samples high noise, where text decides, more
 
 
 def build_data(out: Path, cfg: TrainConfig) -> tuple[RenderSet, torch.Tensor, CaptionTable]:
@@ -83,8 +87,34 @@ def _batch(step: int, cfg: TrainConfig, rs: RenderSet, emb: torch.Tensor, table:
     x[flip] = x[flip, :, ::-1]
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     t = torch.randint(0, n_timesteps, (cfg.batch_size,), generator=gen)
+    if cfg.timestep_power != 1.0:
+        t = (n_timesteps * ((t + 0.5) / n_timesteps) ** cfg.timestep_power).long().clamp(max=n_timesteps - 1)
     noise = torch.randn(cfg.batch_size, 3, 32, 32, generator=gen)
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), emb[rows].float(), t, noise
+
+
+def init_weights(unet, folder: str | Path) -> None:
+    """Load a previous stage's UNet; transformer blocks it lacks start as identities (zero output layers)."""
+    from diffusers import UNet2DConditionModel
+
+    state = UNet2DConditionModel.from_pretrained(folder).state_dict()
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if unexpected or any(".transformer_blocks." not in k for k in missing):
+        raise ValueError(f"{folder} is not a synthface UNet this configuration can grow from")
+    new_blocks = {re.match(r"(.*\.transformer_blocks\.\d+)\.", k).group(1) for k in missing}
+    for name, module in unet.named_modules():
+        if name in new_blocks:  # each residual branch of the new block adds zero at first
+            for out in (module.attn1.to_out[0], module.attn2.to_out[0], module.ff.net[2]):
+                torch.nn.init.zeros_(out.weight)
+                torch.nn.init.zeros_(out.bias)
+
+
+def param_groups(unet, text_lr_scale: float) -> list[dict]:
+    """Optimizer groups: the text pathway (cross-attention, transformer blocks past the first) and the rest."""
+    text = [p for n, p in unet.named_parameters() if ".attn2." in n or re.search(r"\.transformer_blocks\.[1-9]", n)]
+    ids = {id(p) for p in text}
+    rest = [p for p in unet.parameters() if id(p) not in ids]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": text, "lr_scale": text_lr_scale}]
 
 
 def _save_checkpoint(out: Path, step: int, unet, ema: dict, opt) -> None:
@@ -109,12 +139,10 @@ def train_unet(out: str | Path, cfg: TrainConfig, max_minutes: float | None = No
     torch.manual_seed(cfg.seed)
     rs, emb, table = build_data(out, cfg)
     train_sched, sampler = make_scheduler(cfg.prediction_type)
-    unet = make_unet()
+    unet = make_unet(transformer_layers=cfg.transformer_layers)
     if cfg.init_from:
-        from diffusers import UNet2DConditionModel
-
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(cfg.init_from).state_dict())
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
+        init_weights(unet, cfg.init_from)
+    opt = torch.optim.AdamW(param_groups(unet, cfg.text_lr_scale), lr=cfg.lr, weight_decay=0.01)
     step = 0
     if (out / "checkpoint" / "state.json").exists():
         unet.load_state_dict(load_file(out / "checkpoint" / "unet.safetensors"))
@@ -130,7 +158,7 @@ def train_unet(out: str | Path, cfg: TrainConfig, max_minutes: float | None = No
     unet.train()
     while step < cfg.steps:
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+            g["lr"] = cfg.lr * g["lr_scale"] * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         x0, cond, t, noise = _batch(step, cfg, rs, emb, table, train_sched.config.num_train_timesteps)
         xt = train_sched.add_noise(x0, noise, t)
         if cfg.prediction_type == "v_prediction":
@@ -165,7 +193,7 @@ def train_unet(out: str | Path, cfg: TrainConfig, max_minutes: float | None = No
     bar.close()
     log.close()
     if step >= cfg.steps:
-        export(out, ema, sampler)
+        export(out, ema, sampler, cfg.transformer_layers)
     return step
 
 
@@ -179,9 +207,9 @@ MODEL_INDEX = {
 }
 
 
-def export(out: Path, ema: dict, sampler) -> Path:
+def export(out: Path, ema: dict, sampler, transformer_layers: int = 1) -> Path:
     """Write the EMA weights as a loadable pipeline folder (model_index.json, unet/, scheduler/) in out/final."""
-    unet = make_unet()
+    unet = make_unet(transformer_layers=transformer_layers)
     unet.load_state_dict(ema)
     final = out / "final"
     unet.save_pretrained(final / "unet", safe_serialization=True)
