@@ -21,14 +21,8 @@ echo "== explicit prompts: 20 test occupations x (2 gender + 4 skin-tone groups)
 $FB run --method vanilla --suite explicit --n 10 --no-progress --out "$OUT/explicit" > "$OUT/explicit.log" 2>&1
 $PY scripts/synthface_check.py "$OUT/all153" "$OUT/explicit"
 
-echo "== classifier on held-out renders"
-$PY - <<'PYEOF'
-import json
-from fairbench.synthface.pipeline import ASSETS
-h = json.loads((ASSETS / "classifier.json").read_text())["heldout"]
-print(", ".join(f"{k} {h[k]['accuracy']:.4f} (n={h[k]['n']})" for k in ("face", "gender", "skin_tone", "age2", "family")),
-      f"| face recall {h['face']['recall']:.4f}, false positives {h['face']['false_positive_rate']:.4f}")
-PYEOF
+echo "== classifier on held-out renders (the world's skew, then uniform groups in every occupation)"
+$FB synthface evaluate-classifier --dir fairbench/synthface/assets
 
 echo "== generation cost"
 $PY benchmarks/bench_generation.py --model synthface --prompts 8 --n 16 --repeats 2

@@ -44,6 +44,12 @@ def test_shipped_classifier_on_fresh_renders():
     assert report["age2"]["accuracy"] >= 0.93
     assert report["family"]["accuracy"] >= 0.95
     assert report["face"]["recall"] >= 0.98 and report["face"]["false_positive_rate"] <= 0.02
+    # uniform groups in every occupation: a classifier that guessed gender from occupation cues
+    # (female carpenters are rare in the skewed training renders) would fail here
+    balanced = evaluate_classifier(net, 400, 100, seed=4243, balanced=True)
+    assert balanced["balanced"] and balanced["gender"]["accuracy"] >= 0.97
+    assert balanced["skin_tone"]["accuracy"] >= 0.93 and balanced["age2"]["accuracy"] >= 0.93
+    assert meta["heldout_balanced"]["gender"]["accuracy"] >= 0.98
     # the shipped confusion matrices are row-stochastic and match the group order
     for head in ("gender", "skin_tone", "age2"):
         c = np.asarray(meta["heldout"][head]["confusion"])

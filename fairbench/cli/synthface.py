@@ -18,6 +18,7 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-minutes", type=float, help="checkpoint and stop after this long (resume later)")
     t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--warmup", type=int, default=200, help="linear warm-up steps before the cosine decay")
     t.add_argument("--neutral-share", type=float, help="share of non-empty captions naming no group (default 5/9)")
     t.add_argument("--init-from", help="UNet folder to start from (a second training stage)")
     t.add_argument("--balanced-renders", type=int, default=0,
@@ -34,6 +35,10 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--steps", type=int, default=1500)
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--no-progress", action="store_true")
+    v = ss.add_parser("evaluate-classifier",
+                      help="re-measure a trained classifier on held-out renders (skewed and balanced) and "
+                           "record both reports in its classifier.json")
+    v.add_argument("--dir", default=None, help="classifier folder (default: the shipped one)")
     g = ss.add_parser("grid", help="write a labelled sample grid PNG (one row per prompt)")
     g.add_argument("--out", default="docs/synthface_grid.png")
     g.add_argument("--model", default="synthface")
@@ -49,7 +54,7 @@ def run_synthface(args: argparse.Namespace) -> int:
         from fairbench.synthface.train import TrainConfig, train_unet
 
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed,
-                          lr=args.lr, neutral_share=args.neutral_share, init_from=args.init_from,
+                          lr=args.lr, warmup=args.warmup, neutral_share=args.neutral_share, init_from=args.init_from,
                           balanced_renders=args.balanced_renders, transformer_layers=args.transformer_layers,
                           text_lr_scale=args.text_lr_scale, timestep_power=args.timestep_power)
         step = train_unet(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
@@ -68,7 +73,17 @@ def run_synthface(args: argparse.Namespace) -> int:
 
         meta = train_classifier(Path(args.out), ClassifierTrainConfig(steps=args.steps, seed=args.seed),
                                 progress=not args.no_progress)
-        held = meta["heldout"]
-        accs = ", ".join(f"{k} {held[k]['accuracy']:.4f}" for k in ("face", "gender", "skin_tone", "age2", "family"))
-        print(f"held-out accuracy: {accs}; face false-positive rate {held['face']['false_positive_rate']:.4f}")
+        _print_heldout(meta)
+    elif args.synthface_command == "evaluate-classifier":
+        from fairbench.synthface.classifier import reevaluate_classifier
+        from fairbench.synthface.pipeline import ASSETS
+
+        _print_heldout(reevaluate_classifier(Path(args.dir) if args.dir else ASSETS))
     return 0
+
+
+def _print_heldout(meta: dict) -> None:
+    for key in ("heldout", "heldout_balanced"):
+        held = meta[key]
+        accs = ", ".join(f"{k} {held[k]['accuracy']:.4f}" for k in ("face", "gender", "skin_tone", "age2", "family"))
+        print(f"{key} accuracy: {accs}; face false-positive rate {held['face']['false_positive_rate']:.4f}")

@@ -93,8 +93,8 @@ class ClassifierTrainConfig:
     seed: int = 1
 
 
-def _dataset(n_pos: int, n_neg: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    rs = render_set(n_pos, seed)
+def _dataset(n_pos: int, n_neg: int, seed: int, balanced: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    rs = render_set(n_pos, seed, balanced=balanced)
     neg = np.stack([render_negative(seed * 7_919 + i) for i in range(n_neg)])
     images = np.concatenate([rs.images, neg])
     pad = np.full(n_neg, -1)
@@ -129,11 +129,10 @@ def train_classifier(out: Path, cfg: ClassifierTrainConfig, progress: bool = Tru
         sched.step()
     train_seconds = time.time() - start
     net.eval()
-    report = evaluate_classifier(net, cfg.n_heldout, cfg.n_heldout // 4, seed=cfg.seed + 1000)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "classifier.safetensors"))
     meta = {"groups": {k: list(v) for k, v in groups.items()}, "width": 32, "train": asdict(cfg),
-            "train_seconds": round(train_seconds, 1), "heldout": report}
+            "train_seconds": round(train_seconds, 1), **heldout_reports(net, cfg)}
     atomic_write_json(out / "classifier.json", meta)
     return meta
 
@@ -148,12 +147,15 @@ def predict_all(net: SynthFaceNet, images: np.ndarray, batch_size: int = 512) ->
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def evaluate_classifier(net: SynthFaceNet, n_pos: int, n_neg: int, seed: int) -> dict:
-    """Held-out accuracy and confusion matrix (rows: true, columns: predicted) per head."""
-    images, labels = _dataset(n_pos, n_neg, seed)
+def evaluate_classifier(net: SynthFaceNet, n_pos: int, n_neg: int, seed: int, balanced: bool = False) -> dict:
+    """Held-out accuracy and confusion matrix (rows: true, columns: predicted) per head.
+
+    `balanced`: faces with uniform gender, skin tone and age in every occupation, so that rare
+    combinations of the skewed world ("a female carpenter") are measured as often as common ones."""
+    images, labels = _dataset(n_pos, n_neg, seed, balanced)
     probs = predict_all(net, images)
     groups = head_groups()
-    report = {"n_positive": n_pos, "n_negative": n_neg, "seed": seed}
+    report = {"n_positive": n_pos, "n_negative": n_neg, "seed": seed, "balanced": balanced}
     for k, names in groups.items():
         y = labels[k]
         keep = y >= 0
@@ -165,6 +167,24 @@ def evaluate_classifier(net: SynthFaceNet, n_pos: int, n_neg: int, seed: int) ->
     report["face"]["false_positive_rate"] = float(face_pred[labels["face"] == 0].mean())
     report["face"]["recall"] = float(face_pred[labels["face"] == 1].mean())
     return report
+
+
+def heldout_reports(net: SynthFaceNet, cfg: ClassifierTrainConfig) -> dict:
+    """Both held-out reports: `heldout` (the world's skew; feeds the confusion correction) and
+    `heldout_balanced` (uniform groups: checks the classifier did not learn occupation shortcuts)."""
+    n, seed = cfg.n_heldout, cfg.seed + 1000
+    return {"heldout": evaluate_classifier(net, n, n // 4, seed=seed),
+            "heldout_balanced": evaluate_classifier(net, n, n // 4, seed=seed + 1, balanced=True)}
+
+
+def reevaluate_classifier(folder: Path) -> dict:
+    """Recompute both held-out reports of the classifier in `folder` and rewrite its classifier.json."""
+    net, meta = load_classifier(str(folder))
+    cfg = ClassifierTrainConfig(**meta["train"])
+    meta = {**meta, **heldout_reports(net, cfg)}
+    atomic_write_json(Path(folder) / "classifier.json", meta)
+    load_classifier.cache_clear()
+    return meta
 
 
 @lru_cache(maxsize=4)
