@@ -7,7 +7,7 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1
 N=${1:-40}
 NE=${2:-5}
-NEF=${3:-2}  # fairdiffusion evaluates 6 editing prompts per step (4x vanilla's cost)
+NEF=${3:-2}  # fairdiffusion evaluates 6 editing prompts per step (measured 5x vanilla's cost per image)
 FB=${FB:-.venv/bin/fairbench}
 OUT=runs/leaderboard
 ATTR=gender,skin_tone
