@@ -175,3 +175,24 @@ def test_text_pathway_has_its_own_learning_rate_group_and_timesteps_can_lean_to_
     # u**0.5 has mean 2/3 (uniform: 1/2); the same draws, so every t moves up or stays
     assert abs(t_uniform.float().mean() / 1000 - 0.5) < 0.03 and abs(t_high.float().mean() / 1000 - 2 / 3) < 0.03
     assert torch.all(t_high >= t_uniform)
+
+
+def test_fresh_named_captions_name_uniform_groups_and_keep_neutral_images():
+    from fairbench.synthface.data import RenderSet, render_labels, sample_fresh_named
+
+    lab = sample_labels(400, 0, 4)
+    rs = RenderSet(images=render_labels(lab, np.arange(400)), **lab)
+    table = CaptionTable.build(4)
+    idx = np.flatnonzero(rs.occupation == 3)  # air conditioning installer: SD 1.5 drew no women
+    assert rs.gender[idx].sum() == 0
+    idx = np.resize(idx, 1500)
+    rows, images = sample_fresh_named(table, rs, idx, np.random.default_rng(0), 7, 0.3, 4)
+    again = sample_fresh_named(table, rs, idx, np.random.default_rng(0), 7, 0.3, 4)
+    assert np.array_equal(rows, again[0]) and np.array_equal(images, again[1])
+    texts = [table.texts[r] for r in rows]
+    female = np.array([" female " in t for t in texts])
+    male = np.array([" male " in t for t in texts])
+    assert 0.4 < female.sum() / (female.sum() + male.sum()) < 0.6  # named groups drawn uniformly
+    plain = np.array([t == "" or t == "a photo of the face of an air conditioning installer" for t in texts])
+    assert plain.any() and np.array_equal(images[plain], rs.images[idx][plain])  # neutral: skewed renders
+    assert not np.array_equal(images[female][:5], rs.images[idx][female][:5])  # named: fresh renders

@@ -23,6 +23,9 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--init-from", help="UNet folder to start from (a second training stage)")
     t.add_argument("--balanced-renders", type=int, default=0,
                    help="extra renders with uniform groups, used as the images of group-naming captions")
+    t.add_argument("--fresh-named", action="store_true",
+                   help="group-naming captions describe fresh renders of the occupation with the named groups "
+                        "drawn uniformly (the others keep the world's skew)")
     t.add_argument("--transformer-layers", type=int, default=1,
                    help="transformer blocks per 8 x 8 attention; blocks --init-from lacks start as identities")
     t.add_argument("--text-lr-scale", type=float, default=1.0,
@@ -56,7 +59,8 @@ def run_synthface(args: argparse.Namespace) -> int:
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed,
                           lr=args.lr, warmup=args.warmup, neutral_share=args.neutral_share, init_from=args.init_from,
                           balanced_renders=args.balanced_renders, transformer_layers=args.transformer_layers,
-                          text_lr_scale=args.text_lr_scale, timestep_power=args.timestep_power)
+                          text_lr_scale=args.text_lr_scale, timestep_power=args.timestep_power,
+                          fresh_named=args.fresh_named)
         step = train_unet(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
         done = "finished; EMA model in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")

@@ -91,13 +91,20 @@ class RenderSet:
 def sample_labels(n: int, seed: int, n_occupations: int | None = None, balanced: bool = False) -> dict[str, np.ndarray]:
     """Draw occupations uniformly and attributes with the world's skew (`balanced`: uniform groups)."""
     rng = np.random.default_rng(seed)
+    occ = rng.integers(0, len(occupations(n_occupations)), n)
+    return {"occupation": occ, **attributes_given(occ, rng, n_occupations, balanced)}
+
+
+def attributes_given(occ: np.ndarray, rng: np.random.Generator, n_occupations: int | None = None,
+                     balanced: bool = False) -> dict[str, np.ndarray]:
+    """Family, gender, skin tone and age for occupation indices, with the world's skew (`balanced`: uniform)."""
+    n = len(occ)
     occs = occupations(n_occupations)
     fams = load_families()
     fam_index = {name: i for i, name in enumerate(family_names())}
     fam_of = family_of()
-    occ = rng.integers(0, len(occs), n)
     female_share = np.array([f for _, f in occs])[occ]
-    family = np.array([fam_index[fam_of[occs[o][0]]] for o in occ])
+    family = np.array([fam_index[fam_of[occs[o][0]]] for o in occ], dtype=np.int64)
     skin_p = np.array([fams[f].skin for f in family_names()])[family]
     old_p = np.array([fams[f].old for f in family_names()])[family]
     if balanced:
@@ -105,19 +112,25 @@ def sample_labels(n: int, seed: int, n_occupations: int | None = None, balanced:
     gender = (rng.random(n) < female_share).astype(np.int64)
     skin = (rng.random(n)[:, None] > np.cumsum(skin_p, axis=1)).sum(axis=1).clip(0, 3)
     age = (rng.random(n) < old_p).astype(np.int64)
-    return {"occupation": occ, "family": family, "gender": gender, "skin": skin, "age": age}
+    return {"family": family, "gender": gender, "skin": skin, "age": age}
+
+
+def render_labels(lab: dict[str, np.ndarray], seeds: np.ndarray) -> np.ndarray:
+    """Render one face per label row (uint8, N x 32 x 32 x 3), each from its own seed."""
+    fams = family_names()
+    if len(seeds) == 0:
+        return np.zeros((0, 32, 32, 3), np.uint8)
+    return np.stack([
+        render_face(FaceSpec(GENDERS[lab["gender"][i]], SKIN_GROUPS[lab["skin"][i]], AGE_GROUPS[lab["age"][i]],
+                             fams[lab["family"][i]]), int(seeds[i]))
+        for i in range(len(seeds))
+    ])
 
 
 def render_set(n: int, seed: int, n_occupations: int | None = None, balanced: bool = False) -> RenderSet:
     """Render n labelled training faces (deterministic in seed)."""
     lab = sample_labels(n, seed, n_occupations, balanced)
-    fams = family_names()
-    images = np.stack([
-        render_face(FaceSpec(GENDERS[lab["gender"][i]], SKIN_GROUPS[lab["skin"][i]], AGE_GROUPS[lab["age"][i]],
-                             fams[lab["family"][i]]), seed * 1_000_003 + i)
-        for i in range(n)
-    ])
-    return RenderSet(images=images, **lab)
+    return RenderSet(images=render_labels(lab, seed * 1_000_003 + np.arange(n)), **lab)
 
 
 def kind_probabilities(neutral_share: float | None = None) -> np.ndarray:
@@ -131,6 +144,12 @@ def kind_probabilities(neutral_share: float | None = None) -> np.ndarray:
     return probs
 
 
+def draw_kinds(n: int, rng: np.random.Generator, neutral_share: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Caption kind per sample (index into KINDS) and whether its caption is dropped (empty)."""
+    kinds = rng.choice(len(KINDS), size=n, p=kind_probabilities(neutral_share))
+    return kinds, rng.random(n) < P_EMPTY
+
+
 def sample_caption_rows(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng: np.random.Generator,
                         neutral_share: float | None = None, balanced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Caption rows for a batch of render indices (caption kind drawn per sample), and the render indices.
@@ -139,11 +158,34 @@ def sample_caption_rows(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng
     image from them, so "a female construction worker" is learned from more than a handful of
     renders while neutral captions keep the skewed distribution.
     """
-    probs = kind_probabilities(neutral_share)
-    kinds = rng.choice(len(KINDS), size=len(idx), p=probs)
-    empty = rng.random(len(idx)) < P_EMPTY
+    kinds, empty = draw_kinds(len(idx), rng, neutral_share)
     if balanced is not None:
         named = (kinds > 0) & ~empty
         idx = np.where(named, balanced[rng.integers(0, len(balanced), len(idx))], idx)
     rows = table.index[rs.occupation[idx], kinds, rs.gender[idx], rs.skin[idx], rs.age[idx]]
     return np.where(empty, 0, rows), idx
+
+
+def sample_fresh_named(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng: np.random.Generator,
+                       render_seed: int, neutral_share: float | None = None,
+                       n_occupations: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Caption rows and images for a batch in which every group-naming caption describes a fresh render.
+
+    The fresh render keeps the sample's occupation, draws the named groups uniformly and the
+    unnamed ones with the world's skew: "a female carpenter" is then as common as "a male
+    carpenter" (the skewed renders hold almost no women in the trades), while "a dark-skinned
+    carpenter" is still usually male and neutral captions keep the skewed images.
+    """
+    kinds, empty = draw_kinds(len(idx), rng, neutral_share)
+    named = (kinds > 0) & ~empty
+    occ = rs.occupation[idx]
+    lab = {"gender": rs.gender[idx].copy(), "skin": rs.skin[idx].copy(), "age": rs.age[idx].copy()}
+    fresh = attributes_given(occ[named], rng, n_occupations)
+    for attr, k in (("gender", 2), ("skin", 4), ("age", 2)):
+        names = np.array([attr in KINDS[kind][0] for kind in kinds[named]], dtype=bool)
+        fresh[attr] = np.where(names, rng.integers(0, k, int(named.sum())), fresh[attr])
+        lab[attr][named] = fresh[attr]
+    images = rs.images[idx].copy()
+    images[named] = render_labels(fresh, render_seed * 1_000_003 + np.flatnonzero(named))
+    rows = table.index[occ, kinds, lab["gender"], lab["skin"], lab["age"]]
+    return np.where(empty, 0, rows), images

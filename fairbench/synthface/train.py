@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from fairbench.io import atomic_write_json
-from fairbench.synthface.data import CaptionTable, RenderSet, render_set, sample_caption_rows
+from fairbench.synthface.data import CaptionTable, RenderSet, render_set, sample_caption_rows, sample_fresh_named
 from fairbench.synthface.pipeline import make_scheduler, make_unet
 from fairbench.synthface.text import encode_texts, load_text_encoder
 
@@ -46,6 +46,7 @@ class TrainConfig:
     transformer_layers: int = 1  # transformer blocks per 8 x 8 attention (more: a wider text pathway)
     text_lr_scale: float = 1.0  # learning-rate multiplier of the text pathway (cross-attention, grown blocks)
     timestep_power: float = 1.0  # t = T * u**power, u uniform: below 1 samples high noise, where text decides, more
+    fresh_named: bool = False  # group-naming captions describe fresh renders with the named groups drawn uniformly
 
 
 def build_data(out: Path, cfg: TrainConfig) -> tuple[RenderSet, torch.Tensor, CaptionTable]:
@@ -81,8 +82,13 @@ def _batch(step: int, cfg: TrainConfig, rs: RenderSet, emb: torch.Tensor, table:
     n_skewed = len(rs.images) - cfg.balanced_renders
     idx = rng.integers(0, n_skewed, cfg.batch_size)
     balanced = np.arange(n_skewed, len(rs.images)) if cfg.balanced_renders else None
-    rows, idx = sample_caption_rows(table, rs, idx, rng, cfg.neutral_share, balanced)
-    x = rs.images[idx].astype(np.float32) / 127.5 - 1.0
+    if cfg.fresh_named:
+        rows, images = sample_fresh_named(table, rs, idx, rng, 10_000 * (cfg.seed + 1) + step, cfg.neutral_share,
+                                          cfg.n_occupations)
+    else:
+        rows, idx = sample_caption_rows(table, rs, idx, rng, cfg.neutral_share, balanced)
+        images = rs.images[idx]
+    x = images.astype(np.float32) / 127.5 - 1.0
     flip = rng.random(cfg.batch_size) < 0.5
     x[flip] = x[flip, :, ::-1]
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
