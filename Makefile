@@ -38,7 +38,7 @@ synthface: $(STAMP)
 	mkdir -p .cache/synthface-text
 	cp .cache/synthface-train/renders.npz .cache/synthface-train/captions.safetensors .cache/synthface-text/
 	$(SF) train --out .cache/synthface-text --steps 1000 --init-from .cache/synthface-train/final/unet \
-		--neutral-share 0.2 --lr 2e-4 --transformer-layers 3 --text-lr-scale 10 --timestep-power 0.5
+		--neutral-share 0.2 --lr 2e-4 --transformer-layers 3 --text-lr-scale 10 --timestep-power 0.5 --fresh-named
 	$(SF) train-classifier --out .cache/synthface-classifier
 	$(SF) install --model-dir .cache/synthface-text/final --classifier-dir .cache/synthface-classifier
 

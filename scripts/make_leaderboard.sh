@@ -23,7 +23,7 @@ declare -A ARGS=(
   # groups (shares move in steps of 0.1), so it would always run its 30 rounds; 3 rounds here (CPU budget).
   [uce]="--method-arg attributes=$ATTR --method-arg max_iterations=3 --method-arg concepts_suite=occupations --method-arg concepts_split=test"
 )
-ORDER=(vanilla fairmap entigen hardprompt debiasvl fairdiffusion uce)
+ORDER=(vanilla hardprompt fairmap debiasvl entigen uce fairdiffusion)
 for m in "${ORDER[@]}"; do
   ref=()
   [[ $m != vanilla ]] && ref=(--reference "$OUT/vanilla-test")
