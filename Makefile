@@ -31,7 +31,7 @@ regression: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fairbench run --method vanilla --n 8 --limit 12 --dtype float32 --no-progress --out runs/ci-regression
 	$(BIN)/fairbench check runs/ci-regression --against results/synthface_ci_reference.json
 
-# Rebuild the synthface world from scratch (denoiser about 85 minutes on 2 CPU cores, then the classifier; every stage resumes).
+# Rebuild the synthface world from scratch (denoiser about 86 minutes on 2 CPU cores, then the classifier; every stage resumes).
 SF = HF_HUB_OFFLINE=1 $(BIN)/fairbench synthface
 synthface: $(STAMP)
 	$(SF) train --out .cache/synthface-train --steps 3600
