@@ -27,6 +27,8 @@ KINDS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("gender", "skin"), 0.03), (("age", "gender"), 0.02), (("age", "skin"), 0.01), (("age", "gender", "skin"), 0.02),
 )
 P_EMPTY = 0.10
+# KIND_NAMES[k, j]: whether kind k names attribute j (gender, skin, age)
+KIND_NAMES = np.array([[a in kind for a in ("gender", "skin", "age")] for kind, _ in KINDS])
 
 
 def adjectives() -> dict[str, list[str]]:
@@ -181,9 +183,9 @@ def sample_fresh_named(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng:
     occ = rs.occupation[idx]
     lab = {"gender": rs.gender[idx].copy(), "skin": rs.skin[idx].copy(), "age": rs.age[idx].copy()}
     fresh = attributes_given(occ[named], rng, n_occupations)
-    for attr, k in (("gender", 2), ("skin", 4), ("age", 2)):
-        names = np.array([attr in KINDS[kind][0] for kind in kinds[named]], dtype=bool)
-        fresh[attr] = np.where(names, rng.integers(0, k, int(named.sum())), fresh[attr])
+    for j, (attr, groups) in enumerate((("gender", GENDERS), ("skin", SKIN_GROUPS), ("age", AGE_GROUPS))):
+        names = KIND_NAMES[kinds[named], j]
+        fresh[attr] = np.where(names, rng.integers(0, len(groups), int(named.sum())), fresh[attr])
         lab[attr][named] = fresh[attr]
     images = rs.images[idx].copy()
     images[named] = render_labels(fresh, render_seed * 1_000_003 + np.flatnonzero(named))

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from fairbench.errors import UserError
 from fairbench.io import atomic_write_json
 from fairbench.synthface.data import CaptionTable, RenderSet, render_set, sample_caption_rows, sample_fresh_named
 from fairbench.synthface.pipeline import make_scheduler, make_unet
@@ -139,6 +140,8 @@ def _save_checkpoint(out: Path, step: int, unet, ema: dict, opt) -> None:
 
 def train_unet(out: str | Path, cfg: TrainConfig, max_minutes: float | None = None, progress: bool = True) -> int:
     """Train (or resume) up to cfg.steps; returns the step reached. Exports the EMA model at the end."""
+    if cfg.fresh_named and cfg.balanced_renders:
+        raise UserError("--fresh-named and --balanced-renders both choose the images of group-naming captions; pick one")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "train_config.json", asdict(cfg))
