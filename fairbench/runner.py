@@ -84,6 +84,15 @@ def check_resume(run_dir: Path, cfg: RunConfig) -> None:
         raise UserError(f"{run_dir} holds a different run ({k}: {was!r} there, {now!r} now); {resume_hint(k, was)}")
 
 
+def check_same_weights(run_dir: Path, fingerprint: str) -> None:
+    """Refuse to resume a run whose images came from other weights under the same model name."""
+    path = run_dir / RUN_JSON
+    was = read_json(path).get("model", {}).get("weights_fingerprint") if path.exists() else None
+    if was is not None and was != fingerprint:
+        raise UserError(f"{run_dir} holds images from other weights of this model (fingerprint {was[:12]} there, "
+                        f"{fingerprint[:12]} now: retrained or edited since); choose another --out")
+
+
 def resume_hint(field: str, was: Any) -> str:
     """How to continue the run in place (its flag and value) where one flag says it, else: another --out."""
     if isinstance(was, (str, int, float)) and not isinstance(was, bool):
@@ -115,6 +124,7 @@ def run(cfg: RunConfig) -> RunOutcome:
     method = build_method(cfg.method, cfg.method_args)
     detector, classifier = build_labellers(cfg, device)
     backend = load_backend(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler)
+    check_same_weights(run_dir, backend.fingerprint)
     params = SamplingParams(cfg.steps, cfg.guidance_scale, cfg.height, cfg.width, cfg.negative_prompt)
     context = MethodContext(suite, cfg.split, cfg.limit, params, detector, classifier, cfg.seed, cfg.batch_size,
                             cfg.progress and rank == 0)

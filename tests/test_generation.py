@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import run_args
@@ -143,6 +144,31 @@ def test_resume_refuses_a_different_run(tiny_sd, reference_run, tmp_path, capsys
     shutil.copytree(reference_run, out)
     assert main(run_args(tiny_sd, out, "--n", "3", "--limit", "5", "--seed", "7")) == 2
     assert "holds a different run (seed: 0 there, 7 now); pass --seed 0 to resume it" in capsys.readouterr().err
+
+
+def test_resume_refuses_images_from_other_weights(tiny_sd, reference_run, tmp_path, capsys):
+    out = tmp_path / "retrained"
+    shutil.copytree(reference_run, out)
+    record = json.loads((out / "run.json").read_text())
+    assert len(record["model"]["weights_fingerprint"]) == 64
+    record["model"]["weights_fingerprint"] = "0" * 64  # as if the model had been retrained since
+    (out / "run.json").write_text(json.dumps(record))
+    assert main(run_args(tiny_sd, out, "--n", "3", "--limit", "5", "--batch-size", "8")) == 2
+    assert "holds images from other weights of this model (fingerprint 000000000000 there" in capsys.readouterr().err
+
+
+def test_weights_fingerprint_sees_any_tensor_change_and_ignores_precision():
+    from fairbench.models.backend import weights_fingerprint
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.Linear(512, 4))
+    before = weights_fingerprint({"unet": net})
+    assert weights_fingerprint({"unet": net.to(torch.bfloat16)}) == before
+    net = net.float()
+    with torch.no_grad():
+        net[1].bias[3] += 0.5  # one value of the smallest tensor
+    assert weights_fingerprint({"unet": net}) != before
+    assert weights_fingerprint({"text_encoder": net}) != weights_fingerprint({"unet": net})
 
 
 def test_resume_hint_names_a_flag_only_where_one_value_says_it():

@@ -46,6 +46,10 @@ def merge_shards(shard_dirs: list[Path], out: Path) -> tuple[dict[str, Any], lis
         if other != identity:
             key = next(k for k in identity if identity[k] != other.get(k))
             raise UserError(f"{d} is a different run ({key}: {other.get(key)!r} vs {identity[key]!r})")
+    prints = {r.get("model", {}).get("weights_fingerprint") for r in records}
+    if len(prints) > 1:
+        raise UserError(f"the shards were generated with different model weights (fingerprints "
+                        f"{sorted(str(p)[:12] for p in prints)})")
     for d, r in zip(shard_dirs, records):
         if r.get("status") != "shard generated":
             raise UserError(f"{d} has not finished generating (status {r.get('status')!r}); re-run it first")

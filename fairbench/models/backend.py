@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,23 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FINGERPRINT_PARTS = ("unet", "text_encoder", "vae")
+
+
+@torch.no_grad()
+def weights_fingerprint(modules: dict[str, torch.nn.Module], samples: int = 4096) -> str:
+    """sha256 over parameter names, shapes and a strided sample of their values, at bfloat16 precision.
+
+    A cheap identity for "the same weights" (any retraining or edit changes it; one set of weights
+    loaded in float32 or bfloat16 keeps it), not an integrity check: hashing every value of SD's
+    3.4 GB would cost seconds per run, and a sample sees every tensor."""
+    h = hashlib.sha256()
+    for part in sorted(modules):
+        for name, t in sorted(modules[part].state_dict().items()):
+            flat = t.detach().reshape(-1)
+            h.update(f"{part}.{name}{tuple(t.shape)}".encode())
+            h.update(flat[:: max(1, flat.numel() // samples)][:samples].to(torch.bfloat16).float().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,9 @@ class DiffusersBackend:
         self.dtype = dtype
         self.device = device
         pipe.set_progress_bar_config(disable=True)
+        # taken at load, before any weight-level method edits the model: the identity of what was loaded
+        self.fingerprint = weights_fingerprint({k: m for k in FINGERPRINT_PARTS
+                                                if isinstance(m := getattr(pipe, k, None), torch.nn.Module)})
 
     @classmethod
     def load(cls, source: str, dtype: str = "float32", device: str = "cpu", scheduler: str | None = None):
@@ -164,6 +185,7 @@ class DiffusersBackend:
             "device": self.device,
             "safety_checker": getattr(self.pipe, "safety_checker", None) is not None,
             "default_resolution": self.default_resolution(),
+            "weights_fingerprint": self.fingerprint,
         }
 
     def default_resolution(self) -> int:
