@@ -40,7 +40,7 @@ def _row(name: str, metrics: dict) -> str:
     fam = metrics["alignment"]["family_accuracy"]
     fd = next(iter(metrics.get("quality", {}).values()), {}).get("fd")
     return (f"| {name} | {g['value']:.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}] | {s['value']:.3f} "
-            f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {fam['value']:.3f} | {metrics['no_face_rate']:.3f} | {'-' if fd is None else f'{fd:.3f}'} |")
+            f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {fam['value']:.3f} | {metrics['no_face_rate']:.3f} | {'-' if fd is None else f'{max(fd, 0.0):.3f}'} |")
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -118,7 +119,10 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, 
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(feature=_Features(real.shape[1]), subsets=subsets, subset_size=size)
+    with warnings.catch_warnings():
+        # its buffer warning is about memory; here both feature sets are already in memory, whole
+        warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer")
+        metric = KernelInceptionDistance(feature=_Features(real.shape[1]), subsets=subsets, subset_size=size)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     torch.manual_seed(seed)  # torchmetrics draws subsets with the global generator
