@@ -82,7 +82,7 @@ class CLIPClassifier(AttributeClassifier):
     def predict(self, crops: list[Image.Image]) -> dict[str, np.ndarray]:
         """Softmax of logit_scale * cosine over each attribute's class texts."""
         img = self.image_features(crops)
-        scale = float(self.model.logit_scale.exp())
+        scale = float(self.model.logit_scale.detach().exp())
         return {a: softmax((scale * img @ t.T).cpu().numpy()) for a, t in self._text_features.items()}
 
     def describe(self) -> dict[str, Any]:
