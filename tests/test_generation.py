@@ -78,7 +78,7 @@ def test_batched_mode_differs_from_batch_1_by_at_most_rounding(tiny_sd, referenc
     assert int(np.abs(a[keys[0]] - a[keys[1]]).max()) > 10
 
 
-def test_two_shards_merged_equal_one_run(tiny_sd, reference_run, tmp_path):
+def test_two_shards_merged_equal_one_run(tiny_sd, reference_run, tmp_path, capsys):
     shards = []
     for i in range(2):
         d = tmp_path / f"s{i}"
@@ -90,6 +90,14 @@ def test_two_shards_merged_equal_one_run(tiny_sd, reference_run, tmp_path):
     assert image_bytes(merged) == image_bytes(reference_run)
     assert [r["key"] for r in manifest(merged)] == [r["key"] for r in manifest(reference_run)]
     assert (merged / "metrics.json").is_file()
+
+    other = tmp_path / "s1-retrained"
+    shutil.copytree(shards[1], other)
+    record = json.loads((other / "run.json").read_text())
+    record["model"]["weights_fingerprint"] = "f" * 64
+    (other / "run.json").write_text(json.dumps(record))
+    assert main(["merge", str(shards[0]), str(other), "--out", str(tmp_path / "mixed"), "--no-progress"]) == 2
+    assert "generated with different model weights" in capsys.readouterr().err
 
 
 def test_merge_refuses_incomplete_shard_set(tiny_sd, tmp_path):
