@@ -10,8 +10,10 @@ mu_c keeps the entries of |psi_c| at or above the `edit_threshold` quantile (per
 channel); momentum nu <- beta nu + (1 - beta) g. Edit guidance joins after `edit_warmup_steps`.
 Each image draws a target group per attribute (uniformly, from its own seed): that group's
 editing prompt is added, the others' are reversed ("male person" / "female person" for gender).
-The published recipe is binary; for more groups fairbench reverses every other group by default
-(`reverse_others=true`); `reverse_others=false` only adds the target (docs/baselines.md).
+The published recipe is binary. `reverse` says which non-target groups are reversed: "binary"
+(default) the other group of a two-group attribute, as published, and none of an attribute with
+more groups, whose target is only added; "all" every other group; "none" no group
+(docs/baselines.md has the measured difference).
 
 The loop is the pipeline's own: the UNet's forward is wrapped for the duration of a batch so
 that the pipeline's classifier-free-guidance combination yields the edited prediction; with
@@ -51,15 +53,18 @@ def sega_guidance(eps_uncond: torch.Tensor, eps_text: torch.Tensor, eps_edit: to
     return eps_uncond + guidance, momentum
 
 
-def edit_signs(seeds: list[int], sizes: list[int], reverse_others: bool = True) -> torch.Tensor:
+REVERSE_MODES = ("binary", "all", "none")
+
+
+def edit_signs(seeds: list[int], sizes: list[int], reverse: str = "binary") -> torch.Tensor:
     """(sum(sizes), B) signs: per image and attribute one target group (+1), the others reversed (-1) or left out (0)."""
-    other = -1.0 if reverse_others else 0.0
     cols = []
     for seed in seeds:
         rng = np.random.default_rng([seed, 0x4644])
         col = []
         for k in sizes:
             target = int(rng.integers(k))
+            other = -1.0 if reverse == "all" or (reverse == "binary" and k == 2) else 0.0
             col += [1.0 if g == target else other for g in range(k)]
         cols.append(col)
     return torch.tensor(cols).T
@@ -73,7 +78,7 @@ class FairDiffusion(Method):
 
     def __init__(self, attributes: str = "gender", edit_guidance_scale: float = 4.0, edit_warmup_steps: int = 5,
                  edit_threshold: float = 0.95, edit_momentum_scale: float = 0.5, edit_mom_beta: float = 0.6,
-                 edit_template: str = "{group} person", reverse_others: bool = True) -> None:
+                 edit_template: str = "{group} person", reverse: str = "binary") -> None:
         super().__init__()
         self.attributes = parse_attributes(attributes)
         self.edit_scale, self.warmup = float(edit_guidance_scale), int(edit_warmup_steps)
@@ -81,13 +86,13 @@ class FairDiffusion(Method):
         self.edit_texts = [render_template(edit_template, group=g.adjective)
                            for a in self.attributes for g in attribute(a).groups]
         self.sizes = [attribute(a).k for a in self.attributes]
-        if not isinstance(reverse_others, bool):
-            raise UserError(f"fairdiffusion: reverse_others must be true or false, got {reverse_others!r}")
-        self.reverse_others = reverse_others
+        if reverse not in REVERSE_MODES:
+            raise UserError(f"fairdiffusion: reverse must be one of {', '.join(REVERSE_MODES)}, got {reverse!r}")
+        self.reverse = reverse
         self.args: dict[str, Any] = {"attributes": self.attributes, "edit_guidance_scale": self.edit_scale,
                                      "edit_warmup_steps": self.warmup, "edit_threshold": self.threshold,
                                      "edit_momentum_scale": self.mom_scale, "edit_mom_beta": self.mom_beta,
-                                     "editing_prompts": self.edit_texts, "reverse_others": reverse_others}
+                                     "editing_prompts": self.edit_texts, "reverse": reverse}
         self.edit_embeds: torch.Tensor | None = None
 
     def prepare(self, backend: DiffusersBackend, suite: Any, context: MethodContext | None = None) -> None:
@@ -105,7 +110,7 @@ class FairDiffusion(Method):
             raise UserError("fairdiffusion needs classifier-free guidance (--guidance-scale > 1)")
         unet, scheduler = backend.unet, backend.pipe.scheduler
         original = unet.forward
-        signs = edit_signs([u.seed for u in units], self.sizes, self.reverse_others)
+        signs = edit_signs([u.seed for u in units], self.sizes, self.reverse)
         state: dict[str, torch.Tensor] = {}
         edit_embeds = self.edit_embeds
 

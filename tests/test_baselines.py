@@ -134,14 +134,16 @@ def test_edit_signs_one_target_per_attribute():
     assert s.shape == (6, 200)
     assert torch.all((s[:2] == 1).sum(0) == 1) and torch.all((s[2:] == 1).sum(0) == 1)
     assert 0.35 < (s[0] == 1).float().mean() < 0.65
-    assert torch.all((s == 1) | (s == -1))  # default: every non-target group reversed
-    only_target = edit_signs(list(range(200)), [2, 4], reverse_others=False)
-    assert torch.equal(only_target, (s == 1).float())  # same targets, the others left out
+    # default "binary": the other group of the 2-group attribute reversed (as published), none of the 4
+    assert torch.equal(s[:2], 2 * (s[:2] == 1).float() - 1) and torch.all((s[2:] == 1) | (s[2:] == 0))
+    every = edit_signs(list(range(200)), [2, 4], reverse="all")
+    assert torch.equal(every, 2 * (s == 1).float() - 1)  # same targets, every other group reversed
+    assert torch.equal(edit_signs(list(range(200)), [2, 4], reverse="none"), (s == 1).float())
 
 
-def test_fairdiffusion_rejects_a_non_boolean_reverse_flag():
-    with pytest.raises(UserError, match="reverse_others must be true or false"):
-        FairDiffusion(reverse_others="no")
+def test_fairdiffusion_rejects_an_unknown_reverse_mode():
+    with pytest.raises(UserError, match="reverse must be one of binary, all, none"):
+        FairDiffusion(reverse="no")
 
 
 def test_fairdiffusion_without_edit_scale_equals_vanilla(tiny_sd, suite):
