@@ -35,7 +35,7 @@ from torch import nn
 from fairbench.errors import UserError
 from fairbench.io import atomic_save_tensors, atomic_write_json
 from fairbench.methods.base import Method, MethodContext
-from fairbench.models.backend import Conditioning, DiffusersBackend
+from fairbench.models.backend import Conditioning, DiffusersBackend, weights_fingerprint
 from fairbench.prompts import KeywordDetector, SuiteSpec, attribute, parse_attributes
 from fairbench.units import WorkUnit
 
@@ -127,16 +127,11 @@ def training_texts(suite: SuiteSpec, attributes: list[str], split: str) -> tuple
 
 
 def text_encoder_hash(backend: DiffusersBackend) -> str:
-    """sha256 over the text encoder's parameters (names, shapes, values): which encoder a map fits.
+    """sha256 over every parameter of the text encoder (names, shapes, values): which encoder a map fits.
 
     Values are hashed at bfloat16 precision, so one encoder loaded in float32 or bfloat16 has one
     identity (a map trained in one precision applies in the other)."""
-    h = hashlib.sha256()
-    for name, t in sorted(backend.text_encoder.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().to(torch.bfloat16).float().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return weights_fingerprint({"": backend.text_encoder}, samples=None)
 
 
 def encode_all(backend: DiffusersBackend, texts: list[str], batch_size: int = 64) -> torch.Tensor:

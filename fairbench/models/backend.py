@@ -27,18 +27,22 @@ FINGERPRINT_PARTS = ("unet", "text_encoder", "vae")
 
 
 @torch.no_grad()
-def weights_fingerprint(modules: dict[str, torch.nn.Module], samples: int = 4096) -> str:
-    """sha256 over parameter names, shapes and a strided sample of their values, at bfloat16 precision.
+def weights_fingerprint(modules: dict[str, torch.nn.Module], samples: int | None = 4096) -> str:
+    """sha256 over parameter names, shapes and values (all, or a strided sample per tensor), at bfloat16 precision.
 
-    A cheap identity for "the same weights" (any retraining or edit changes it; one set of weights
-    loaded in float32 or bfloat16 keeps it), not an integrity check: hashing every value of SD's
-    3.4 GB would cost seconds per run, and a sample sees every tensor."""
+    One set of weights loaded in float32 or bfloat16 keeps its fingerprint; any retraining or edit
+    changes it. With `samples` it is a cheap identity, not an integrity check: hashing every value
+    of SD's 3.4 GB would cost seconds per run, and a sample still sees every tensor. Parameter
+    names carry the module key as a prefix ("" for none)."""
     h = hashlib.sha256()
     for part in sorted(modules):
         for name, t in sorted(modules[part].state_dict().items()):
             flat = t.detach().reshape(-1)
-            h.update(f"{part}.{name}{tuple(t.shape)}".encode())
-            h.update(flat[:: max(1, flat.numel() // samples)][:samples].to(torch.bfloat16).float().cpu().numpy().tobytes())
+            if samples is not None:
+                flat = flat[:: max(1, flat.numel() // samples)][:samples]
+            h.update((f"{part}.{name}" if part else name).encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(flat.to(torch.bfloat16).float().cpu().numpy().tobytes())
     return h.hexdigest()
 
 
