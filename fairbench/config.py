@@ -58,6 +58,9 @@ class RunConfig(BaseModel):
     clip_model: str | None = None
     shard: str | None = None
     out: str | None = None
+    baseline: bool = Field(default=True, description="for a method other than vanilla: also run (or resume) vanilla "
+                                                     "with the same settings and end with the paired verdict")
+    baseline_out: str | None = Field(default=None, description="run directory of that vanilla run (default: beside --out)")
     progress: bool = True
 
     @field_validator("shard")

@@ -6,9 +6,12 @@ on an existing run directory (re-classify without re-generating, recompute metri
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +43,13 @@ from fairbench.units import make_units
 
 @dataclass
 class RunOutcome:
-    """Where a run wrote its results, and its metrics (None for a shard or a non-main process)."""
+    """Where a run wrote its results, and its metrics (None for a shard or a non-main process);
+    for a method run with a vanilla baseline, that run's directory and the paired comparison."""
 
     run_dir: Path
     metrics: dict[str, Any] | None
+    baseline_dir: Path | None = None
+    comparison: dict[str, Any] | None = None
 
 
 def slug(text: str) -> str:
@@ -107,9 +113,48 @@ def suite_identity(cfg: RunConfig) -> dict[str, Any]:
     return {"name": suite.name, "version": suite.version, "file_sha256": sha256_file(path)}
 
 
+def baseline_config(cfg: RunConfig) -> RunConfig:
+    """Vanilla with every setting of `cfg` that decides its images, written beside `cfg`'s run.
+
+    Its directory is `--baseline-out`, else runs/vanilla-<model>-<suite> beside the method's run;
+    when that holds a vanilla run of other settings, a name suffixed with these settings' hash.
+    """
+    base = cfg.model_copy(update={"method": "vanilla", "method_args": {}, "out": None, "reference": None,
+                                  "clip_model": None, "baseline": False, "baseline_out": None})
+    if cfg.baseline_out:
+        return base.model_copy(update={"out": cfg.baseline_out})
+    parent = Path(cfg.out).parent if cfg.out else default_out(cfg).parent
+    out = parent / default_out(base).name
+    try:
+        check_resume(out, base)
+    except UserError:
+        digest = hashlib.sha256(json.dumps(base.identity(), sort_keys=True, default=str).encode()).hexdigest()
+        out = parent / f"{out.name}-{digest[:8]}"
+    return base.model_copy(update={"out": str(out)})
+
+
 def run(cfg: RunConfig) -> RunOutcome:
-    """Run (or resume) a whole benchmark run."""
+    """Run (or resume) a benchmark run; for a method other than vanilla, also its vanilla baseline
+    (resumed, never regenerated) and the paired comparison of the two (unless cfg.baseline is off)."""
     cfg = cfg.with_model_defaults()
+    outcome = run_one(cfg)
+    if not cfg.baseline or cfg.method == "vanilla" or cfg.shard:
+        return outcome
+    base_cfg = baseline_config(cfg)
+    if cfg.progress and process_info()[0] == 0:
+        print(f"vanilla baseline for the paired verdict: {base_cfg.out} (resumed where it exists)", file=sys.stderr)
+    base = run_one(base_cfg)
+    if outcome.metrics is None or base.metrics is None:
+        return outcome
+    from fairbench.outputs.compare import compare_runs
+
+    outcome.baseline_dir = base.run_dir
+    outcome.comparison = compare_runs(outcome.run_dir, base.run_dir, cfg.extractor)
+    return outcome
+
+
+def run_one(cfg: RunConfig) -> RunOutcome:
+    """Run (or resume) one benchmark run: generate, label, score."""
     rank, world, state = process_info()
     if world > 1 and cfg.shard:
         raise UserError("use either --shard or `accelerate launch`, not both")

@@ -69,6 +69,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-model", help="hub id or folder of a CLIP model for the CLIP score")
     p.add_argument("--shard", help="i/N: generate only shard i of N (merge with `fairbench merge`)")
     p.add_argument("--out", help="run directory (default runs/<method>-<model>-<suite>)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_const", const=False, default=None,
+                   help="do not run or reuse vanilla with the same settings, and print no paired verdict")
+    p.add_argument("--baseline-out", help="run directory of the vanilla baseline (default: beside --out)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
 
 
@@ -80,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     fields = ["method", "model", "suite", "split", "limit", "n", "seed", "batch_size", "batch_invariant", "steps", "guidance_scale",
               "height", "width", "negative_prompt", "scheduler", "dtype", "device", "classifier", "detector",
-              "n_boot", "ci_level", "reference", "extractor", "clip_model", "shard", "out", "progress"]
+              "n_boot", "ci_level", "reference", "extractor", "clip_model", "shard", "out", "baseline", "baseline_out",
+              "progress"]
     cfg = build_config(args.config, method_args=_key_values(args.method_arg, "--method-arg"),
                        classifier_args=_key_values(args.classifier_arg, "--classifier-arg"),
                        extractor_args=_key_values(args.extractor_arg, "--extractor-arg"),
@@ -90,6 +94,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_summary(outcome.metrics, f"{cfg.method} on {cfg.model}: {outcome.run_dir}")
     elif cfg.shard:
         print(f"shard {cfg.shard} generated in {outcome.run_dir}; combine the shards with `fairbench merge`")
+    if outcome.comparison is not None:
+        from fairbench.outputs.compare import print_verdict
+
+        print_verdict(outcome.comparison, outcome.baseline_dir)
     return 0
 
 
@@ -247,6 +255,19 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """fairbench compare RUN --baseline RUN."""
+    from pathlib import Path
+
+    from fairbench.outputs.compare import compare_runs, print_verdict
+
+    if args.n_boot is not None and args.n_boot <= 0:
+        raise UserError(f"--n-boot must be positive, got {args.n_boot}")
+    result = compare_runs(Path(args.run_dir), Path(args.baseline), args.extractor, args.n_boot)
+    print_verdict(result, Path(args.baseline))
+    return 0
+
+
 def cmd_fetch_inception(args: argparse.Namespace) -> int:
     """fairbench fetch-inception PATH."""
     from fairbench.metrics.features import fetch_inception
@@ -313,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reference", help="write a run's headline metrics as a reference file for `check`")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("compare", help="paired comparison of a run with a baseline run over the same images")
+    p.add_argument("run_dir")
+    p.add_argument("--baseline", required=True, help="run directory over the same units (e.g. vanilla)")
+    p.add_argument("--extractor", default="auto", help="FD/KID features: auto, synthface, inception, clip, dinov2")
+    p.add_argument("--n-boot", type=int, help="bootstrap replicates (default: the run's)")
     p = sub.add_parser("fetch-inception", help="download FID's Inception-v3 weights (checked by sha256 prefix)")
     p.add_argument("path")
     from fairbench.cli.synthface import add_synthface
@@ -324,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "leaderboard": cmd_leaderboard,
             "make-tiny-sd": cmd_make_tiny_sd, "merge": cmd_merge, "classify": cmd_classify,
             "synthface": cmd_synthface, "quality": cmd_quality, "fetch-inception": cmd_fetch_inception,
-            "check": cmd_check, "reference": cmd_reference, "train": cmd_train}
+            "check": cmd_check, "reference": cmd_reference, "train": cmd_train, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,15 @@ from fairbench.prompts import PromptSpec
 
 def family_accuracy(labels: pd.DataFrame, prompts: list[PromptSpec], level: float = 0.95) -> dict[str, Any] | None:
     """Share of faces whose predicted occupation family is the prompt's (needs a `family` label column)."""
-    from fairbench.synthface.families import family_of
-
     if "family" not in labels.columns:
         return None
-    fam = family_of()
-    expected = {p.id: fam[p.vars["occupation"]] for p in prompts if p.vars.get("occupation") in fam}
+    expected = expected_families(prompts)
     return match_rate(labels, "family", expected, level) if expected else None
+
+
+def expected_families(prompts: list[PromptSpec]) -> dict[str, str]:
+    """Prompt id -> the synthface occupation family its occupation belongs to (prompts with a known occupation)."""
+    from fairbench.synthface.families import family_of
+
+    fam = family_of()
+    return {p.id: fam[p.vars["occupation"]] for p in prompts if p.vars.get("occupation") in fam}

@@ -110,3 +110,38 @@ def image_grid(run_dir: Path, rows: list[dict[str, Any]], prompt_ids: list[str],
                        (label_w + j * (cell + 2), y))
     grid.save(path)
     return path
+
+
+def plot_paired_changes(result: dict[str, Any], path: Path, metrics: tuple[str, ...] = ("bias_gap", "kl")) -> Path | None:
+    """compare.json as a figure: each metric's paired change with its interval, and per-prompt before/after."""
+    attrs = list(result["attributes"])
+    if not attrs:
+        return None
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 1.6 + 0.45 * len(attrs) * len(metrics)),
+                                  gridspec_kw={"width_ratios": [3, 2]})
+    rows = [(a, m, result["attributes"][a]["metrics"][m]["change"]) for a in attrs for m in metrics]
+    y = np.arange(len(rows))[::-1]
+    vals = np.array([c["value"] for _, _, c in rows])
+    err = np.array([[c["value"] - c["ci_low"] for _, _, c in rows], [c["ci_high"] - c["value"] for _, _, c in rows]])
+    ax.errorbar(vals, y, xerr=np.nan_to_num(err), fmt="o", color=COLORS[0], ecolor="#333333", capsize=3)
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_yticks(y, [f"{a} {m}" for a, m, _ in rows], fontsize=8)
+    level = result["settings"]["level"]
+    ax.set_xlabel(f"change, {result['method']} - {result['baseline_method']} ({level:.0%} paired bootstrap; < 0 is fairer)")
+    attr, m = attrs[0], metrics[0]
+    pp = result["attributes"][attr]["per_prompt"]
+    before = np.array([p[m]["before"] for p in pp])
+    after = np.array([p[m]["after"] for p in pp])
+    ax2.scatter(before, after, s=14, color=COLORS[1])
+    hi = float(np.nanmax(np.concatenate([before, after, [1e-6]])))
+    ax2.plot([0, hi], [0, hi], color="black", linewidth=1, linestyle="--")
+    ax2.set_xlabel(f"{attr} {m}, {result['baseline_method']}")
+    ax2.set_ylabel(f"{attr} {m}, {result['method']}")
+    ax2.set_title("per prompt (below the line: fairer)", fontsize=9)
+    fig.suptitle(f"{result['method']} vs {result['baseline_method']}: {result['n_units']} paired images")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

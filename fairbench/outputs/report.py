@@ -53,6 +53,24 @@ def _quality_lines(metrics: dict[str, Any]) -> list[str]:
     return (["## Quality and alignment", ""] + lines + [""]) if lines else []
 
 
+def _compare_lines(run_dir: Path) -> list[str]:
+    """The paired comparison (compare.json), when the run has one."""
+    from fairbench.outputs.compare import COMPARE_JSON, summary_frame, verdict_lines
+    from fairbench.outputs.rundir import read_json
+
+    if not (run_dir / COMPARE_JSON).is_file():
+        return []
+    result = read_json(run_dir / COMPARE_JSON)
+    head, *rest = verdict_lines(result)
+    lines = [f"## Paired comparison with `{result['baseline']}`", "", head + ".", ""]
+    lines += [f"- {line.strip()}" for line in rest if " flips " in line or line.lstrip().startswith(
+        ("face rate", "family acc.", "quality", "note"))]
+    lines += ["", summary_frame(result).to_markdown(index=False, floatfmt=".3f"), ""]
+    if (run_dir / "figures" / "compare.png").is_file():
+        lines += ["![paired comparison](figures/compare.png)", ""]
+    return lines
+
+
 def render_report(run_dir: Path, baseline: Path | None = None) -> str:
     """Write the figures and return the markdown of the report."""
     run, metrics = read_run(run_dir)
@@ -72,6 +90,7 @@ def render_report(run_dir: Path, baseline: Path | None = None) -> str:
         if path:
             lines += [f"## {run['spec']['method']} vs {base_run['spec']['method']} (`{baseline}`)", "",
                       f"![comparison](figures/{path.name})", ""]
+    lines += _compare_lines(run_dir)
     rows = read_jsonl(run_dir / "manifest.jsonl")
     for attr, res in metrics["attributes"].items():
         table = per_prompt_table(res)

@@ -1,0 +1,231 @@
+"""`fairbench compare RUN --baseline RUN`: what a method bought and cost, paired image by image.
+
+Both runs hold the same units (prompt id, sample index, seed), so each image of the method's run
+pairs with the baseline's image drawn from the same noise. Written into the method's run
+directory: compare.json, tables/compare.csv and figures/compare.png; `fairbench report` shows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fairbench.errors import UserError
+from fairbench.io import atomic_write_json, atomic_write_text
+from fairbench.metrics.fairness import FAIRNESS_METRICS
+from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majority_flows, paired_bootstrap,
+                                      share_metric, sign_test, transitions)
+from fairbench.outputs.pairing import (FACE, FAMILY, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align, differences,
+                                       run_side)
+from fairbench.outputs.rundir import RUN_JSON, read_json
+
+COMPARE_JSON = "compare.json"
+COMPARE_SCHEMA = 1
+VERDICT_METRICS = ("bias_gap", "kl")
+# two runs compared must agree on these; a batch size may differ (pixels move by noise only)
+MUST_MATCH = (*UNIT_SETTINGS, *SAMPLING_SETTINGS, "dtype", "classifier", "detector")
+
+
+def pairing_notes(run: Side, base: Side) -> list[str]:
+    """Refuse sides whose units do not pair (naming the setting); return the differences that are only noted."""
+    diff = differences(run, base, MUST_MATCH)
+    if diff:
+        more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+        raise UserError(f"{run.name} and {base.name} do not pair: {diff[0]}{more}")
+    return differences(run, base, ("batch_size", "batch_invariant"))
+
+
+def _change(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, n_prompts: int, k: int, metric: Any,
+            n_boot: int, level: float, seed: int) -> dict[str, Any]:
+    before = float(aggregate(metric, counts(ref, prompt, n_prompts, k)))
+    after = float(aggregate(metric, counts(run, prompt, n_prompts, k)))
+    change = paired_bootstrap(ref, run, prompt, n_prompts, k, metric, n_boot, level, seed).to_dict()
+    change.pop("n")
+    return {"before": before, "after": after, "change": change}
+
+
+def compare_attribute(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, prompt_ids: list[str],
+                      groups: list[str], n_boot: int, level: float, seed: int) -> dict[str, Any]:
+    """Every fairness metric's paired change, label flips by direction, and per-prompt values."""
+    p, k = len(prompt_ids), len(groups)
+    metrics = {m: _change(ref, run, prompt, p, k, FAIRNESS_METRICS.get(m), n_boot, level, seed)
+               for m in FAIRNESS_METRICS.names()}
+    both = (ref >= 0) & (run >= 0)
+    majority = majority_flows(ref, run, prompt, p, k)
+    per_prompt = []
+    for i, pid in enumerate(prompt_ids):
+        row: dict[str, Any] = {"prompt_id": pid}
+        for m in VERDICT_METRICS:
+            fn = FAIRNESS_METRICS.get(m)
+            row[m] = {side: float(aggregate(fn, counts(codes, prompt, p, k)[i : i + 1]))
+                      for side, codes in (("before", ref), ("after", run))}
+        per_prompt.append(row)
+    return {
+        "groups": groups, "metrics": metrics,
+        "flips": {"n_labelled_both": int(both.sum()), "n_flipped": int((both & (ref != run)).sum()),
+                  "groups": [f.to_dict() for f in flows(ref, run, groups)],
+                  "toward_majority": majority.into, "away_from_majority": majority.out,
+                  "majority_p_value": majority.p_value,
+                  "transitions": transitions(ref, run, groups).to_dict(orient="index")},
+        "per_prompt": per_prompt,
+    }
+
+
+def compare_binary(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, n_prompts: int, name: str,
+                   n_boot: int, level: float, seed: int) -> dict[str, Any]:
+    """A yes/no quantity per unit (face found, family matched): paired change of its rate, and its flips."""
+    metric = share_metric(1, name)
+    out = _change(ref, run, prompt, n_prompts, 2, metric, n_boot, level, seed)
+    gained, lost = int(((ref == 0) & (run == 1)).sum()), int(((ref == 1) & (run == 0)).sum())
+    return {**out, "gained": gained, "lost": lost, "p_value": sign_test(gained, lost), "n": int(len(ref))}
+
+
+def compare_sides(run: Side, base: Side, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Paired comparison of a run with its baseline (pure: reads only the two sides)."""
+    notes = pairing_notes(run, base)
+    ua, ub, prompt = align(run, base)
+    p = len(run.prompt_ids)
+    face_run = np.where(ua[FACE].to_numpy() >= 0, 1, 0)
+    face_ref = np.where(ub[FACE].to_numpy() >= 0, 1, 0)
+    result: dict[str, Any] = {
+        "schema_version": COMPARE_SCHEMA, "run": run.name, "baseline": base.name,
+        "method": run.settings.get("method"), "method_args": run.settings.get("method_args"),
+        "baseline_method": base.settings.get("method"), "n_units": len(ua), "n_prompts": p,
+        "identical_images": int((ua["sha256"].to_numpy() == ub["sha256"].to_numpy()).sum()),
+        "notes": notes, "settings": {"n_boot": n_boot, "level": level, "seed": seed,
+                                     "bootstrap": "paired: prompts, then sample indices within a prompt, "
+                                                  "the same units on both sides",
+                                     "flip_test": "exact two-sided sign test (exact McNemar)"},
+        "attributes": {a: compare_attribute(ub[a].to_numpy(), ua[a].to_numpy(), prompt, run.prompt_ids, g,
+                                            n_boot, level, seed) for a, g in run.groups.items() if a in base.groups},
+        "faces": compare_binary(face_ref, face_run, prompt, p, "face_rate", n_boot, level, seed),
+    }
+    if FAMILY in ua and FAMILY in ub:
+        keep = (ua[FAMILY].to_numpy() >= 0) & (ub[FAMILY].to_numpy() >= 0)
+        if keep.any():
+            result["family_accuracy"] = compare_binary(
+                np.where(keep, ub[FAMILY].to_numpy(), NO_LABEL), np.where(keep, ua[FAMILY].to_numpy(), NO_LABEL),
+                prompt, p, "family_accuracy", n_boot, level, seed)
+    return result
+
+
+def quality_cost(run_dir: Path, baseline_dir: Path, extractor: str = "auto") -> dict[str, Any]:
+    """FD and KID of the run's images against the baseline's images; a note instead when no extractor loads."""
+    from fairbench.metrics.features import build_extractor
+    from fairbench.metrics.quality import quality
+
+    if extractor == "auto":
+        classifier = read_json(run_dir / RUN_JSON)["spec"].get("classifier")
+        extractor = "synthface" if classifier == "synthface" else "inception"
+    try:
+        q = quality(run_dir, baseline_dir, build_extractor(extractor, None))
+    except UserError as exc:
+        return {"skipped": str(exc), "extractor": extractor}
+    return {q["name"]: q}
+
+
+def summary_frame(result: dict[str, Any]) -> pd.DataFrame:
+    """One row per (attribute, metric): before, after, change and its paired interval."""
+    rows = []
+    for attr, res in result["attributes"].items():
+        for m, c in res["metrics"].items():
+            rows.append({"attribute": attr, "metric": m, "before": c["before"], "after": c["after"],
+                         "change": c["change"]["value"], "ci_low": c["change"]["ci_low"],
+                         "ci_high": c["change"]["ci_high"], "n_flipped": res["flips"]["n_flipped"],
+                         "n_labelled_both": res["flips"]["n_labelled_both"]})
+    for name in ("faces", "family_accuracy"):
+        if name in result:
+            c = result[name]
+            rows.append({"attribute": "-", "metric": "face_rate" if name == "faces" else name, "before": c["before"],
+                         "after": c["after"], "change": c["change"]["value"], "ci_low": c["change"]["ci_low"],
+                         "ci_high": c["change"]["ci_high"], "n_flipped": c["gained"] + c["lost"],
+                         "n_labelled_both": c["n"]})
+    return pd.DataFrame(rows)
+
+
+def compare_runs(run_dir: str | Path, baseline_dir: str | Path, extractor: str = "auto",
+                 n_boot: int | None = None, level: float | None = None) -> dict[str, Any]:
+    """Compare a run with its baseline and write compare.json, tables/compare.csv and figures/compare.png."""
+    from fairbench.outputs.plots import plot_paired_changes
+
+    d, b = Path(run_dir), Path(baseline_dir)
+    run, base = run_side(d), run_side(b)
+    s = run.metrics.get("settings", {})
+    result = compare_sides(run, base, n_boot or s.get("n_boot", 1000), level or s.get("level", 0.95),
+                           s.get("seed", 0))
+    result["quality"] = quality_cost(d, b, extractor)
+    atomic_write_json(d / COMPARE_JSON, result)
+    atomic_write_text(d / "tables" / "compare.csv", summary_frame(result).to_csv(index=False))
+    plot_paired_changes(result, d / "figures" / "compare.png")
+    return result
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v != v else f"{v:.3f}"
+
+
+def verdict_lines(result: dict[str, Any], metrics: tuple[str, ...] = VERDICT_METRICS) -> list[str]:
+    """The paired verdict as plain lines (the terminal table is built from the same numbers)."""
+    level = result["settings"]["level"]
+    lines = [f"{result['method']} vs {result['baseline_method']}, paired over {result['n_units']} images "
+             f"({result['n_prompts']} prompts); change = {result['method']} - {result['baseline_method']}, "
+             f"{level:.0%} paired bootstrap interval"]
+    for attr, res in result["attributes"].items():
+        for m in metrics:
+            c = res["metrics"][m]
+            ch = c["change"]
+            lines.append(f"  {attr:10s} {m:9s} {_fmt(c['before'])} -> {_fmt(c['after'])}  "
+                         f"change {ch['value']:+.3f} [{ch['ci_low']:+.3f}, {ch['ci_high']:+.3f}]")
+        f = res["flips"]
+        lines.append(f"  {attr:10s} flips     {f['n_flipped']} of {f['n_labelled_both']} faces changed label: "
+                     f"{f['toward_majority']} toward the baseline's per-prompt majority group, {f['away_from_majority']} away "
+                     f"(sign test p = {f['majority_p_value']:.3g}; prompts without a single majority group not counted)")
+    for name in ("faces", "family_accuracy"):
+        if name in result:
+            c = result[name]
+            label = "face rate" if name == "faces" else "family acc."
+            lines.append(f"  {label:20s} {_fmt(c['before'])} -> {_fmt(c['after'])}  change {c['change']['value']:+.3f} "
+                         f"[{c['change']['ci_low']:+.3f}, {c['change']['ci_high']:+.3f}]; {c['lost']} lost, "
+                         f"{c['gained']} gained (p = {c['p_value']:.3g})")
+    for name, q in result.get("quality", {}).items():
+        if name in ("skipped", "extractor"):
+            continue
+        lines.append(f"  quality cost: {name} {max(q['fd'], 0.0):.3f}, KID {q['kid']:.4f} +- {q['kid_std']:.4f} "
+                     f"({result['method']}'s {q['n_generated']} images against {result['baseline_method']}'s "
+                     f"{q['n_reference']})")
+    if "skipped" in result.get("quality", {}):
+        lines.append(f"  quality cost: not computed ({result['quality']['skipped']})")
+    lines += [f"  note: {n}" for n in result.get("notes", [])]
+    return lines
+
+
+def print_verdict(result: dict[str, Any], baseline_dir: Path | None = None) -> None:
+    """The paired verdict on the terminal: before, after, change with its paired interval; flips; quality cost."""
+    from rich.table import Table
+
+    from fairbench.outputs.tables import terminal_console
+
+    console = terminal_console()
+    head, *rest = verdict_lines(result)
+    console.print(f"paired verdict: {head}", highlight=False)
+    table = Table()
+    for col in ("attribute", "metric", result["baseline_method"], result["method"], "change [paired CI]",
+                "faces flipped"):
+        table.add_column(col)
+    for attr, res in result["attributes"].items():
+        f = res["flips"]
+        for m in VERDICT_METRICS:
+            c = res["metrics"][m]
+            ch = c["change"]
+            table.add_row(attr, m, _fmt(c["before"]), _fmt(c["after"]),
+                          f"{ch['value']:+.3f} [{ch['ci_low']:+.3f}, {ch['ci_high']:+.3f}]",
+                          f"{f['n_flipped']} / {f['n_labelled_both']}")
+    console.print(table)
+    for line in rest:
+        if " flips " in line or line.lstrip().startswith(("face rate", "family acc.", "quality", "note")):
+            console.print(line.strip(), highlight=False)
+    where = f" (baseline: {baseline_dir})" if baseline_dir else ""
+    console.print(f"written: {Path(result['run']) / COMPARE_JSON}{where}", highlight=False)

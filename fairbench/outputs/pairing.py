@@ -1,0 +1,118 @@
+"""Pairing two runs (or a run and a check reference) unit by unit, and refusing pairs that do not pair.
+
+A side of a pairing is the same thing whether it comes from a run directory or from a reference
+file: its settings, and one row per unit (key, prompt id, seed, image sha256, labels). `compare`
+and `check` both build sides here, so there is one definition of which settings make units pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fairbench.errors import UserError
+from fairbench.io import read_jsonl
+from fairbench.labels import LABELS
+from fairbench.metrics.paired import NO_LABEL, label_codes
+from fairbench.outputs.rundir import METRICS_JSON, RUN_JSON, read_json
+
+# Settings that decide which units a run holds: two runs pair only when they agree on all of them.
+UNIT_SETTINGS = ("suite", "suite_sha256", "split", "limit", "n", "seed", "model", "model_fingerprint")
+# Settings that change every image: a comparison across them measures them, not the method.
+SAMPLING_SETTINGS = ("steps", "guidance_scale", "height", "width", "negative_prompt", "scheduler")
+# Settings that move pixels by numerical noise only (a batch shape, a precision).
+NUMERIC_SETTINGS = ("dtype", "batch_size", "batch_invariant")
+FACE = "face"
+FAMILY = "family_match"
+
+
+@dataclass
+class Side:
+    """One side of a pairing: settings and one row per unit, indexed by unit key."""
+
+    name: str
+    settings: dict[str, Any]
+    units: pd.DataFrame  # index key; columns prompt_id, seed, sha256, face, <attribute>..., family_match
+    groups: dict[str, list[str]]  # attribute -> group names, in code order
+    prompt_ids: list[str]
+    metrics: dict[str, Any] = field(default_factory=dict)  # metrics.json of a run side
+
+
+def settings_of(record: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run that pairing compares."""
+    spec = record["spec"]
+    out = {k: spec.get(k) for k in (*SAMPLING_SETTINGS, *NUMERIC_SETTINGS, "suite", "split", "limit", "n", "seed",
+                                      "model", "method", "method_args")}
+    out.update(suite_sha256=record.get("suite", {}).get("file_sha256"),
+               model_fingerprint=record.get("model", {}).get("weights_fingerprint"),
+               classifier=metrics.get("classifier"), detector=spec.get("detector"))
+    return out
+
+
+def unit_table(labels: pd.DataFrame, manifest: list[dict[str, Any]], groups: dict[str, list[str]],
+               expected_family: dict[str, str]) -> pd.DataFrame:
+    """One row per unit: prompt id, seed, sha256 and integer label codes (NO_LABEL where absent)."""
+    man = pd.DataFrame(manifest, columns=["key", "prompt_id", "seed", "sha256"]).drop_duplicates("key").set_index("key")
+    lab = labels.drop_duplicates("key").set_index("key").reindex(man.index)
+    out = man.copy()
+    out[FACE] = np.where(lab["face"].fillna(False).astype(bool), 0, NO_LABEL)
+    lab = lab.assign(face=lab["face"].fillna(False).astype(bool))
+    for attr, names in groups.items():
+        out[attr] = label_codes(lab, attr, names)
+    if expected_family and "family" in lab.columns:
+        want = lab["prompt_id"].map(expected_family)
+        match = np.where(want.notna() & lab["face"], (lab["family"] == want).astype(int), NO_LABEL)
+        out[FAMILY] = match.astype(np.int64)
+    return out
+
+
+def run_side(run_dir: str | Path) -> Side:
+    """A finished run directory as one side of a pairing."""
+    from fairbench.metrics.alignment import expected_families
+    from fairbench.prompts import load_suite
+
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    record, metrics = read_json(d / RUN_JSON), read_json(d / METRICS_JSON)
+    if not (d / LABELS).is_file():
+        raise UserError(f"{d} has no {LABELS}: label it first (fairbench classify)")
+    spec = record["spec"]
+    prompts = load_suite(spec["suite"]).select(spec["split"], spec.get("limit"))
+    labels = pd.read_parquet(d / LABELS)
+    # attributes in the classifier's order (the order of their label columns)
+    attrs = sorted((a for a in metrics["attributes"] if "*" not in a and a in labels.columns),
+                   key=list(labels.columns).index)
+    groups = {a: metrics["attributes"][a]["groups"] for a in attrs}
+    units = unit_table(labels, read_jsonl(d / "manifest.jsonl"), groups,
+                       expected_families(prompts))
+    return Side(str(d), settings_of(record, metrics), units, groups, [p.id for p in prompts], metrics)
+
+
+def differences(a: Side, b: Side, keys: tuple[str, ...]) -> list[str]:
+    """'key: A there, B here' for every setting in `keys` on which the sides differ."""
+    return [f"{k}: {b.settings.get(k)!r} in {b.name}, {a.settings.get(k)!r} in {a.name}"
+            for k in keys if a.settings.get(k) != b.settings.get(k)]
+
+
+def align(a: Side, b: Side) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Both unit tables in one order and the prompt index of each unit; refuses units that do not pair."""
+    only_a, only_b = a.units.index.difference(b.units.index), b.units.index.difference(a.units.index)
+    if len(only_a) or len(only_b):
+        example = (list(only_a) or list(only_b))[0]
+        raise UserError(f"{a.name} and {b.name} do not hold the same units ({len(only_a)} only in the first, "
+                        f"{len(only_b)} only in the second, e.g. {example!r}): finish or repeat the runs")
+    ua, ub = a.units, b.units.loc[a.units.index]
+    bad = ua["seed"].to_numpy() != ub["seed"].to_numpy()
+    if bad.any():
+        key = ua.index[np.flatnonzero(bad)[0]]
+        raise UserError(f"unit {key!r} has seed {ua.loc[key, 'seed']} in {a.name} and {ub.loc[key, 'seed']} in {b.name}")
+    order = {p: i for i, p in enumerate(a.prompt_ids)}
+    prompt = ua["prompt_id"].map(order)
+    if prompt.isna().any():
+        raise UserError(f"{a.name} holds prompts its suite does not list (e.g. {ua['prompt_id'][prompt.isna()].iloc[0]!r})")
+    return ua, ub, prompt.to_numpy(dtype=np.int64)
