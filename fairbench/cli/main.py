@@ -268,6 +268,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """fairbench plan PLAN.yaml."""
+    from fairbench.plan import load_plan, run_plan
+
+    cells = run_plan(load_plan(args.plan), progress=not args.no_progress, dry_run=args.dry_run)
+    print(f"plan: {len(cells)} runs" + (" (dry run: nothing generated)" if args.dry_run else " complete"))
+    return 0
+
+
 def cmd_fetch_inception(args: argparse.Namespace) -> int:
     """fairbench fetch-inception PATH."""
     from fairbench.metrics.features import fetch_inception
@@ -339,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", required=True, help="run directory over the same units (e.g. vanilla)")
     p.add_argument("--extractor", default="auto", help="FD/KID features: auto, synthface, inception, clip, dinov2")
     p.add_argument("--n-boot", type=int, help="bootstrap replicates (default: the run's)")
+    p = sub.add_parser("plan", help="run or resume a models x methods x suites plan, compare, write the leaderboard")
+    p.add_argument("plan", help="a plan YAML, or a shipped plan's name (prompts/plans/)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs in order with their pending images, run nothing")
+    p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("fetch-inception", help="download FID's Inception-v3 weights (checked by sha256 prefix)")
     p.add_argument("path")
     from fairbench.cli.synthface import add_synthface
@@ -350,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "leaderboard": cmd_leaderboard,
             "make-tiny-sd": cmd_make_tiny_sd, "merge": cmd_merge, "classify": cmd_classify,
             "synthface": cmd_synthface, "quality": cmd_quality, "fetch-inception": cmd_fetch_inception,
-            "check": cmd_check, "reference": cmd_reference, "train": cmd_train, "compare": cmd_compare}
+            "check": cmd_check, "reference": cmd_reference, "train": cmd_train, "compare": cmd_compare,
+            "plan": cmd_plan}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,198 @@
+"""`fairbench plan PLAN.yaml`: a matrix of models x methods x suites, run or resumed cheapest first.
+
+A plan is YAML data (prompts/plans/ holds the shipped ones). Every (model, suite) gets one vanilla
+run that every method of that (model, suite) shares: as the reference of its FD/KID, and as the
+baseline of its paired comparison (compare.json in the method's run directory). The plan ends
+with the leaderboard CSV (and optionally a markdown table) over the suites marked `leaderboard`,
+with the adherence columns of the suites marked `adherence`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fairbench.config import RunConfig, build_config
+from fairbench.errors import UserError
+from fairbench.prompts import _load_yaml, _validation_message, load_suite, prompts_dir
+from fairbench.registry import Registry
+
+PLANS: Registry[Path] = Registry("plan")
+for _p in sorted((prompts_dir() / "plans").glob("*.yaml")):
+    PLANS.add(_p.stem, _p)
+RUN_NAME_FIELDS = ("model", "method", "suite")
+
+
+class SuiteEntry(BaseModel):
+    """One suite of the plan: which prompts, how many images, and what the runs are for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    suite: str
+    split: Literal["train", "test", "all"] = "test"
+    limit: int | None = Field(default=None, gt=0)
+    n: int = Field(gt=0)
+    role: Literal["leaderboard", "adherence", "none"] = "leaderboard"
+
+
+class MethodEntry(BaseModel):
+    """One method of the plan, its arguments, and per-suite option overrides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: str
+    label: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$", description="run name (default: method)")
+    args: dict[str, Any] = Field(default_factory=dict)
+    cost: float = Field(default=1.0, gt=0, description="relative cost per image, for cheapest-first ordering")
+    per_suite: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The method's name in run directories."""
+        return self.label or self.method
+
+
+class Plan(BaseModel):
+    """A benchmark plan: models x methods x suites, shared vanilla runs, a leaderboard at the end."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    out: str = Field(description="folder of the plan's run directories")
+    run_name: str = Field(default="{model}/{method}-{suite}", description="run directory under `out`")
+    models: list[str] = Field(min_length=1)
+    suites: list[SuiteEntry] = Field(min_length=1)
+    methods: list[MethodEntry] = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="run options shared by every run")
+    attributes: list[str] | None = None
+    leaderboard: str | None = None
+    markdown: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Plan":
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ValueError("two methods share a name: give one a `label`")
+        if len({s.name for s in self.suites}) != len(self.suites):
+            raise ValueError("two suites share a name")
+        suite_names = {s.name for s in self.suites}
+        for m in self.methods:
+            if unknown := set(m.per_suite) - suite_names:
+                raise ValueError(f"method {m.name}: per_suite names unknown suites {sorted(unknown)}")
+        if not any(m.method == "vanilla" for m in self.methods):
+            raise ValueError("a plan needs a vanilla method: every method is compared with it")
+        return self
+
+
+def load_plan(name_or_path: str) -> Plan:
+    """A shipped plan's name, or the path of a plan YAML."""
+    path = Path(name_or_path) if name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).is_file() \
+        else PLANS.get(name_or_path)
+    try:
+        return Plan.model_validate(_load_yaml(path))
+    except ValidationError as exc:
+        raise UserError(f"invalid plan {path}: {_validation_message(exc)}") from None
+
+
+def fill_names(template: str, values: dict[str, str]) -> str:
+    """Fill {name} fields of `template` from `values` only (no attribute access, no format specs)."""
+    def sub(m: re.Match) -> str:
+        if m.group(1) not in values:
+            raise UserError(f"run_name {template!r}: unknown field {{{m.group(1)}}} (fields: {', '.join(values)})")
+        return values[m.group(1)]
+
+    out = re.sub(r"\{([^{}]*)\}", sub, template)
+    if "{" in out or "}" in out:
+        raise UserError(f"run_name {template!r}: unbalanced braces")
+    return out
+
+
+class Cell(BaseModel):
+    """One run of the plan."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model: str
+    suite: SuiteEntry
+    method: MethodEntry
+    config: RunConfig
+    pending: int
+    total: int
+
+    @property
+    def cost(self) -> float:
+        """Images still to generate, weighted by the method's relative cost."""
+        return self.pending * self.method.cost
+
+
+def _pending(cfg: RunConfig) -> tuple[int, int]:
+    """(images still to generate, images of the run)."""
+    from fairbench.generation.manifest import completed_rows
+
+    suite = load_suite(cfg.suite)
+    total = len(suite.select(cfg.split, cfg.limit)) * cfg.n
+    out = Path(cfg.out or "")
+    done = len(completed_rows(out)) if out.is_dir() else 0
+    return max(total - done, 0), total
+
+
+def cells(plan: Plan, progress: bool = True) -> list[Cell]:
+    """Every run of the plan, vanilla runs first, then cheapest first (fewest weighted images to generate)."""
+    from fairbench.runner import slug
+
+    result, dirs = [], set()
+    for model in plan.models:
+        for s in plan.suites:
+            vanilla = None
+            for m in sorted(plan.methods, key=lambda m: m.method != "vanilla"):
+                name = fill_names(plan.run_name, {"model": slug(model), "method": m.name, "suite": s.name})
+                out = Path(plan.out) / name
+                if out in dirs:
+                    raise UserError(f"run_name {plan.run_name!r} gives two runs the directory {out}")
+                dirs.add(out)
+                vanilla = out if m.method == "vanilla" and vanilla is None else vanilla
+                extra = {"reference": str(vanilla)} if m.method != "vanilla" else {}
+                cfg = build_config(None, **{**plan.options, "model": model, "suite": s.suite, "split": s.split,
+                                            "limit": s.limit, "n": s.n, "method": m.method, "method_args": m.args,
+                                            **extra, **m.per_suite.get(s.name, {}), "out": str(out),
+                                            "baseline": False, "progress": progress})
+                result.append(Cell(model=model, suite=s, method=m, config=cfg, pending=0, total=0))
+    for c in result:
+        c.pending, c.total = _pending(c.config)
+    return sorted(result, key=lambda c: (c.method.method != "vanilla", c.cost, c.model, c.suite.name, c.method.name))
+
+
+def run_plan(plan: Plan, progress: bool = True, dry_run: bool = False) -> list[Cell]:
+    """Run or resume every cell, compare each method with its vanilla run, then write the leaderboard."""
+    from fairbench.io import atomic_write_text
+    from fairbench.outputs.compare import compare_runs
+    from fairbench.outputs.leaderboard import build_leaderboard, markdown_table
+    from fairbench.runner import run
+
+    todo = cells(plan, progress)
+    for i, c in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {c.method.name} on {c.model}, {c.suite.name}: {c.config.out} "
+              f"({c.pending} of {c.total} images to generate)", file=sys.stderr)
+    if dry_run:
+        return todo
+    for c in todo:
+        run(c.config)
+    for c in todo:
+        if c.method.method != "vanilla":
+            compare_runs(Path(c.config.out), Path(c.config.reference), c.config.extractor)
+    if plan.leaderboard:
+        board = [Path(c.config.out) for c in _in_plan_order(plan, todo) if c.suite.role == "leaderboard"]
+        explicit = [Path(c.config.out) for c in _in_plan_order(plan, todo) if c.suite.role == "adherence"]
+        df = build_leaderboard(board, explicit, plan.attributes)
+        atomic_write_text(Path(plan.leaderboard), df.to_csv(index=False))
+        if plan.markdown:
+            atomic_write_text(Path(plan.markdown), markdown_table(df) + "\n")
+        print(f"{plan.leaderboard}: {len(df)} rows from {len(board)} runs", file=sys.stderr)
+    return todo
+
+
+def _in_plan_order(plan: Plan, todo: list[Cell]) -> list[Cell]:
+    order = {(m, s.name, e.name): i for i, (m, s, e) in enumerate(
+        (m, s, e) for m in plan.models for s in plan.suites for e in plan.methods)}
+    return sorted(todo, key=lambda c: order[(c.model, c.suite.name, c.method.name)])
