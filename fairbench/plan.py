@@ -139,8 +139,11 @@ def _pending(cfg: RunConfig) -> tuple[int, int]:
 
 def cells(plan: Plan, progress: bool = True) -> list[Cell]:
     """Every run of the plan, vanilla runs first, then cheapest first (fewest weighted images to generate)."""
+    from fairbench.methods import build_method
     from fairbench.runner import slug
 
+    for m in plan.methods:  # a misspelt method or argument fails here, before any run starts
+        build_method(m.method, m.args)
     result, dirs = [], set()
     for model in plan.models:
         for s in plan.suites:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# caches (reference statistics, Fair Mapping and UCE results) go to a temporary folder, never the user's
+os.environ["FAIRBENCH_CACHE"] = tempfile.mkdtemp(prefix="fairbench-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FAIRBENCH_CACHE"], True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,58 +1,141 @@
-"""Regression check: passes on an unchanged run, fails on a bias shift and on a quality drop."""
+"""The paired regression check at the CI size (12 prompts x 8 images) on real synthface runs.
+
+Changes are injected at the image level and re-labelled with `fairbench classify`, with the helpers
+of scripts/check_power.py (which measures the same cases over more draws and seeds).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pytest
 
 from fairbench.cli.main import main
-from fairbench.outputs.check import compare, headline
+
+REPO = Path(__file__).resolve().parents[1]
+
+_spec = importlib.util.spec_from_file_location("check_power", REPO / "scripts" / "check_power.py")
+power = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(power)
 
 
-def _metrics(gap=0.5, gap_ci=(0.45, 0.55), faces=950, family=(0.9, 0.88, 0.92), fd=None):
-    m = {"n_images": 1000, "n_faces": faces,
-         "attributes": {"gender": {"aggregate": {
-             "fd": {"value": gap / 2 ** 0.5, "ci_low": gap_ci[0] / 2 ** 0.5, "ci_high": gap_ci[1] / 2 ** 0.5},
-             "kl": {"value": 0.1, "ci_low": 0.08, "ci_high": 0.12},
-             "bias_gap": {"value": gap, "ci_low": gap_ci[0], "ci_high": gap_ci[1]}}}},
-         "alignment": {"family_accuracy": {"value": family[0], "ci_low": family[1], "ci_high": family[2]}}}
-    if fd is not None:
-        m["quality"] = {"FD_synthface": {"fd": fd}}
-    return m
-
-
-def test_unchanged_run_passes_and_shifts_fail():
-    ref = headline(_metrics(fd=2.0))
-    assert not any(f.regressed for f in compare(headline(_metrics(fd=2.0)), ref))
-    # a small wobble inside the band passes
-    assert not any(f.regressed for f in compare(headline(_metrics(gap=0.52, fd=2.1)), ref))
-    # bias shift: gap 0.5 -> 0.7 with the same interval width
-    bad = [f.name for f in compare(headline(_metrics(gap=0.7, gap_ci=(0.65, 0.75), fd=2.0)), ref) if f.regressed]
-    assert bad == ["gender.fd", "gender.bias_gap"]
-    # quality drop: FD up 50 %, fewer faces, lower family accuracy
-    worse = headline(_metrics(faces=800, family=(0.7, 0.68, 0.72), fd=3.0))
-    bad = {f.name for f in compare(worse, ref) if f.regressed}
-    assert bad == {"quality.FD_synthface", "face_rate", "alignment.family_accuracy"}
-    # improvements are not regressions
-    better = headline(_metrics(gap=0.2, gap_ci=(0.15, 0.25), faces=999, family=(0.99, 0.98, 1.0), fd=1.0))
-    assert not any(f.regressed for f in compare(better, ref))
-
-
-def test_check_cli_exit_codes(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "run.json").write_text(json.dumps({"spec": {"method": "vanilla"}, "fairbench_version": "x"}))
-    (run / "metrics.json").write_text(json.dumps(_metrics()))
-    ref = tmp_path / "ref.json"
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A float32 CI-size run and its reference."""
+    base = tmp_path_factory.mktemp("check")
+    run = power.make_run(base / "f32", "--dtype", "float32")
+    ref = base / "reference.json"
     assert main(["reference", str(run), "--out", str(ref)]) == 0
+    return run, ref
+
+
+def test_reference_is_small_and_keeps_what_pairing_needs(ci_run):
+    run, ref = ci_run
+    doc = json.loads(ref.read_text())
+    assert ref.stat().st_size < 20_000
+    assert doc["schema_version"] == 2 and len(doc["units"]["key"]) == 96 and len(doc["units"]["sha256"]) == 96
+    assert list(doc["groups"]) == ["gender", "skin_tone", "age2"]
+    assert doc["settings"]["n"] == 8 and doc["settings"]["limit"] == 12 and doc["settings"]["model_fingerprint"]
+
+
+def test_unchanged_run_passes_in_exact_mode(ci_run, capsys):
+    run, ref = ci_run
     assert main(["check", str(run), "--against", str(ref)]) == 0
-    assert "no regression" in capsys.readouterr().out
-    shifted = tmp_path / "shifted"
-    shifted.mkdir()
-    (shifted / "run.json").write_text((run / "run.json").read_text())
-    (shifted / "metrics.json").write_text(json.dumps(_metrics(gap=0.8, gap_ci=(0.75, 0.85))))
-    assert main(["check", str(shifted), "--against", str(ref)]) == 1
-    captured = capsys.readouterr()
-    assert "REGRESSION" in captured.out and "gender.bias_gap +0.3000" in captured.err
-    assert main(["check", str(shifted), "--against", str(run)]) == 1  # a run directory works as reference too
-    assert main(["check", str(run), "--against", str(tmp_path / "nope.json")]) == 2
+    assert "exact: all 96 images byte-identical" in capsys.readouterr().out
+    assert main(["check", str(run), "--against", str(run)]) == 0  # a run directory is a reference too
+
+
+@pytest.mark.parametrize("kind", power.FAIL_CASES)
+def test_injected_changes_fail(ci_run, tmp_path, kind, capsys):
+    run, ref = ci_run
+    labels = pd.read_parquet(run / "labels.parquet")
+    for draw in range(2):
+        injected = power.injection(kind, run, labels, tmp_path / f"d{draw}", draw)
+        capsys.readouterr()
+        assert main(["check", str(injected), "--against", str(ref)]) == 1, kind
+        assert "REGRESSION" in capsys.readouterr().out
+
+
+def _minority_gender(sub: pd.DataFrame) -> str:
+    """The prompt's rarer gender label; prompts with a tie get a name no image has (left alone)."""
+    counts = sub["gender"].value_counts().reindex(["male", "female"], fill_value=0)
+    return "none" if counts["male"] == counts["female"] else str(counts.idxmin())
+
+
+def test_a_fairer_result_is_also_a_regression(ci_run, tmp_path):
+    run, ref = ci_run
+    labels = pd.read_parquet(run / "labels.parquet")
+    moves = power.toward(labels, "gender", _minority_gender, 8, np.random.default_rng(0))
+    injected = power.replace_images(run, tmp_path / "fairer", moves)
+    gap = lambda d: json.loads((d / "metrics.json").read_text())["attributes"]["gender"]["aggregate"]["bias_gap"]["value"]
+    assert gap(injected) < gap(run)
+    assert main(["check", str(injected), "--against", str(ref)]) == 1
+
+
+def test_noise_passes_and_is_flagged(ci_run, tmp_path, capsys):
+    run, ref = ci_run
+    b5 = power.make_run(tmp_path / "b5", "--dtype", "float32", "--batch-size", "5")
+    bf = power.make_run(tmp_path / "bf16", "--dtype", "bfloat16")
+    for other, flag in ((b5, "batch_size"), (bf, "dtype")):
+        capsys.readouterr()
+        assert main(["check", str(other), "--against", str(ref)]) == 0
+        out = capsys.readouterr().out
+        assert f"flagged: {flag}" in out and "no regression" in out
+
+
+def test_runs_that_do_not_pair_are_refused(ci_run, tmp_path, capsys):
+    run, ref = ci_run
+    other = power.make_run(tmp_path / "n4", "--dtype", "float32", "--n", "4")
+    capsys.readouterr()
+    assert main(["check", str(other), "--against", str(ref)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "n: 8 in" in err[0]
+    # another weights fingerprint, seed or suite is refused the same way
+    doc = json.loads(ref.read_text())
+    for key, value in (("model_fingerprint", "0" * 64), ("seed", 7), ("suite", "descriptors")):
+        bad = tmp_path / f"{key}.json"
+        bad.write_text(json.dumps({**doc, "settings": {**doc["settings"], key: value}}))
+        assert main(["check", str(run), "--against", str(bad)]) == 2
+        assert key in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["[]", '{"schema_version": 1, "metrics": {}}', '{"schema_version": 2}',
+                                     '{"schema_version": 2, "settings": {}, "prompt_ids": [], "groups": {"gender": ["a"]},'
+                                     ' "units": {"key": ["x"], "prompt_id": ["p"], "seed": [1], "sha256": ["s"],'
+                                     ' "face": ["yes"], "gender": ["a"]}}', "not json"])
+def test_malformed_references_are_one_line_errors(ci_run, tmp_path, capsys, content):
+    run, _ = ci_run
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    assert main(["check", str(run), "--against", str(bad)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_check_options_are_validated(ci_run, capsys):
+    run, ref = ci_run
+    assert main(["check", str(run), "--against", str(ref), "--alpha", "1.5"]) == 2
+    assert main(["check", str(run), "--against", str(ref), "--permutations", "5"]) == 2
+
+
+def test_an_internal_error_has_its_own_exit_code(ci_run, monkeypatch, capsys):
+    run, ref = ci_run
+    import fairbench.outputs.check as check
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(check, "check_run", broken)
+    assert main(["check", str(run), "--against", str(ref)]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "internal error" in err
+
+
+def test_the_committed_ci_reference_pairs_with_the_ci_run(ci_run):
+    run, _ = ci_run
+    shutil.copy(REPO / "results" / "synthface_ci_reference.json", run.parent / "committed.json")
+    assert main(["check", str(run), "--against", str(run.parent / "committed.json")]) == 0

@@ -1,13 +1,17 @@
-"""The `fairbench` command: subcommands, one-line errors, exit codes (0 ok, 1 regression, 2 user error)."""
+"""The `fairbench` command: subcommands, one-line errors, exit codes (0 ok, 1 regression, 2 user error, 3 internal error)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import traceback
 from typing import Any
 
 from fairbench.errors import RegressionFound, UserError
+
+
+INTERNAL_ERROR = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -228,19 +232,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     """fairbench check RUN_DIR --against REF."""
     from pathlib import Path
 
-    from fairbench.errors import RegressionFound
-    from fairbench.outputs.check import compare, headline, load_reference
-    from fairbench.outputs.rundir import read_run
+    from fairbench.outputs.check import check_lines, check_run
 
-    _, metrics = read_run(args.run_dir)
-    findings = compare(headline(metrics), load_reference(Path(args.against)), args.z, args.tolerance)
-    for f in findings:
-        print(f.line())
-    bad = [f for f in findings if f.regressed]
+    result = check_run(Path(args.run_dir), Path(args.against), args.alpha, args.permutations)
+    for line in check_lines(result, args.alpha):
+        print(line)
+    bad = result.regressions
     if bad:
-        raise RegressionFound(f"{len(bad)} of {len(findings)} metrics regressed: " +
-                              ", ".join(f"{f.name} {f.value - f.reference:+.4f}" for f in bad))
-    print(f"no regression: {len(findings)} metrics within their bands")
+        raise RegressionFound(f"{len(bad)} of {len(result.quantities)} quantities changed beyond paired noise: "
+                              + ", ".join(f"{q.name} (p = {q.test.p_value:.3g})" for q in bad))
+    print("no regression" + (" (exact)" if result.exact else f": {len(result.quantities)} quantities within paired noise"))
     return 0
 
 
@@ -251,7 +252,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
     from fairbench.outputs.check import write_reference
 
     ref = write_reference(Path(args.run_dir), Path(args.out))
-    print(f"{args.out}: {len(ref['metrics'])} reference metrics")
+    print(f"{args.out}: reference of {len(ref['units']['key'])} images over {len(ref['prompt_ids'])} prompts, "
+          f"attributes {', '.join(ref['groups'])}")
     return 0
 
 
@@ -335,12 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
-    p = sub.add_parser("check", help="exit 1 when a run's metrics regressed against a reference")
+    p = sub.add_parser("check", help="paired, two-sided regression check against a reference: exit 1 on a regression")
     p.add_argument("run_dir")
     p.add_argument("--against", required=True, help="reference JSON (fairbench reference) or a run directory")
-    p.add_argument("--z", type=float, default=3.0, help="band width in combined standard errors (default 3)")
-    p.add_argument("--tolerance", type=float, default=0.0, help="minimum absolute band for every metric")
-    p = sub.add_parser("reference", help="write a run's headline metrics as a reference file for `check`")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="level of each quantity's two-sided paired test (default 0.05)")
+    p.add_argument("--permutations", type=int, default=9999,
+                   help="Monte Carlo swap patterns when more than 14 units differ (default 9999)")
+    p = sub.add_parser("reference", help="write a run's reference for `check` (settings, per-image sha256 and labels)")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True)
     p = sub.add_parser("compare", help="paired comparison of a run with a baseline run over the same images")
@@ -379,6 +383,20 @@ def main(argv: list[str] | None = None) -> int:
     except RegressionFound as exc:
         print(f"regression: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into a reader that closed early (| head): not an error of ours
+        sys.stderr.close()
+        return 141
     except KeyboardInterrupt:
         print("interrupted: results so far are kept; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not a user mistake: keep the traceback, and an exit code of its own
+        traceback.print_exc()
+        print(f"internal error (a bug in fairbench {_version()}; please report it with the traceback above)",
+              file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def _version() -> str:
+    from fairbench import __version__
+
+    return __version__

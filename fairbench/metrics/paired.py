@@ -54,9 +54,9 @@ def aggregate(metric: FairnessMetric, c: np.ndarray) -> np.ndarray:
     n = c.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_prompt = metric(np.where(n > 0, c / np.where(n > 0, n, 1), 1.0 / c.shape[-1]))
-    per_prompt = np.where(n[..., 0] > 0, per_prompt, np.nan)
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(per_prompt, axis=-1) if per_prompt.size else np.float64("nan")
+    has = n[..., 0] > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(has, per_prompt, 0.0).sum(axis=-1) / has.sum(axis=-1)  # NaN where no prompt has a face
 
 
 def paired_bootstrap(
@@ -188,7 +188,7 @@ class SwapTest:
 def swap_patterns(d: int, n_perm: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
     """(R, d) booleans (True = swap the unit); row 0 is the observed pattern (no swap)."""
     if d <= EXACT_MAX_DISCORDANT:
-        return np.array(list(itertools.product([False, True], repeat=d)), dtype=bool).reshape(-1, d), True
+        return np.array(list(itertools.product([False, True], repeat=d)), dtype=bool).reshape(2 ** d, d), True
     return np.vstack([np.zeros((1, d), dtype=bool), rng.random((n_perm, d)) < 0.5]), False
 
 
@@ -212,7 +212,7 @@ def swap_test(
         if run[u] >= 0:
             onehot_run[j, prompt[u], run[u]] = 1
     w = patterns.astype(np.float64)  # 1 = swapped
-    flat_ref, flat_run = onehot_ref.reshape(len(disc), -1), onehot_run.reshape(len(disc), -1)
+    flat_ref, flat_run = onehot_ref.reshape(len(disc), n_prompts * k), onehot_run.reshape(len(disc), n_prompts * k)
     side_a = base + ((1 - w) @ flat_run + w @ flat_ref).reshape(-1, n_prompts, k)
     side_b = base + ((1 - w) @ flat_ref + w @ flat_run).reshape(-1, n_prompts, k)
     observed, p_values, per_stat = {}, {}, []

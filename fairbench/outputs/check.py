@@ -1,111 +1,208 @@
-"""`fairbench check RUN_DIR --against REF`: fail when a headline number moves the wrong way.
+"""`fairbench check RUN_DIR --against REF`: a paired, two-sided regression check.
 
-A reference is a JSON file of headline numbers (written by `fairbench reference`) or another
-run directory. A metric regresses when it moves in its worse direction by more than its band:
-z * sqrt(se_ref^2 + se_run^2) (standard errors from the 95 % bootstrap / Wilson intervals) or,
-for numbers without an interval (FD, KID), an explicit tolerance; the larger band applies.
-Runs on the same hardware with the same seed reproduce their numbers exactly, so any failure
-there is a real change; across hardware the band absorbs numerical noise.
+A reference (written by `fairbench reference`, or another run directory) keeps what pairing
+needs: the run's settings, and per unit its key, seed, image sha256 and labels. The check:
+
+1. refuses a run whose units do not pair with the reference's (suite, split, limit, n, seed, model
+   and its weights fingerprint, method, classifier), naming the setting; it flags, and then
+   tests, settings that change pixels but not which units there are (dtype, batch size, sampling);
+2. exact mode: every image byte-identical and every label identical means identical results,
+   so the check passes with no statistics;
+3. otherwise, for each watched quantity (each attribute's labels, face presence, occupation-family
+   match), an exact paired permutation test (`metrics.paired.swap_test`): under "same pipeline up
+   to numerical noise" the two labels of a unit are exchangeable, so the observed changes (each
+   group's count, each headline fairness metric) are compared with those of every swap pattern of
+   the units that differ. A quantity regresses when p < alpha, in either direction: against a
+   vanilla reference, a fairer result is a changed pipeline too.
+
+With D units that differ, the smallest p a quantity can reach is 2 / 2^D, so a handful of
+borderline labels flipped by numerical noise can never fail it (D <= 5 at alpha 0.05).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from fairbench.errors import UserError
-from fairbench.io import atomic_write_json
+from fairbench.io import atomic_write_text
+from fairbench.metrics.fairness import FAIRNESS_METRICS
+from fairbench.metrics.paired import SwapTest, metric_change, net_group_changes, share_change, swap_test
+from fairbench.outputs.pairing import (FACE, FAMILY, NUMERIC_SETTINGS, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align,
+                                       differences, run_side, settings_of)
 from fairbench.outputs.rundir import METRICS_JSON, RUN_JSON, read_json
 
-REFERENCE_SCHEMA = 1
+REFERENCE_SCHEMA = 2
 FAIRNESS_KEYS = ("fd", "kl", "bias_gap")
-Z95 = 1.959963984540054
+REFUSED = (*UNIT_SETTINGS, "method", "method_args", "classifier", "detector")
+FLAGGED = (*SAMPLING_SETTINGS, *NUMERIC_SETTINGS)
+UNIT_COLUMNS = ("prompt_id", "seed", "sha256")
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The numbers a regression check watches, each with its interval and direction."""
-    out: dict[str, dict[str, Any]] = {}
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The aggregate numbers a check prints beside its tests (attribute.metric, face rate, family accuracy)."""
+    out: dict[str, float] = {}
     for attr, res in metrics.get("attributes", {}).items():
-        if "*" in attr:
-            continue
-        for m in FAIRNESS_KEYS:
-            est = res["aggregate"].get(m)
-            if est and est["value"] == est["value"]:
-                out[f"{attr}.{m}"] = {"value": est["value"], "ci_low": est["ci_low"], "ci_high": est["ci_high"],
-                                      "higher_is_better": False}
-    n_img = metrics.get("n_images", 0)
-    if n_img:
-        from fairbench.metrics.evaluate import proportion
-
-        faces = proportion(int(metrics["n_faces"]), int(n_img))
-        out["face_rate"] = {"value": faces["value"], "ci_low": faces["ci_low"], "ci_high": faces["ci_high"],
-                            "higher_is_better": True}
+        if "*" not in attr:
+            out.update({f"{attr}.{m}": res["aggregate"][m]["value"] for m in FAIRNESS_KEYS if m in res["aggregate"]})
+    if metrics.get("n_images"):
+        out["face_rate"] = metrics["n_faces"] / metrics["n_images"]
     for name, block in metrics.get("alignment", {}).items():
-        value = block.get("value", block.get("clip_score"))
-        out[f"alignment.{name}"] = {"value": value, "ci_low": block["ci_low"], "ci_high": block["ci_high"],
-                                    "higher_is_better": True}
-    for name, q in metrics.get("quality", {}).items():
-        out[f"quality.{name}"] = {"value": q["fd"], "ci_low": None, "ci_high": None, "higher_is_better": False,
-                                  "tolerance": 0.1 * abs(q["fd"]) + 1e-3}
+        out[f"alignment.{name}"] = block.get("value", block.get("clip_score"))
     return out
 
 
+def reference_of(side: Side) -> dict[str, Any]:
+    """A reference document from a run side: settings, per-unit keys, seeds, sha256 and label codes."""
+    u = side.units
+    return {
+        "schema_version": REFERENCE_SCHEMA, "settings": side.settings, "prompt_ids": side.prompt_ids,
+        "groups": side.groups, "headline": headline(side.metrics),
+        "units": {"key": u.index.tolist(), **{c: u[c].tolist() for c in u.columns}},
+    }
+
+
 def write_reference(run_dir: Path, out: Path) -> dict[str, Any]:
-    """Write the headline numbers of a run as a reference file."""
-    run, metrics = read_json(run_dir / RUN_JSON), read_json(run_dir / METRICS_JSON)
-    ref = {"schema_version": REFERENCE_SCHEMA, "spec": run["spec"], "metrics": headline(metrics),
-           "fairbench_version": run["fairbench_version"], "hardware": run.get("hardware")}
-    atomic_write_json(out, ref)
+    """Write a run's reference file for `check` (a few kB at CI size)."""
+    record = read_json(Path(run_dir) / RUN_JSON)
+    if record.get("status") != "complete":
+        raise UserError(f"{run_dir} is not a complete run (status {record.get('status')!r}): finish it first")
+    ref = reference_of(run_side(run_dir))
+    ref.update(fairbench_version=record.get("fairbench_version"), hardware=record.get("hardware"))
+    # compact, and in insertion order (attributes keep the classifier's order)
+    atomic_write_text(out, json.dumps(ref, separators=(",", ":")) + "\n")
     return ref
 
 
-def load_reference(path: Path) -> dict[str, dict[str, Any]]:
-    """Headline numbers from a reference file or a run directory."""
+def reference_side(path: Path) -> Side:
+    """A reference file, or a run directory, as one side of a pairing."""
     if path.is_dir():
-        return headline(read_json(path / METRICS_JSON))
+        return run_side(path)
     ref = read_json(path)
-    if ref.get("schema_version") != REFERENCE_SCHEMA or "metrics" not in ref:
-        raise UserError(f"{path} is not a fairbench reference file (schema {REFERENCE_SCHEMA})")
-    return ref["metrics"]
-
-
-def _se(entry: dict[str, Any]) -> float:
-    if entry.get("ci_low") is None or entry.get("ci_high") is None:
-        return 0.0
-    return (entry["ci_high"] - entry["ci_low"]) / (2 * Z95)
+    if not isinstance(ref, dict) or "schema_version" not in ref:
+        raise UserError(f"{path} is not a fairbench reference file")
+    if ref["schema_version"] != REFERENCE_SCHEMA:
+        raise UserError(f"{path} is a schema-{ref['schema_version']} reference; the paired check needs schema "
+                        f"{REFERENCE_SCHEMA} (per-image labels): regenerate it with `fairbench reference RUN --out {path}`")
+    try:
+        units = pd.DataFrame(ref["units"]).set_index("key")
+        groups = {a: list(g) for a, g in ref["groups"].items()}
+        side = Side(str(path), dict(ref["settings"]), units, groups, list(ref["prompt_ids"]))
+        side.metrics = {"headline": dict(ref.get("headline", {}))}
+        for col in (*UNIT_COLUMNS, FACE, *groups):
+            if col not in units.columns:
+                raise KeyError(col)
+        codes = units[[FACE, *groups]].to_numpy()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path}: malformed reference file ({type(exc).__name__}: {exc})") from None
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise UserError(f"{path}: malformed reference file (label codes must be integers)")
+    return side
 
 
 @dataclass
-class Finding:
-    """One metric's comparison."""
+class QuantityResult:
+    """The paired test of one watched quantity."""
 
     name: str
-    reference: float
-    value: float
-    band: float
+    test: SwapTest
     regressed: bool
 
     def line(self) -> str:
         """One readable line."""
-        delta = self.value - self.reference
         verdict = "REGRESSION" if self.regressed else "ok"
-        return f"{verdict:10s} {self.name:32s} {self.reference:10.4f} -> {self.value:10.4f} ({delta:+.4f}, band {self.band:.4f})"
+        moved = ", ".join(f"{k} {v:+.0f}" if k == "group counts" else f"{k} {v:+.3f}"
+                          for k, v in self.test.observed.items())
+        return (f"{verdict:10s} {self.name:14s} {self.test.n_discordant:4d} of {self.test.n_units} units differ; "
+                f"{moved}; p = {self.test.p_value:.4g}" + ("" if self.test.exact else " (Monte Carlo)"))
 
 
-def compare(run: dict[str, dict[str, Any]], ref: dict[str, dict[str, Any]], z: float = 3.0,
-            tolerance: float = 0.0) -> list[Finding]:
-    """Compare every reference metric the run also has."""
-    findings = []
-    for name, r in ref.items():
-        if name not in run:
-            continue
-        v = run[name]
-        band = max(z * math.sqrt(_se(r) ** 2 + _se(v) ** 2), r.get("tolerance", 0.0), tolerance)
-        worse = (r["value"] - v["value"]) if r["higher_is_better"] else (v["value"] - r["value"])
-        findings.append(Finding(name, r["value"], v["value"], band, worse > band))
-    missing = sorted(set(ref) - set(run))
-    if missing:
-        raise UserError(f"the run lacks reference metrics {missing[:4]}: was it made with the same suite and classifier?")
-    return findings
+@dataclass
+class CheckResult:
+    """Outcome of a check: settings flagged, exact or statistical mode, per-quantity tests."""
+
+    flagged: list[str]
+    identical_images: int
+    n_units: int
+    exact: bool
+    relabelled: int = 0  # labels that differ on byte-identical images: the labeller changed
+    quantities: list[QuantityResult] = field(default_factory=list)
+    headline: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[QuantityResult]:
+        """The quantities that failed."""
+        return [q for q in self.quantities if q.regressed]
+
+
+def quantity_tests(ref: Side, run: Side, alpha: float, n_perm: int = 9999, seed: int = 0) -> list[QuantityResult]:
+    """The paired test of every watched quantity."""
+    ub, ua, prompt = align(ref, run)
+    p = len(ref.prompt_ids)
+    tests: list[tuple[str, np.ndarray, np.ndarray, int, dict]] = []
+    for attr, groups in ref.groups.items():
+        if attr not in run.groups or run.groups[attr] != groups:
+            raise UserError(f"the run's {attr!r} groups differ from the reference's: was it labelled by another classifier?")
+        stats = {"group counts": net_group_changes,
+                 **{m: metric_change(FAIRNESS_METRICS.get(m)) for m in FAIRNESS_KEYS}}
+        tests.append((attr, ub[attr].to_numpy(), ua[attr].to_numpy(), len(groups), stats))
+    face = [np.where(x[FACE].to_numpy() >= 0, 1, 0) for x in (ub, ua)]
+    tests.append(("face", face[0], face[1], 2, {"face rate": share_change(1)}))
+    if FAMILY in ub and FAMILY in ua:
+        tests.append(("family match", ub[FAMILY].to_numpy(), ua[FAMILY].to_numpy(), 2,
+                      {"family accuracy": share_change(1)}))
+    out = []
+    for name, r, a, k, stats in tests:
+        t = swap_test(r, a, prompt, p, k, stats, n_perm=n_perm, seed=seed)
+        out.append(QuantityResult(name, t, t.p_value < alpha))
+    return out
+
+
+def check_run(run_dir: Path, against: Path, alpha: float = 0.05, n_perm: int = 9999) -> CheckResult:
+    """Check a finished run against a reference (file or run directory)."""
+    if not 0 < alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1, got {alpha}")
+    if n_perm < 99:
+        raise UserError(f"--permutations must be at least 99, got {n_perm}")
+    ref, run = reference_side(against), run_side(run_dir)
+    refused = differences(run, ref, REFUSED)
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise UserError(f"the run does not pair with the reference: {refused[0]}{more}; make a reference from a run "
+                        "with the same settings")
+    flagged = differences(run, ref, FLAGGED)
+    ub, ua, _ = align(ref, run)
+    same_sha = int((ua["sha256"].to_numpy() == ub["sha256"].to_numpy()).sum())
+    label_cols = [c for c in ub.columns if c not in UNIT_COLUMNS]
+    same_labels = all(c in ua and np.array_equal(ua[c].to_numpy(), ub[c].to_numpy()) for c in label_cols)
+    relabelled = int(sum(((ua["sha256"] == ub["sha256"]) & (ua[c] != ub[c])).sum() for c in label_cols if c in ua))
+    result = CheckResult(flagged, same_sha, len(ua), exact=same_sha == len(ua) and same_labels,
+                         relabelled=relabelled)
+    ref_head = ref.metrics.get("headline") or headline(ref.metrics)
+    run_head = headline(run.metrics)
+    result.headline = [f"{k:28s} {ref_head[k]:.4f} -> {run_head[k]:.4f} ({run_head[k] - ref_head[k]:+.4f})"
+                       for k in ref_head if k in run_head and ref_head[k] == ref_head[k]]
+    if not result.exact:
+        result.quantities = quantity_tests(ref, run, alpha, n_perm)
+    return result
+
+
+def check_lines(result: CheckResult, alpha: float) -> list[str]:
+    """What `fairbench check` prints."""
+    lines = [f"flagged: {f} (pixels may move; the paired tests below measure the effect)" for f in result.flagged]
+    if result.exact:
+        return lines + [f"exact: all {result.n_units} images byte-identical to the reference's and every label "
+                        "identical, so every result is identical"]
+    lines.append(f"{result.identical_images} of {result.n_units} images byte-identical; paired permutation tests "
+                 f"(two-sided, alpha {alpha} per quantity):")
+    if result.relabelled:
+        lines.insert(-1, f"note: {result.relabelled} labels differ on byte-identical images: the detector or "
+                         "classifier gives other answers for the same pixels")
+    lines += [q.line() for q in result.quantities]
+    lines += ["headline numbers (reference -> run):"] + [f"  {h}" for h in result.headline]
+    return lines
