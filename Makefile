@@ -43,9 +43,10 @@ synthface: $(STAMP)
 	$(SF) train-classifier --out .cache/synthface-classifier
 	$(SF) install --model-dir .cache/synthface-text/final --classifier-dir .cache/synthface-classifier
 
-# results/leaderboard.csv: vanilla, fairmap and the five baselines on synthface (CPU: a few hours).
+# results/leaderboard.csv: vanilla, fairmap and the five baselines on synthface, from the plan file
+# prompts/plans/leaderboard.yaml (every run resumes; about an hour on 2 CPU cores from scratch).
 leaderboard: $(STAMP)
-	scripts/make_leaderboard.sh
+	HF_HUB_OFFLINE=1 $(BIN)/fairbench plan prompts/plans/leaderboard.yaml --no-progress
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_generation.py

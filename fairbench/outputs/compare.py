@@ -18,7 +18,7 @@ from fairbench.io import atomic_write_json, atomic_write_text
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majority_flows, paired_bootstrap,
                                       share_metric, sign_test, transitions)
-from fairbench.outputs.pairing import (FACE, FAMILY, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align, differences,
+from fairbench.outputs.pairing import (ADHERENCE, FACE, FAMILY, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align, differences,
                                        run_side)
 from fairbench.outputs.rundir import RUN_JSON, read_json
 
@@ -109,6 +109,9 @@ def compare_sides(run: Side, base: Side, n_boot: int = 1000, level: float = 0.95
             result["family_accuracy"] = compare_binary(
                 np.where(keep, ub[FAMILY].to_numpy(), NO_LABEL), np.where(keep, ua[FAMILY].to_numpy(), NO_LABEL),
                 prompt, p, "family_accuracy", n_boot, level, seed)
+    for col in (c for c in ua.columns if c.startswith(ADHERENCE) and c in ub.columns):
+        result.setdefault("adherence", {})[col[len(ADHERENCE):]] = compare_binary(
+            ub[col].to_numpy(), ua[col].to_numpy(), prompt, p, col, n_boot, level, seed)
     return result
 
 
@@ -136,13 +139,13 @@ def summary_frame(result: dict[str, Any]) -> pd.DataFrame:
                          "change": c["change"]["value"], "ci_low": c["change"]["ci_low"],
                          "ci_high": c["change"]["ci_high"], "n_flipped": res["flips"]["n_flipped"],
                          "n_labelled_both": res["flips"]["n_labelled_both"]})
-    for name in ("faces", "family_accuracy"):
-        if name in result:
-            c = result[name]
-            rows.append({"attribute": "-", "metric": "face_rate" if name == "faces" else name, "before": c["before"],
-                         "after": c["after"], "change": c["change"]["value"], "ci_low": c["change"]["ci_low"],
-                         "ci_high": c["change"]["ci_high"], "n_flipped": c["gained"] + c["lost"],
-                         "n_labelled_both": c["n"]})
+    blocks = [("face_rate" if n == "faces" else n, result[n]) for n in ("faces", "family_accuracy") if n in result]
+    blocks += [(f"adherence:{attr}", c) for attr, c in result.get("adherence", {}).items()]
+    for name, c in blocks:
+        rows.append({"attribute": "-", "metric": name, "before": c["before"],
+                     "after": c["after"], "change": c["change"]["value"], "ci_low": c["change"]["ci_low"],
+                     "ci_high": c["change"]["ci_high"], "n_flipped": c["gained"] + c["lost"],
+                     "n_labelled_both": c["n"]})
     return pd.DataFrame(rows)
 
 
@@ -181,15 +184,15 @@ def verdict_lines(result: dict[str, Any], metrics: tuple[str, ...] = VERDICT_MET
                          f"change {ch['value']:+.3f} [{ch['ci_low']:+.3f}, {ch['ci_high']:+.3f}]")
         f = res["flips"]
         lines.append(f"  {attr:10s} flips     {f['n_flipped']} of {f['n_labelled_both']} faces changed label: "
-                     f"{f['toward_majority']} toward the baseline's per-prompt majority group, {f['away_from_majority']} away "
-                     f"(sign test p = {f['majority_p_value']:.3g}; prompts without a single majority group not counted)")
-    for name in ("faces", "family_accuracy"):
-        if name in result:
-            c = result[name]
-            label = "face rate" if name == "faces" else "family acc."
-            lines.append(f"  {label:20s} {_fmt(c['before'])} -> {_fmt(c['after'])}  change {c['change']['value']:+.3f} "
-                         f"[{c['change']['ci_low']:+.3f}, {c['change']['ci_high']:+.3f}]; {c['lost']} lost, "
-                         f"{c['gained']} gained (p = {c['p_value']:.3g})")
+                     f"{f['toward_majority']} toward the baseline's per-prompt majority, {f['away_from_majority']} away "
+                     f"(sign test p = {f['majority_p_value']:.3g})")
+    blocks = [(label, result[name]) for name, label in (("faces", "face rate"), ("family_accuracy", "family acc."))
+              if name in result]
+    blocks += [(f"adherence {attr}", c) for attr, c in result.get("adherence", {}).items()]
+    for label, c in blocks:
+        lines.append(f"  {label:20s} {_fmt(c['before'])} -> {_fmt(c['after'])}  change {c['change']['value']:+.3f} "
+                     f"[{c['change']['ci_low']:+.3f}, {c['change']['ci_high']:+.3f}]; {c['lost']} lost, "
+                     f"{c['gained']} gained (p = {c['p_value']:.3g})")
     for name, q in result.get("quality", {}).items():
         if name in ("skipped", "extractor"):
             continue
@@ -225,7 +228,7 @@ def print_verdict(result: dict[str, Any], baseline_dir: Path | None = None) -> N
                           f"{f['n_flipped']} / {f['n_labelled_both']}")
     console.print(table)
     for line in rest:
-        if " flips " in line or line.lstrip().startswith(("face rate", "family acc.", "quality", "note")):
+        if " flips " in line or line.lstrip().startswith(("face rate", "family acc.", "adherence", "quality", "note")):
             console.print(line.strip(), highlight=False)
     where = f" (baseline: {baseline_dir})" if baseline_dir else ""
     console.print(f"written: {Path(result['run']) / COMPARE_JSON}{where}", highlight=False)

@@ -28,6 +28,7 @@ SAMPLING_SETTINGS = ("steps", "guidance_scale", "height", "width", "negative_pro
 NUMERIC_SETTINGS = ("dtype", "batch_size", "batch_invariant")
 FACE = "face"
 FAMILY = "family_match"
+ADHERENCE = "adherence:"
 
 
 @dataclass
@@ -53,8 +54,13 @@ def settings_of(record: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
     return out
 
 
+def adherence_column(attr: str) -> str:
+    """Unit-table column: 1 where the face shows the group its prompt names, 0 where not, NO_LABEL elsewhere."""
+    return f"{ADHERENCE}{attr}"
+
+
 def unit_table(labels: pd.DataFrame, manifest: list[dict[str, Any]], groups: dict[str, list[str]],
-               expected_family: dict[str, str]) -> pd.DataFrame:
+               expected_family: dict[str, str], requested: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
     """One row per unit: prompt id, seed, sha256 and integer label codes (NO_LABEL where absent)."""
     man = pd.DataFrame(manifest, columns=["key", "prompt_id", "seed", "sha256"]).drop_duplicates("key").set_index("key")
     lab = labels.drop_duplicates("key").set_index("key").reindex(man.index)
@@ -67,6 +73,10 @@ def unit_table(labels: pd.DataFrame, manifest: list[dict[str, Any]], groups: dic
         want = lab["prompt_id"].map(expected_family)
         match = np.where(want.notna() & lab["face"], (lab["family"] == want).astype(int), NO_LABEL)
         out[FAMILY] = match.astype(np.int64)
+    for attr in sorted({a for r in (requested or {}).values() for a in r} & set(groups)):
+        want = lab["prompt_id"].map({pid: r[attr] for pid, r in requested.items() if attr in r})
+        hit = np.where(want.notna() & lab["face"], (lab[attr] == want).astype(int), NO_LABEL)
+        out[adherence_column(attr)] = hit.astype(np.int64)
     return out
 
 
@@ -88,8 +98,8 @@ def run_side(run_dir: str | Path) -> Side:
     attrs = sorted((a for a in metrics["attributes"] if "*" not in a and a in labels.columns),
                    key=list(labels.columns).index)
     groups = {a: metrics["attributes"][a]["groups"] for a in attrs}
-    units = unit_table(labels, read_jsonl(d / "manifest.jsonl"), groups,
-                       expected_families(prompts))
+    units = unit_table(labels, read_jsonl(d / "manifest.jsonl"), groups, expected_families(prompts),
+                       {p.id: p.requested for p in prompts if p.requested})
     return Side(str(d), settings_of(record, metrics), units, groups, [p.id for p in prompts], metrics)
 
 

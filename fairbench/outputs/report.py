@@ -64,7 +64,7 @@ def _compare_lines(run_dir: Path) -> list[str]:
     head, *rest = verdict_lines(result)
     lines = [f"## Paired comparison with `{result['baseline']}`", "", head + ".", ""]
     lines += [f"- {line.strip()}" for line in rest if " flips " in line or line.lstrip().startswith(
-        ("face rate", "family acc.", "quality", "note"))]
+        ("face rate", "family acc.", "adherence", "quality", "note"))]
     lines += ["", summary_frame(result).to_markdown(index=False, floatfmt=".3f"), ""]
     if (run_dir / "figures" / "compare.png").is_file():
         lines += ["![paired comparison](figures/compare.png)", ""]
