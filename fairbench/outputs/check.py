@@ -34,8 +34,8 @@ from fairbench.io import atomic_write_text
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.metrics.paired import SwapTest, metric_change, net_group_changes, share_change, swap_test
 from fairbench.outputs.pairing import (FACE, FAMILY, NUMERIC_SETTINGS, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align,
-                                       differences, run_side, settings_of)
-from fairbench.outputs.rundir import METRICS_JSON, RUN_JSON, read_json
+                                       differences, run_side)
+from fairbench.outputs.rundir import RUN_JSON, read_json
 
 REFERENCE_SCHEMA = 2
 FAIRNESS_KEYS = ("fd", "kl", "bias_gap")
