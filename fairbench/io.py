@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from fairbench.errors import UserError
+
+
+def file_mode() -> int:
+    """The mode open() gives a new file under the current umask (mkstemp's 0600 would hide results)."""
+    try:  # Linux reports the umask without changing it (os.umask would, racing other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+TMP_SUFFIX = ".tmp"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temp file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -67,16 +85,56 @@ def verify_sha256(path: Path, expected: str | None) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file, dropping a torn last line left by a crash."""
+    """Read a JSON-lines file, dropping a torn last line left by a crash and any line that is not a
+    JSON object (a corrupt line: the rows it held are missing, and a resumed run regenerates them)."""
     if not path.exists():
         return []
     rows = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             if not line.endswith("\n"):
                 break  # torn tail of an interrupted append
-            rows.append(json.loads(line))
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
     return rows
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete temp files that atomic writes of a killed process left behind; returns how many."""
+    stale = [p for p in folder.rglob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock: a second process writing the same run is refused.
+
+    flock locks die with their process, so the lock of a killed run is free for its resume.
+    """
+    import fcntl
+
+    path = run_dir / ".fairbench.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = path.read_text(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"{run_dir} is being written by another fairbench process (pid {holder}); "
+                        "wait for it to finish, or choose another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:

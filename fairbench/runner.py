@@ -6,6 +6,7 @@ on an existing run directory (re-classify without re-generating, recompute metri
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,7 +27,8 @@ from fairbench.errors import UserError
 from fairbench.faces import DETECTORS
 from fairbench.generation.engine import run_generation
 from fairbench.generation.manifest import MANIFEST, consolidate
-from fairbench.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir, read_jsonl, sha256_file
+from fairbench.io import (atomic_write_bytes, atomic_write_json, ensure_writable_dir, read_jsonl,
+                          remove_stale_temp_files, run_lock, sha256_file)
 from fairbench.labels import LABELS, label_images
 from fairbench.methods import build_method
 from fairbench.methods.base import MethodContext
@@ -163,6 +165,13 @@ def run_one(cfg: RunConfig) -> RunOutcome:
         raise UserError(f"suite {suite.name!r} has no prompts in split {cfg.split!r}")
     run_dir = Path(cfg.out) if cfg.out else default_out(cfg)
     ensure_writable_dir(run_dir)
+    with run_lock(run_dir) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            remove_stale_temp_files(run_dir)
+        return _run_locked(cfg, suite, run_dir, rank, world, state)
+
+
+def _run_locked(cfg: RunConfig, suite: Any, run_dir: Path, rank: int, world: int, state: Any) -> RunOutcome:
     check_resume(run_dir, cfg)
     device = resolve_device(cfg.device)
     # build the cheap parts first, so a bad name or a missing weights file fails before generation
@@ -195,7 +204,7 @@ def run_one(cfg: RunConfig) -> RunOutcome:
         state.wait_for_everyone()
         if rank != 0:
             return RunOutcome(run_dir, None)
-    rows = consolidate(run_dir, [u.key for u in units])
+    rows = consolidate(run_dir, [u.key for u in units], {u.key: u for u in units})
     record["n_units"] = stats.total
     record["generation"] = {"generated_now": stats.generated, "already_done": stats.already_done,
                             "seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 3)}
@@ -285,18 +294,39 @@ def classify_run(run_dir: Path, classifier_name: str, classifier_args: dict[str,
     record = read_json(run_dir / RUN_JSON)
     cfg = RunConfig(**{**record["spec"], "classifier": classifier_name, "classifier_args": classifier_args,
                        "progress": progress}).with_model_defaults()
-    rows = read_jsonl(run_dir / MANIFEST)
+    labellers = build_labellers(cfg, resolve_device(device))
+    with run_lock(run_dir):
+        rows = verified_rows(run_dir)
+        record["spec"] = cfg.model_dump()
+        return label_and_evaluate(run_dir, rows, record, cfg, *labellers)
+
+
+def verified_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The manifest's rows, one per unit, each image checked against its sha256 (a one-line refusal naming
+    the first image that is missing or differs: `fairbench run` with the run's settings regenerates it)."""
+    rows = list({r["key"]: r for r in reversed(read_jsonl(run_dir / MANIFEST)) if "key" in r}.values())[::-1]
     if not rows:
         raise UserError(f"{run_dir} has no generated images (empty manifest)")
-    record["spec"] = cfg.model_dump()
-    return label_and_evaluate(run_dir, rows, record, cfg, *build_labellers(cfg, resolve_device(device)))
+    for r in rows:
+        path = run_dir / r.get("image", "")
+        if not path.is_file() or sha256_file(path) != r.get("sha256"):
+            raise UserError(f"{path} is missing or does not match its manifest sha256: re-run `fairbench run` "
+                            "with this run's settings to regenerate it")
+    return rows
 
 
 def merge_run(shard_dirs: list[Path], out: Path, progress: bool = True) -> RunOutcome:
     """Merge shard directories into `out`, then label and evaluate the whole run."""
-    from fairbench.generation.merge import merge_shards, write_merged_manifest
+    from fairbench.generation.merge import merge_shards
 
     record, rows = merge_shards(shard_dirs, out)
+    with run_lock(out):
+        return _merge_locked(record, rows, out, progress)
+
+
+def _merge_locked(record: dict[str, Any], rows: list[dict[str, Any]], out: Path, progress: bool) -> RunOutcome:
+    from fairbench.generation.merge import write_merged_manifest
+
     cfg = RunConfig(**{**record["spec"], "progress": progress}).with_model_defaults()
     suite = load_suite(cfg.suite)
     order = [u.key for u in make_units(suite, cfg.method, resolve_model(cfg.model), cfg.n, cfg.seed,

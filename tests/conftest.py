@@ -15,9 +15,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # caches (reference statistics, Fair Mapping and UCE results) go to a temporary folder, never the user's
 os.environ["FAIRBENCH_CACHE"] = tempfile.mkdtemp(prefix="fairbench-test-cache-")
 atexit.register(shutil.rmtree, os.environ["FAIRBENCH_CACHE"], True)
+os.environ["MPLCONFIGDIR"] = os.path.join(os.environ["FAIRBENCH_CACHE"], "matplotlib")  # its font cache
+os.environ["XDG_CACHE_HOME"] = os.path.join(os.environ["FAIRBENCH_CACHE"], "xdg")  # onnxruntime's device id
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _outside_the_checkout(tmp_path_factory):
+    """Run every test from a temporary folder, so a default `runs/...` never lands in the checkout."""
+    old = Path.cwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from fairbench.cli.main import main
+from fairbench.io import read_jsonl, sha256_file, write_jsonl
 
 ARGS = ["--n", "8", "--no-progress", "--n-boot", "200"]
 # occupations SD 1.5 drew near gender parity (female shares 0.34-0.60): room for a bias shift to show
@@ -75,8 +76,11 @@ def test_check_passes_unchanged_and_fails_on_bias_shift_and_quality_drop(synth_r
     dropped = tmp_path / "dropped"
     shutil.copytree(vanilla, dropped)
     rng = np.random.default_rng(0)
-    for i, png in enumerate(sorted((dropped / "images").rglob("*.png"))):
+    rows = read_jsonl(dropped / "manifest.jsonl")
+    for i, row in enumerate(rows):  # as if the model had drawn them: the manifest records their sha256
         if i % 2 == 0:
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(png)
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(dropped / row["image"])
+            row["sha256"] = sha256_file(dropped / row["image"])
+    write_jsonl(dropped / "manifest.jsonl", rows)
     assert main(["classify", str(dropped), "--classifier", "synthface", "--no-progress"]) == 0
     assert main(["check", str(dropped), "--against", str(ref)]) == 1

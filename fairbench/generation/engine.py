@@ -94,7 +94,7 @@ def run_generation(
     each image is computed on its own, so its bits do not depend on the batch size either.
     """
     index, count = part
-    done = completed_rows(run_dir)
+    done = completed_rows(run_dir, {u.key: u for u in units})
     mine = canonical_batches(units, batch_size)[index::count]
     pending = [b for b in mine if any(u.key not in done for u in b)]
     n_mine = sum(len(b) for b in mine)

@@ -29,6 +29,8 @@ def merge_shards(shard_dirs: list[Path], out: Path) -> tuple[dict[str, Any], lis
     Returns the merged run record (shard removed from its spec) and the manifest rows in
     canonical order.
     """
+    if any(Path(d).resolve() == out.resolve() for d in shard_dirs):
+        raise UserError(f"--out {out} is one of the shards: merge into a new directory")
     records = [read_json(d / RUN_JSON) for d in shard_dirs]
     specs = [dict(r["spec"]) for r in records]
     shards = [s.pop("shard") for s in specs]
