@@ -68,13 +68,21 @@ def paired_bootstrap(
     Each replicate draws prompts with replacement, then sample positions within each drawn prompt
     with replacement; a drawn position contributes its unit's label on both sides.
     """
-    value = float(aggregate(metric, counts(run, prompt, n_prompts, k)) - aggregate(metric, counts(ref, prompt, n_prompts, k)))
-    order = np.argsort(prompt, kind="stable")
+    return paired_bootstrap_many(ref, run, prompt, n_prompts, k, {"m": metric}, n_boot, level, seed)["m"]
+
+
+def paired_bootstrap_many(
+    ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, n_prompts: int, k: int,
+    metrics: dict[str, FairnessMetric], n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+) -> dict[str, Estimate]:
+    """`paired_bootstrap` of several metrics over the same replicates (resampled once)."""
     sizes = np.bincount(prompt, minlength=n_prompts)
     width = int(sizes.max()) if len(sizes) else 0
+    n = int((run >= 0).sum() + (ref >= 0).sum())
     if width == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+        return {name: Estimate(float("nan"), float("nan"), float("nan"), 0) for name in metrics}
     # (P, width) unit indices per prompt, padded with -1
+    order = np.argsort(prompt, kind="stable")
     table = np.full((n_prompts, width), -1, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     for p in range(n_prompts):
@@ -90,8 +98,14 @@ def paired_bootstrap(
         lab = np.where(units >= 0, codes[np.maximum(units, 0)], NO_LABEL)
         return (lab[..., None] == groups).sum(axis=-2)  # (B, P, K)
 
-    reps = aggregate(metric, side(run)) - aggregate(metric, side(ref))
-    return Estimate(value, *_interval(value, np.asarray(reps), level), int((run >= 0).sum() + (ref >= 0).sum()))
+    rep_run, rep_ref = side(run), side(ref)
+    c_run, c_ref = counts(run, prompt, n_prompts, k), counts(ref, prompt, n_prompts, k)
+    out = {}
+    for name, metric in metrics.items():
+        value = float(aggregate(metric, c_run) - aggregate(metric, c_ref))
+        reps = np.asarray(aggregate(metric, rep_run) - aggregate(metric, rep_ref))
+        out[name] = Estimate(value, *_interval(value, reps, level), n)
+    return out
 
 
 def share_metric(group: int, name: str) -> FairnessMetric:

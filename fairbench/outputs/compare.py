@@ -16,7 +16,7 @@ import pandas as pd
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json, atomic_write_text
 from fairbench.metrics.fairness import FAIRNESS_METRICS
-from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majority_flows, paired_bootstrap,
+from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majority_flows, paired_bootstrap_many,
                                       share_metric, sign_test, transitions)
 from fairbench.outputs.pairing import (ADHERENCE, FACE, FAMILY, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align, differences,
                                        run_side)
@@ -38,21 +38,22 @@ def pairing_notes(run: Side, base: Side) -> list[str]:
     return differences(run, base, ("batch_size", "batch_invariant"))
 
 
-def _change(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, n_prompts: int, k: int, metric: Any,
-            n_boot: int, level: float, seed: int) -> dict[str, Any]:
-    before = float(aggregate(metric, counts(ref, prompt, n_prompts, k)))
-    after = float(aggregate(metric, counts(run, prompt, n_prompts, k)))
-    change = paired_bootstrap(ref, run, prompt, n_prompts, k, metric, n_boot, level, seed).to_dict()
-    change.pop("n")
-    return {"before": before, "after": after, "change": change}
+def _changes(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, n_prompts: int, k: int, metrics: dict[str, Any],
+             n_boot: int, level: float, seed: int) -> dict[str, dict[str, Any]]:
+    """Before, after and the paired change of each metric."""
+    c_ref, c_run = counts(ref, prompt, n_prompts, k), counts(run, prompt, n_prompts, k)
+    changes = paired_bootstrap_many(ref, run, prompt, n_prompts, k, metrics, n_boot, level, seed)
+    return {name: {"before": float(aggregate(m, c_ref)), "after": float(aggregate(m, c_run)),
+                   "change": {key: v for key, v in changes[name].to_dict().items() if key != "n"}}
+            for name, m in metrics.items()}
 
 
 def compare_attribute(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, prompt_ids: list[str],
                       groups: list[str], n_boot: int, level: float, seed: int) -> dict[str, Any]:
     """Every fairness metric's paired change, label flips by direction, and per-prompt values."""
     p, k = len(prompt_ids), len(groups)
-    metrics = {m: _change(ref, run, prompt, p, k, FAIRNESS_METRICS.get(m), n_boot, level, seed)
-               for m in FAIRNESS_METRICS.names()}
+    metrics = _changes(ref, run, prompt, p, k, {m: FAIRNESS_METRICS.get(m) for m in FAIRNESS_METRICS.names()},
+                       n_boot, level, seed)
     both = (ref >= 0) & (run >= 0)
     majority = majority_flows(ref, run, prompt, p, k)
     per_prompt = []
@@ -77,8 +78,7 @@ def compare_attribute(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, prom
 def compare_binary(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, n_prompts: int, name: str,
                    n_boot: int, level: float, seed: int) -> dict[str, Any]:
     """A yes/no quantity per unit (face found, family matched): paired change of its rate, and its flips."""
-    metric = share_metric(1, name)
-    out = _change(ref, run, prompt, n_prompts, 2, metric, n_boot, level, seed)
+    out = _changes(ref, run, prompt, n_prompts, 2, {name: share_metric(1, name)}, n_boot, level, seed)[name]
     gained, lost = int(((ref == 0) & (run == 1)).sum()), int(((ref == 1) & (run == 0)).sum())
     return {**out, "gained": gained, "lost": lost, "p_value": sign_test(gained, lost), "n": int(len(ref))}
 
