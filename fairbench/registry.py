@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -29,6 +30,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
         self._entry_point_group = entry_point_group
         self._plugins_loaded = entry_point_group is None
+        self.broken_plugins: dict[str, str] = {}
 
     def register(self, name: str, **meta: Any) -> Callable[[T], T]:
         """Decorator form: `@REG.register("name", level=...)`."""
@@ -50,7 +52,12 @@ class Registry(Generic[T]):
             return
         self._plugins_loaded = True
         for ep in entry_points(group=self._entry_point_group):
-            ep.load()()
+            try:
+                ep.load()()
+            except Exception as exc:  # one broken plugin must not break every lookup: name it, skip it
+                self.broken_plugins[ep.name] = f"{type(exc).__name__}: {exc}"
+                print(f"warning: the {self._entry_point_group} plugin {ep.name!r} ({ep.value}) failed to load and "
+                      f"is skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
 
     def __contains__(self, name: str) -> bool:
         self._load_plugins()

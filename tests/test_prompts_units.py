@@ -96,3 +96,19 @@ def test_registry_unknown_name_suggests():
         reg.get("fairmpa")
     with pytest.raises(ValueError, match="already registered"):
         reg.add("vanilla", 3)
+
+
+def test_a_broken_plugin_is_named_and_skipped(monkeypatch, capsys):
+    import fairbench.registry as registry
+
+    class BrokenEntryPoint:
+        name, value = "broken", "nowhere:register"
+
+        def load(self):
+            raise ImportError("no module named nowhere")
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [BrokenEntryPoint()])
+    reg = registry.Registry("method", entry_point_group="fairbench.methods")
+    reg.add("vanilla", object)
+    assert reg.names() == ["vanilla"]
+    assert "broken" in reg.broken_plugins and "'broken'" in capsys.readouterr().err
