@@ -159,6 +159,7 @@ def compare_runs(run_dir: str | Path, baseline_dir: str | Path, extractor: str =
     s = run.metrics.get("settings", {})
     result = compare_sides(run, base, n_boot or s.get("n_boot", 1000), level or s.get("level", 0.95),
                            s.get("seed", 0))
+    result["method_source"] = read_json(d / RUN_JSON).get("method", {}).get("source")
     result["quality"] = quality_cost(d, b, extractor)
     atomic_write_json(d / COMPARE_JSON, result)
     atomic_write_text(d / "tables" / "compare.csv", summary_frame(result).to_csv(index=False))
@@ -201,6 +202,8 @@ def verdict_lines(result: dict[str, Any], metrics: tuple[str, ...] = VERDICT_MET
                      f"{q['n_reference']})")
     if "skipped" in result.get("quality", {}):
         lines.append(f"  quality cost: not computed ({result['quality']['skipped']})")
+    if result.get("method_source"):
+        lines.append(f"  note: {result['method']} is {result['method_source']}")
     lines += [f"  note: {n}" for n in result.get("notes", [])]
     return lines
 
