@@ -9,7 +9,6 @@ with the adherence columns of the suites marked `adherence`.
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -18,13 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fairbench.config import RunConfig, build_config
 from fairbench.errors import UserError
-from fairbench.prompts import _load_yaml, _validation_message, load_suite, prompts_dir
+from fairbench.prompts import _load_yaml, _validation_message, fill_named, load_suite, prompts_dir
 from fairbench.registry import Registry
 
 PLANS: Registry[Path] = Registry("plan")
 for _p in sorted((prompts_dir() / "plans").glob("*.yaml")):
     PLANS.add(_p.stem, _p)
-RUN_NAME_FIELDS = ("model", "method", "suite")
 
 
 class SuiteEntry(BaseModel):
@@ -96,19 +94,6 @@ def load_plan(name_or_path: str) -> Plan:
         raise UserError(f"invalid plan {path}: {_validation_message(exc)}") from None
 
 
-def fill_names(template: str, values: dict[str, str]) -> str:
-    """Fill {name} fields of `template` from `values` only (no attribute access, no format specs)."""
-    def sub(m: re.Match) -> str:
-        if m.group(1) not in values:
-            raise UserError(f"run_name {template!r}: unknown field {{{m.group(1)}}} (fields: {', '.join(values)})")
-        return values[m.group(1)]
-
-    out = re.sub(r"\{([^{}]*)\}", sub, template)
-    if "{" in out or "}" in out:
-        raise UserError(f"run_name {template!r}: unbalanced braces")
-    return out
-
-
 class Cell(BaseModel):
     """One run of the plan."""
 
@@ -149,7 +134,7 @@ def cells(plan: Plan, progress: bool = True) -> list[Cell]:
         for s in plan.suites:
             vanilla = None
             for m in sorted(plan.methods, key=lambda m: m.method != "vanilla"):
-                name = fill_names(plan.run_name, {"model": slug(model), "method": m.name, "suite": s.name})
+                name = fill_named(plan.run_name, "run_name", model=slug(model), method=m.name, suite=s.name)
                 out = Path(plan.out) / name
                 if out in dirs:
                     raise UserError(f"run_name {plan.run_name!r} gives two runs the directory {out}")

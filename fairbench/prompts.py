@@ -15,7 +15,7 @@ from fairbench.errors import UserError
 from fairbench.registry import Registry
 
 Split = Literal["train", "test", "all"]
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class _Strict(BaseModel):
@@ -61,7 +61,7 @@ class PromptSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_id(self) -> "PromptSpec":
-        if not _SAFE_ID.match(self.id):
+        if not _SAFE_ID.fullmatch(self.id):  # fullmatch: "nurse\n" would pass match() with a $ anchor
             raise ValueError(f"prompt id {self.id!r} must match {_SAFE_ID.pattern} (it names files)")
         return self
 
@@ -80,10 +80,14 @@ class SuiteSpec(_Strict):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "SuiteSpec":
-        ids = [p.id for p in self.prompts]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        # ids name image folders: two that differ only in case would collide on case-insensitive file systems
+        ids = [p.id.casefold() for p in self.prompts]
+        dupes = sorted({p.id for p, i in zip(self.prompts, ids) if ids.count(i) > 1})
         if dupes:
-            raise ValueError(f"duplicate prompt ids: {dupes}")
+            raise ValueError(f"duplicate prompt ids (ignoring case): {dupes}")
+        for t in (self.template, self.group_template):
+            if t is not None:
+                template_fields(t)
         return self
 
     def select(self, split: Split = "all", limit: int | None = None) -> list[PromptSpec]:
@@ -116,12 +120,44 @@ def indefinite_article(word: str) -> str:
     return "an" if w[:1] in ("a", "e", "i", "o", "u") else "a"
 
 
-def render_template(template: str, **variables: str) -> str:
-    """Fill `template`; `{a}` becomes the indefinite article of the word after it."""
+_FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+def template_fields(template: str) -> set[str]:
+    """The variable names a template uses; ValueError for anything but `{name}` fields and `{{`/`}}`."""
+    names: set[str] = set()
+    for m in _FIELD.finditer(template):
+        token, name = m.group(0), m.group(1)
+        if token in ("{{", "}}"):
+            continue
+        if name is None:
+            raise ValueError(f"template {template!r} has an unmatched brace (write {{{{ or }}}} for a literal one)")
+        if not name.isidentifier():
+            raise ValueError(f"template {template!r}: {{{name}}} is not a variable name (templates fill named "
+                             "variables only)")
+        names.add(name)
+    return names
+
+
+def fill_named(template: str, what: str = "template", **variables: str) -> str:
+    """Fill the `{name}` fields of `template` from `variables` only: no attribute or index access, no format
+    specifications, so a template can never reach Python objects (str.format could)."""
     try:
-        text = template.replace("{a}", "\x00").format(**variables)
-    except KeyError as exc:
-        raise UserError(f"template {template!r} needs variable {exc.args[0]!r}") from None
+        missing = sorted(template_fields(template) - set(variables))
+    except ValueError as exc:
+        raise UserError(str(exc).replace("template", what, 1)) from None
+    if missing:
+        raise UserError(f"{what} {template!r} needs variable {missing[0]!r} (available: {', '.join(sorted(variables))})")
+
+    def sub(m: re.Match) -> str:
+        return {"{{": "{", "}}": "}"}.get(m.group(0)) or str(variables[m.group(1)])
+
+    return _FIELD.sub(sub, template)
+
+
+def render_template(template: str, **variables: str) -> str:
+    """Fill `template`'s named variables; `{a}` becomes the indefinite article of the word after it."""
+    text = fill_named(template, a="\x00", **variables)
     return re.sub(r"\x00\s+(\S+)", lambda m: f"{indefinite_article(m.group(1))} {m.group(1)}", text)
 
 

@@ -112,3 +112,40 @@ def test_a_broken_plugin_is_named_and_skipped(monkeypatch, capsys):
     reg.add("vanilla", object)
     assert reg.names() == ["vanilla"]
     assert "broken" in reg.broken_plugins and "'broken'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("template,message", [
+    ("{0} {occupation}", "not a variable name"),
+    ("a photo of { {occupation}", "unmatched brace"),
+    ("{occupation.__class__.__mro__}", "not a variable name"),
+    ("{occupation!r}", "not a variable name"),
+    ("{occupation:>40}", "not a variable name"),
+])
+def test_templates_fill_named_variables_only(tmp_path, capsys, template, message):
+    from fairbench.cli.main import main
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f'name: s\ntemplate: "{template}"\nprompts:\n  - {{id: nurse, vars: {{occupation: nurse}}}}\n')
+    assert main(["run", "--suite", str(suite), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_template_golden():
+    from fairbench.prompts import render_template
+
+    assert render_template("a photo of {a} {occupation} {{x}}", occupation="engineer") == "a photo of an engineer {x}"
+    assert render_template("{a} {group} {occupation}", group="old", occupation="nurse") == "an old nurse"
+
+
+@pytest.mark.parametrize("ids,message", [(["nurse\\n"], "must match"), (["Nurse", "nurse"], "ignoring case")])
+def test_prompt_ids_that_would_break_file_names_are_refused(tmp_path, ids, message):
+    from fairbench.errors import UserError
+    from fairbench.prompts import load_suite_file
+
+    rows = "".join(f'  - {{id: "{i}", vars: {{occupation: x}}}}\n' for i in ids)
+    path = tmp_path / "s.yaml"
+    path.write_text(f'name: s\ntemplate: "{{occupation}}"\nprompts:\n{rows}')
+    with pytest.raises(UserError, match=message):
+        load_suite_file(path)
