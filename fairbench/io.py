@@ -142,6 +142,17 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+def check_writable_target(path: Path) -> None:
+    """Check, without creating anything, that `path` is a writable folder or could be created as one."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe == path and not path.is_dir():
+        raise UserError(f"output directory {str(path)!r} is a file, not a directory")
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"output directory {str(path)!r} is not writable ({str(probe)!r} is not a writable folder)")
+
+
 def ensure_writable_dir(path: Path) -> Path:
     """Create `path` if needed and check that files can be written there."""
     try:

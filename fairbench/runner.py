@@ -27,8 +27,8 @@ from fairbench.errors import UserError
 from fairbench.faces import DETECTORS
 from fairbench.generation.engine import run_generation
 from fairbench.generation.manifest import MANIFEST, consolidate
-from fairbench.io import (atomic_write_bytes, atomic_write_json, ensure_writable_dir, read_jsonl,
-                          remove_stale_temp_files, run_lock, sha256_file)
+from fairbench.io import (atomic_write_bytes, atomic_write_json, check_writable_target, ensure_writable_dir,
+                          read_jsonl, remove_stale_temp_files, run_lock, sha256_file)
 from fairbench.labels import LABELS, label_images
 from fairbench.methods import build_method
 from fairbench.methods.base import MethodContext
@@ -81,9 +81,9 @@ def process_info() -> tuple[int, int, Any]:
 
 
 def check_resume(run_dir: Path, cfg: RunConfig) -> None:
-    """Refuse to mix two different runs in one directory."""
+    """Refuse to mix two different runs in one directory (a directory without images holds no run yet)."""
     path = run_dir / RUN_JSON
-    if not path.exists():
+    if not path.exists() or not any(run_dir.glob("manifest*.jsonl")):
         return
     old = read_json(path).get("spec", {})
     diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
@@ -164,17 +164,11 @@ def run_one(cfg: RunConfig) -> RunOutcome:
     if not suite.select(cfg.split, cfg.limit):
         raise UserError(f"suite {suite.name!r} has no prompts in split {cfg.split!r}")
     run_dir = Path(cfg.out) if cfg.out else default_out(cfg)
-    ensure_writable_dir(run_dir)
-    with run_lock(run_dir) if rank == 0 else contextlib.nullcontext():
-        if rank == 0:
-            remove_stale_temp_files(run_dir)
-        return _run_locked(cfg, suite, run_dir, rank, world, state)
-
-
-def _run_locked(cfg: RunConfig, suite: Any, run_dir: Path, rank: int, world: int, state: Any) -> RunOutcome:
+    # everything that can refuse the run happens before the run directory exists, so a refused
+    # run leaves nothing behind, and a run that never made an image cannot block its --out
+    check_writable_target(run_dir)
     check_resume(run_dir, cfg)
     device = resolve_device(cfg.device)
-    # build the cheap parts first, so a bad name or a missing weights file fails before generation
     method = build_method(cfg.method, cfg.method_args)
     detector, classifier = build_labellers(cfg, device)
     backend = load_backend(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler)
@@ -185,41 +179,45 @@ def _run_locked(cfg: RunConfig, suite: Any, run_dir: Path, rank: int, world: int
     method.prepare(backend, suite, context)
     method.apply_to_model(backend)
     units = make_units(suite, cfg.method, resolve_model(cfg.model), cfg.n, cfg.seed, cfg.split, cfg.limit)
-    part = (rank, world) if world > 1 else cfg.shard_pair()
-
-    spec = cfg.model_dump()
-    record: dict[str, Any] = {
-        "fairbench_version": __version__, "git_sha": git_sha(), "spec": spec, "suite": suite_identity(cfg),
-        "model": backend.describe(), "method": {"name": cfg.method, **method.describe()},
-        "sampling": params.to_dict(), "n_units": len(units), "world_size": world, "part": list(part),
-        "versions": library_versions(), "hardware": hardware(), "status": "generating",
-        "seed_rule": "sha256(f'{seed}\\x1f{prompt_id}\\x1f{sample_idx}')[:8] >> 1; one CPU torch.Generator per image",
-    }
-    if rank == 0:
-        write_run_json(run_dir, record)
-    stats = run_generation(run_dir, units, backend, method, params, cfg.batch_size, part,
-                           separate_manifest=world > 1, batch_invariant=cfg.batch_invariant,
-                           progress=cfg.progress)
-    if state is not None:
-        state.wait_for_everyone()
-        if rank != 0:
+    ensure_writable_dir(run_dir)
+    with run_lock(run_dir) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            remove_stale_temp_files(run_dir)
+            check_resume(run_dir, cfg)  # again, now that no other process can write it
+        part = (rank, world) if world > 1 else cfg.shard_pair()
+        spec = cfg.model_dump()
+        record: dict[str, Any] = {
+            "fairbench_version": __version__, "git_sha": git_sha(), "spec": spec, "suite": suite_identity(cfg),
+            "model": backend.describe(), "method": {"name": cfg.method, **method.describe()},
+            "sampling": params.to_dict(), "n_units": len(units), "world_size": world, "part": list(part),
+            "versions": library_versions(), "hardware": hardware(), "status": "generating",
+            "seed_rule": "sha256(f'{seed}\\x1f{prompt_id}\\x1f{sample_idx}')[:8] >> 1; one CPU torch.Generator per image",
+        }
+        if rank == 0:
+            write_run_json(run_dir, record)
+        stats = run_generation(run_dir, units, backend, method, params, cfg.batch_size, part,
+                               separate_manifest=world > 1, batch_invariant=cfg.batch_invariant,
+                               progress=cfg.progress)
+        if state is not None:
+            state.wait_for_everyone()
+            if rank != 0:
+                return RunOutcome(run_dir, None)
+        rows = consolidate(run_dir, [u.key for u in units], {u.key: u for u in units})
+        record["n_units"] = stats.total
+        record["generation"] = {"generated_now": stats.generated, "already_done": stats.already_done,
+                                "seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 3)}
+        if cfg.shard:
+            record["status"] = "shard generated"
+            write_run_json(run_dir, record)
             return RunOutcome(run_dir, None)
-    rows = consolidate(run_dir, [u.key for u in units], {u.key: u for u in units})
-    record["n_units"] = stats.total
-    record["generation"] = {"generated_now": stats.generated, "already_done": stats.already_done,
-                            "seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 3)}
-    if cfg.shard:
-        record["status"] = "shard generated"
+        del backend
+        record["status"] = "labelling"
         write_run_json(run_dir, record)
-        return RunOutcome(run_dir, None)
-    del backend
-    record["status"] = "labelling"
-    write_run_json(run_dir, record)
-    metrics = label_and_evaluate(run_dir, rows, record, cfg, detector, classifier)
-    if cfg.reference or cfg.clip_model:
-        metrics = quality_run(run_dir, cfg.reference, cfg.extractor, cfg.extractor_args, cfg.clip_model,
-                              device=device)
-    return RunOutcome(run_dir, metrics)
+        metrics = label_and_evaluate(run_dir, rows, record, cfg, detector, classifier)
+        if cfg.reference or cfg.clip_model:
+            metrics = quality_run(run_dir, cfg.reference, cfg.extractor, cfg.extractor_args, cfg.clip_model,
+                                  device=device)
+        return RunOutcome(run_dir, metrics)
 
 
 def build_labellers(cfg: RunConfig, device: str) -> tuple[Any, Any]:

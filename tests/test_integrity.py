@@ -142,3 +142,20 @@ def test_a_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(orig
     time.sleep(0.1)
     _resume(copy)  # the killed process's lock is free
     assert _state(copy) == _state(original)
+
+
+@pytest.mark.parametrize("bad", [["--method", "fairmp"], ["--classifier", "nope"], ["--model", "no/such-model"],
+                                 ["--suite", "nope"], ["--method-arg", "attributes=nope"]])
+def test_a_refused_run_leaves_nothing_behind(tmp_path, capsys, bad):
+    out = tmp_path / "deep" / "run"
+    assert main([*ARGS, *bad, "--out", str(out)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "deep").exists()
+
+
+def test_a_run_that_made_no_image_does_not_block_its_out(original, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"spec": {"height": 7, "method": "vanilla"}, "status": "generating"}))
+    assert main([*ARGS, "--out", str(out)]) == 0
+    assert _state(out) == _state(original)
