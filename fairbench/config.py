@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fairbench.errors import UserError
+from fairbench.io import load_yaml_file
 
 DEFAULT_MODEL = "synthface"
 
@@ -63,6 +63,14 @@ class RunConfig(BaseModel):
     baseline_out: str | None = Field(default=None, description="run directory of that vanilla run (default: beside --out)")
     progress: bool = True
 
+    @field_validator("limit", "n", "seed", "batch_size", "steps", "guidance_scale", "height", "width", "face_margin",
+                     "low_confidence", "n_boot", "ci_level", mode="before")
+    @classmethod
+    def _no_bools(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # YAML `n: true` would otherwise become 1
+            raise ValueError("expected a number, got a boolean")
+        return v
+
     @field_validator("shard")
     @classmethod
     def _shard_format(cls, v: str | None) -> str | None:
@@ -105,13 +113,7 @@ def _format_error(exc: ValidationError) -> str:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Safe-load a YAML config file into a dict of RunConfig fields."""
-    p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"malformed YAML in config {path}: {' '.join(str(exc).split())[:200]}") from None
+    doc = load_yaml_file(path, "config file")
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -126,7 +128,10 @@ def build_config(file: str | None = None, **overrides: Any) -> RunConfig:
         if val is None:
             continue
         if key in ("method_args", "classifier_args", "extractor_args"):
-            values[key] = {**values.get(key, {}), **val}
+            base = values.get(key) or {}
+            if not isinstance(base, dict):
+                raise UserError(f"invalid value for {key} in {file}: expected a mapping of name: value, got {base!r}")
+            values[key] = {**base, **val}
         else:
             values[key] = val
     try:

@@ -8,10 +8,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fairbench.errors import UserError
+from fairbench.io import load_yaml_file
 from fairbench.registry import Registry
 
 Split = Literal["train", "test", "all"]
@@ -162,13 +162,7 @@ def render_template(template: str, **variables: str) -> str:
 
 
 def _load_yaml(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise UserError(f"file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"malformed YAML in {path}: {str(exc).splitlines()[0]}") from None
+    doc = load_yaml_file(path)
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
     return doc

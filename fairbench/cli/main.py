@@ -216,10 +216,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fairbench.models import load_backend
     from fairbench.prompts import load_suite
 
+    from fairbench.models import resolve_device
+
+    method = build_method(args.method, _key_values(args.method_arg, "--method-arg"))  # an unknown name fails here
     if args.method != "fairmap":
         raise UserError(f"method {args.method!r} has nothing to train (trainable: fairmap)")
-    method = build_method(args.method, _key_values(args.method_arg, "--method-arg"))
-    backend = load_backend(args.model, dtype=args.dtype, device=args.device)
+    backend = load_backend(args.model, dtype=args.dtype, device=resolve_device(args.device))
     out = train_and_save(backend, load_suite(args.suite or method.train_suite), method.cfg, Path(args.out))
     meta = json.loads((out / "mapping.json").read_text())
     t = meta["training"]

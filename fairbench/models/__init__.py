@@ -33,14 +33,27 @@ def model_defaults(name: str) -> dict:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> this process's accelerator when there is one, else the CPU."""
-    if device != "auto":
-        return device
+    """'auto' -> this process's accelerator when there is one, else the CPU; other names are checked."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
+    if device == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        return "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N, mps)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: this machine has no CUDA device (use --device cpu or auto)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {device!r} (auto, cpu, cuda, cuda:N, mps)")
+    return device
 
 
 def native_bfloat16(device: str) -> bool:
