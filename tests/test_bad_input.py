@@ -37,6 +37,44 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A small finished synthface run, and a copy whose metrics.json is empty."""
+    base = tmp_path_factory.mktemp("bad-input")
+    assert main([*RUN, "--limit", "2", "--out", str(base / "run")]) == 0
+    (base / "broken").mkdir()
+    (base / "broken" / "run.json").write_text((base / "run" / "run.json").read_text())
+    (base / "broken" / "metrics.json").write_text("{}")
+    return base
+
+
+RUN_CASES = {
+    "report of an empty metrics.json": lambda b, t: ["report", str(b / "broken")],
+    "leaderboard of an empty metrics.json": lambda b, t: ["leaderboard", str(b / "broken"), "--out", str(t / "x.csv")],
+    "leaderboard lists a run twice": lambda b, t: ["leaderboard", str(b / "run"), str(b / "run"), "--out", str(t / "x.csv")],
+    "leaderboard attribute typo": lambda b, t: ["leaderboard", str(b / "run"), "--attributes", "gendr", "--markdown",
+                                                str(t / "x.md"), "--out", str(t / "x.csv")],
+    "leaderboard out is a directory": lambda b, t: ["leaderboard", str(b / "run"), "--out", str(t)],
+    "reference out is a directory": lambda b, t: ["reference", str(b / "run"), "--out", str(t)],
+    "quality batch size 0": lambda b, t: ["quality", str(b / "run"), "--reference", str(b / "run"), "--batch-size", "0"],
+    "synthface grid n 0": lambda b, t: ["synthface", "grid", "--n", "0", "--out", str(t / "g.png")],
+    "synthface train n-renders 0": lambda b, t: ["synthface", "train", "--n-renders", "0", "--out", str(t / "st")],
+    "synthface train steps -1": lambda b, t: ["synthface", "train", "--steps", "-1", "--out", str(t / "st")],
+    "check a schema-1 reference": lambda b, t: ["check", str(b / "run"), "--against",
+                                                _config(t, b'{"schema_version": 1, "metrics": {}}')],
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_CASES))
+def test_on_finished_runs_one_line_exit_2_and_nothing_written(finished, tmp_path, capsys, case):
+    argv = RUN_CASES[case](finished, tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(argv) == 2, case
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_one_line_exit_2_and_nothing_written(tmp_path, capsys, case):
     argv = CASES[case](tmp_path)

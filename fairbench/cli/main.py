@@ -8,6 +8,7 @@ import sys
 import traceback
 from typing import Any
 
+from fairbench.cli.argtypes import positive_int
 from fairbench.errors import RegressionFound, UserError
 
 
@@ -265,8 +266,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from fairbench.outputs.compare import compare_runs, print_verdict
 
-    if args.n_boot is not None and args.n_boot <= 0:
-        raise UserError(f"--n-boot must be positive, got {args.n_boot}")
     result = compare_runs(Path(args.run_dir), Path(args.baseline), args.extractor, args.n_boot)
     print_verdict(result, Path(args.baseline))
     return 0
@@ -330,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor-arg", action="append", metavar="KEY=VALUE")
     p.add_argument("--clip-model")
     p.add_argument("--clip-revision")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p = sub.add_parser("train", help="train a trainable method (fairmap) and write its checkpoint")
     p.add_argument("--method", required=True)
     p.add_argument("--model", default="synthface")
@@ -353,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--baseline", required=True, help="run directory over the same units (e.g. vanilla)")
     p.add_argument("--extractor", default="auto", help="FD/KID features: auto, synthface, inception, clip, dinov2")
-    p.add_argument("--n-boot", type=int, help="bootstrap replicates (default: the run's)")
+    p.add_argument("--n-boot", type=positive_int, help="bootstrap replicates (default: the run's)")
     p = sub.add_parser("plan", help="run or resume a models x methods x suites plan, compare, write the leaderboard")
     p.add_argument("plan", help="a plan YAML, or a shipped plan's name (prompts/plans/)")
     p.add_argument("--dry-run", action="store_true", help="list the runs in order with their pending images, run nothing")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fairbench.cli.argtypes import positive_int
+
 
 def add_synthface(sub: argparse._SubParsersAction) -> None:
     """Register the synthface subcommands."""
@@ -12,9 +14,9 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     ss = p.add_subparsers(dest="synthface_command", required=True)
     t = ss.add_parser("train", help="train the denoiser (resumes from OUT/checkpoint)")
     t.add_argument("--out", default=".cache/synthface-train")
-    t.add_argument("--steps", type=int, default=3600)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--n-renders", type=int, default=40_000)
+    t.add_argument("--steps", type=positive_int, default=3600)
+    t.add_argument("--batch-size", type=positive_int, default=64)
+    t.add_argument("--n-renders", type=positive_int, default=40_000)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-minutes", type=float, help="checkpoint and stop after this long (resume later)")
     t.add_argument("--lr", type=float, default=3e-4)
@@ -35,7 +37,7 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-progress", action="store_true")
     c = ss.add_parser("train-classifier", help="train the synthface attribute classifier on renders")
     c.add_argument("--out", default=".cache/synthface-classifier")
-    c.add_argument("--steps", type=int, default=1500)
+    c.add_argument("--steps", type=positive_int, default=1500)
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--no-progress", action="store_true")
     v = ss.add_parser("evaluate-classifier",
@@ -45,7 +47,7 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     g = ss.add_parser("grid", help="write a labelled sample grid PNG (one row per prompt)")
     g.add_argument("--out", default="docs/synthface_grid.png")
     g.add_argument("--model", default="synthface")
-    g.add_argument("--n", type=int, default=10)
+    g.add_argument("--n", type=positive_int, default=10)
     e = ss.add_parser("install", help="copy a trained model and classifier into the package assets")
     e.add_argument("--model-dir", default=".cache/synthface-train/final")
     e.add_argument("--classifier-dir", default=".cache/synthface-classifier")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 
@@ -83,7 +84,19 @@ def build_leaderboard(run_dirs: list[Path], explicit_dirs: list[Path] | None = N
     `explicit_dirs`: explicit-prompt runs whose adherence columns join the rows of the run with
     the same method, method arguments and model. `attributes`: keep only these attributes.
     """
+    seen: dict[Path, Path] = {}
+    for d in [*run_dirs, *(explicit_dirs or [])]:
+        if Path(d).resolve() in seen:
+            raise UserError(f"{d} is listed twice")
+        seen[Path(d).resolve()] = d
     adherence = explicit_columns(explicit_dirs or [])
+    if attributes:
+        known = {a for d in run_dirs for a in read_run(d)[1]["attributes"]}
+        for a in attributes:
+            if a not in known:
+                close = difflib.get_close_matches(a, known, n=2)
+                raise UserError(f"no run has attribute {a!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                                + f" (attributes: {', '.join(sorted(known))})")
     rows = []
     for d in run_dirs:
         extra = adherence.get(method_identity(read_run(d)[0]), {})

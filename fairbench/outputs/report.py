@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fairbench.io import atomic_write_text, read_jsonl
+from fairbench.io import atomic_write_text, check_writable_target, read_jsonl
 from fairbench.metrics.evaluate import per_prompt_table, summary_table
 from fairbench.outputs.plots import image_grid, plot_comparison, plot_shares
 from fairbench.outputs.rundir import read_run
@@ -115,6 +115,8 @@ def render_report(run_dir: Path, baseline: Path | None = None) -> str:
 def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Path:
     """Write report.md (and figures/) into the run directory and return its path."""
     d = Path(run_dir)
+    if d.is_dir():
+        check_writable_target(d)  # before any figure is drawn
     text = render_report(d, Path(baseline) if baseline else None)
     atomic_write_text(d / REPORT, text)
     return d / REPORT

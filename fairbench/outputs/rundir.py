@@ -72,4 +72,10 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    return read_json(d / RUN_JSON), read_json(d / METRICS_JSON)
+    record, metrics = read_json(d / RUN_JSON), read_json(d / METRICS_JSON)
+    if not isinstance(record, dict) or not isinstance(record.get("spec"), dict):
+        raise UserError(f"{d / RUN_JSON} is not a fairbench run record (no 'spec')")
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("attributes"), dict) or "settings" not in metrics:
+        raise UserError(f"{d / METRICS_JSON} is not a complete fairbench metrics file: re-score the run with "
+                        "`fairbench classify`")
+    return record, metrics
