@@ -86,3 +86,42 @@ def test_one_line_exit_2_and_nothing_written(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def _model_folder(tmp_path: Path, kind: str, tiny_sd: Path) -> str:
+    import shutil
+
+    folder = tmp_path / kind
+    if kind == "truncated index":
+        folder.mkdir()
+        (folder / "model_index.json").write_text('{"_class_name": "Stable')
+    elif kind == "index is a list":
+        folder.mkdir()
+        (folder / "model_index.json").write_text("[1, 2]")
+    elif kind == "synthface index without unet":
+        from fairbench.synthface.pipeline import ASSETS
+
+        folder.mkdir()
+        shutil.copy(ASSETS / "model_index.json", folder)
+        shutil.copytree(ASSETS / "scheduler", folder / "scheduler")
+    elif kind == "unet stored as .bin":
+        import torch
+        from safetensors.torch import load_file
+
+        shutil.copytree(tiny_sd, folder)
+        weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        torch.save(load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
+        weights.unlink()
+    elif kind == "hub id not cached":
+        return "fairbench-tests/no-such-model"
+    return str(folder)
+
+
+@pytest.mark.parametrize("kind", ["truncated index", "index is a list", "synthface index without unet",
+                                  "unet stored as .bin", "hub id not cached"])
+def test_broken_model_folders_are_one_line_errors(tiny_sd, tmp_path, capsys, kind):
+    model = _model_folder(tmp_path, kind, tiny_sd)
+    assert main([*RUN, "--model", model, "--steps", "2", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert not (tmp_path / "out").exists()

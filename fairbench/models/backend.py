@@ -72,6 +72,20 @@ class Conditioning:
         return self.prompt_embeds.shape[0]
 
 
+def read_model_index(folder: Path) -> dict[str, Any]:
+    """A pipeline folder's model_index.json, with a one-line error when it is missing or broken."""
+    path = folder / "model_index.json"
+    if not path.is_file():
+        raise UserError(f"model folder {str(folder)!r} has no model_index.json (not a diffusers pipeline)")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(index, dict):
+        raise UserError(f"{path} holds a {type(index).__name__}, not a mapping of pipeline parts")
+    return index
+
+
 class DiffusersBackend:
     """A Stable-Diffusion-style pipeline: text encoder -> UNet (cross-attention) -> VAE."""
 
@@ -98,24 +112,38 @@ class DiffusersBackend:
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}")
         local = Path(source).expanduser()
-        if local.exists() and not (local / "model_index.json").is_file():
-            raise UserError(f"model folder {source!r} has no model_index.json (not a diffusers pipeline)")
-        if local.exists() and json.loads((local / "model_index.json").read_text()).get("_class_name") == "SynthFacePipeline":
+        index = read_model_index(local) if local.exists() else {}
+        if index.get("_class_name") == "SynthFacePipeline":
             from fairbench.synthface.pipeline import SynthFacePipeline
 
-            pipe = SynthFacePipeline.from_folder(local, dtype=DTYPES[dtype])
+            for part in ("unet", "scheduler"):
+                if not (local / part / ("scheduler_config.json" if part == "scheduler" else "config.json")).is_file():
+                    raise UserError(f"model folder {source!r} is a SynthFacePipeline without its {part} "
+                                    f"({local / part} is missing or has no config)")
+            try:
+                pipe = SynthFacePipeline.from_folder(local, dtype=DTYPES[dtype])
+            except (OSError, ValueError, json.JSONDecodeError) as exc:
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"cannot load the synthface pipeline in {source!r}: {first}") from None
             backend = cls(pipe.to(device), source, dtype, device)
             if scheduler:
                 backend.set_scheduler(scheduler)
             return backend
+        # safetensors only: a pickled .bin part is refused rather than unpickled; diffusers' own warnings
+        # (hub unreachable, falling back to the cache) would add lines to a one-line error
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
         try:
-            pipe = DiffusionPipeline.from_pretrained(str(local) if local.exists() else source, dtype=DTYPES[dtype])
-        except (OSError, ValueError) as exc:
+            pipe = DiffusionPipeline.from_pretrained(str(local) if local.exists() else source, dtype=DTYPES[dtype],
+                                                     use_safetensors=True)
+        except (OSError, ValueError, EnvironmentError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
-                f"cannot load model {source!r}: not a local pipeline folder, and the hub copy is not reachable "
-                f"or not cached ({first[:200]})"
+                f"cannot load model {source!r}: not a local pipeline folder of safetensors weights, and the hub "
+                f"copy is not reachable or not cached ({first[:200]})"
             ) from None
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
         for part in ("unet", "text_encoder", "tokenizer"):
             if getattr(pipe, part, None) is None:
                 raise UserError(f"model {source!r} is a {type(pipe).__name__} without a {part}: not a Stable Diffusion pipeline")
