@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -211,3 +212,34 @@ def load_yaml_file(path: str | Path, what: str = "YAML file") -> Any:
         raise UserError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"malformed YAML in {what} {path}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def load_torch_state_dict(path: Path, what: str) -> dict[str, Any]:
+    """A .pt/.pth state dict read with torch.load(weights_only=True): anything else is a one-line error."""
+    import pickle
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a {what} state dict that loads safely (weights_only): {first}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a {what} state dict of tensors")
+    return state
+
+
+def load_safetensors_file(path: Path, what: str) -> dict[str, Any]:
+    """A safetensors file, with a one-line error when it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a valid {what} safetensors file: {str(exc)[:160]}") from None

@@ -125,3 +125,43 @@ def test_broken_model_folders_are_one_line_errors(tiny_sd, tmp_path, capsys, kin
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert not (tmp_path / "out").exists()
+
+
+def _weights(tmp_path: Path, kind: str) -> Path:
+    import pickle
+
+    import torch
+
+    path = tmp_path / "weights.pt"
+    if kind == "not a state dict":
+        torch.save([1, 2, 3], path)
+    elif kind == "pickle weights_only refuses":
+        path.write_bytes(pickle.dumps(Path("x")))  # an arbitrary object: refused by weights_only
+    elif kind == "garbage":
+        path.write_bytes(b"garbage")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["not a state dict", "pickle weights_only refuses", "garbage"])
+def test_bad_fairface_and_inception_weights_are_one_line_errors(finished, tmp_path, capsys, kind):
+    weights = _weights(tmp_path, kind)
+    assert main([*RUN, "--classifier", "fairface", "--classifier-arg", f"weights={weights}",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert main(["quality", str(finished / "run"), "--reference", str(finished / "run"), "--extractor", "inception",
+                 "--extractor-arg", f"weights={weights}", "--extractor-arg", "sha256="]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("error: ") for e in err), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("broken", ["json", "safetensors"])
+def test_a_broken_fair_mapping_checkpoint_is_a_one_line_error(tmp_path, capsys, broken):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "mapping.json").write_text("{broken" if broken == "json" else '{"dim": 384, "depth": 2, "config": {}}')
+    (ck / "mapping.safetensors").write_bytes(b"garbage")
+    assert main([*RUN, "--method", "fairmap", "--method-arg", f"checkpoint={ck}", "--no-baseline",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mapping." in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from fairbench.classifiers.base import AttributeClassifier, softmax
 from fairbench.errors import UserError
-from fairbench.io import verify_sha256
+from fairbench.io import load_torch_state_dict, verify_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,8 +66,7 @@ class FairFaceClassifier(AttributeClassifier):
         self.weights_sha256 = verify_sha256(path, sha256)
         self.races, self.device, self.batch_size = races, device, int(batch_size)
         self.attributes = tuple(SLICES[races])
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = {k.removeprefix("module."): v for k, v in load_torch_state_dict(path, "FairFace").items()}
         self.net = build_fairface_net()
         try:
             self.net.load_state_dict(state)

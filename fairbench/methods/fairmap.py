@@ -29,11 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from fairbench.errors import UserError
-from fairbench.io import atomic_save_tensors, atomic_write_json
+from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import Conditioning, DiffusersBackend, weights_fingerprint
 from fairbench.prompts import KeywordDetector, SuiteSpec, attribute, parse_attributes
@@ -259,9 +258,17 @@ def load_checkpoint(path: Path) -> tuple[MappingNetwork, dict]:
     """Load a checkpoint folder written by save_checkpoint."""
     if not (path / "mapping.json").is_file() or not (path / "mapping.safetensors").is_file():
         raise UserError(f"{path} is not a Fair Mapping checkpoint (mapping.json + mapping.safetensors)")
-    meta = json.loads((path / "mapping.json").read_text())
-    net = MappingNetwork(meta["dim"], meta["depth"], meta["config"].get("hidden"))
-    net.load_state_dict(load_file(path / "mapping.safetensors"))
+    try:
+        meta = json.loads((path / "mapping.json").read_text(encoding="utf-8"))
+        net = MappingNetwork(meta["dim"], meta["depth"], meta["config"].get("hidden"))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path / 'mapping.json'} is not a Fair Mapping checkpoint description ({type(exc).__name__}: "
+                        f"{exc})") from None
+    try:
+        net.load_state_dict(load_safetensors_file(path / "mapping.safetensors", "Fair Mapping"))
+    except RuntimeError as exc:
+        raise UserError(f"{path / 'mapping.safetensors'} does not fit the network mapping.json describes: "
+                        f"{str(exc).splitlines()[0][:160]}") from None
     return net.eval(), meta
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from fairbench.errors import UserError
 from fairbench.hub import from_pretrained
-from fairbench.io import sha256_file
+from fairbench.io import load_torch_state_dict, sha256_file
 from fairbench.registry import Registry
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -67,7 +67,7 @@ class InceptionExtractor(FeatureExtractor):
             raise UserError(f"sha256 mismatch for {path}: expected {expected}..., got {actual}")
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_state_dict(path, "Inception-v3")
         # torch-fidelity reads weights with weights_only=False; hand it a file we wrote from safely-loaded tensors
         with tempfile.TemporaryDirectory() as tmp:
             safe = Path(tmp) / "inception.pth"
