@@ -60,6 +60,11 @@ RUN_CASES = {
     "synthface grid n 0": lambda b, t: ["synthface", "grid", "--n", "0", "--out", str(t / "g.png")],
     "synthface train n-renders 0": lambda b, t: ["synthface", "train", "--n-renders", "0", "--out", str(t / "st")],
     "synthface train steps -1": lambda b, t: ["synthface", "train", "--steps", "-1", "--out", str(t / "st")],
+    "synthface grid out not an image": lambda b, t: ["synthface", "grid", "--out", str(t / "g.txt")],
+    "synthface evaluate-classifier missing dir": lambda b, t: ["synthface", "evaluate-classifier", "--dir", str(t / "nope")],
+    "synthface train init-from missing": lambda b, t: ["synthface", "train", "--init-from", str(t / "nope"),
+                                                       "--out", str(t / "st")],
+    "fairmap steps -5": lambda b, t: [*RUN, "--method", "fairmap", "--method-arg", "steps=-5", "--out", str(t / "o")],
     "check a schema-1 reference": lambda b, t: ["check", str(b / "run"), "--against",
                                                 _config(t, b'{"schema_version": 1, "metrics": {}}')],
 }

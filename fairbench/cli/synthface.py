@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from fairbench.cli.argtypes import positive_int
+from fairbench.errors import UserError
 
 
 def add_synthface(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +59,11 @@ def run_synthface(args: argparse.Namespace) -> int:
     if args.synthface_command == "train":
         from fairbench.synthface.train import TrainConfig, train_unet
 
+        if args.init_from and not (Path(args.init_from) / "config.json").is_file():
+            raise UserError(f"--init-from {args.init_from}: not a UNet folder (no config.json)")
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UserError(f"--out {args.out} is a file, not a training folder")
+
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed,
                           lr=args.lr, warmup=args.warmup, neutral_share=args.neutral_share, init_from=args.init_from,
                           balanced_renders=args.balanced_renders, transformer_layers=args.transformer_layers,
@@ -67,8 +73,13 @@ def run_synthface(args: argparse.Namespace) -> int:
         done = "finished; EMA model in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")
     elif args.synthface_command == "grid":
+        from fairbench.io import check_writable_target
         from fairbench.synthface.grid import sample_grid
 
+        out = Path(args.out)
+        if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+            raise UserError(f"--out {args.out}: give an image file name (.png, .jpg, .webp)")
+        check_writable_target(out.parent if str(out.parent) else Path("."))  # before minutes of sampling
         print(sample_grid(args.out, args.model, args.n))
     elif args.synthface_command == "install":
         from fairbench.synthface.assets import install_assets
@@ -84,7 +95,10 @@ def run_synthface(args: argparse.Namespace) -> int:
         from fairbench.synthface.classifier import reevaluate_classifier
         from fairbench.synthface.pipeline import ASSETS
 
-        _print_heldout(reevaluate_classifier(Path(args.dir) if args.dir else ASSETS))
+        folder = Path(args.dir) if args.dir else ASSETS
+        if not (folder / "classifier.json").is_file():
+            raise UserError(f"--dir {args.dir}: not a synthface classifier folder (no classifier.json)")
+        _print_heldout(reevaluate_classifier(folder))
     return 0
 
 
