@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fairbench.errors import UserError
 from fairbench.io import load_yaml_file
+from fairbench.registry import did_you_mean
 
 DEFAULT_MODEL = "synthface"
 
@@ -106,6 +107,8 @@ class RunConfig(BaseModel):
 def _format_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"unknown option {field!r}.{did_you_mean(field, RunConfig.model_fields)}"
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict) else ""
     return f"invalid value for {field}: {err['msg']}{shown}"

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fairbench.errors import UserError
 from fairbench.io import load_yaml_file
-from fairbench.registry import Registry
+from fairbench.registry import Registry, did_you_mean
 
 Split = Literal["train", "test", "all"]
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -216,7 +216,7 @@ def attribute(name: str) -> AttributeSpec:
     """One attribute by name, with a helpful error for unknown names."""
     attrs = load_attributes()
     if name not in attrs:
-        raise UserError(f"unknown attribute {name!r}. Available: {', '.join(attrs)}")
+        raise UserError(f"unknown attribute {name!r}.{did_you_mean(name, attrs)} Available: {', '.join(attrs)}")
     return attrs[name]
 
 

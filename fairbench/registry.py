@@ -6,11 +6,17 @@ import difflib
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 from fairbench.errors import UserError
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """' Did you mean x, y?' for the options closest to a misspelt name ('' when none is close)."""
+    close = difflib.get_close_matches(name, list(options), n=3)
+    return f" Did you mean {', '.join(close)}?" if close else ""
 
 
 @dataclass
@@ -67,9 +73,8 @@ class Registry(Generic[T]):
         """Look `name` up; an unknown name is a UserError listing close matches."""
         self._load_plugins()
         if name not in self._entries:
-            close = difflib.get_close_matches(name, self._entries, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise UserError(f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(self._entries))}")
+            raise UserError(f"unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "
+                            f"Available: {', '.join(sorted(self._entries))}")
         return self._entries[name]
 
     def get(self, name: str) -> T:

@@ -65,6 +65,12 @@ RUN_CASES = {
     "synthface train init-from missing": lambda b, t: ["synthface", "train", "--init-from", str(t / "nope"),
                                                        "--out", str(t / "st")],
     "fairmap steps -5": lambda b, t: [*RUN, "--method", "fairmap", "--method-arg", "steps=-5", "--out", str(t / "o")],
+    "make-tiny-sd into a run directory": lambda b, t: ["make-tiny-sd", str(b / "run")],
+    "ls kind typo": lambda b, t: ["ls", "methds"],
+    "subcommand typo": lambda b, t: ["rnu"],
+    "config key typo": lambda b, t: [*RUN, "--config", _config(t, b"sead: 1\n"), "--out", str(t / "o")],
+    "scheduler typo": lambda b, t: [*RUN, "--scheduler", "dpmpp", "--out", str(t / "o")],
+    "attribute typo": lambda b, t: [*RUN, "--method", "fairmap", "--method-arg", "attributes=gendr", "--out", str(t / "o")],
     "check a schema-1 reference": lambda b, t: ["check", str(b / "run"), "--against",
                                                 _config(t, b'{"schema_version": 1, "metrics": {}}')],
 }
@@ -77,6 +83,8 @@ def test_on_finished_runs_one_line_exit_2_and_nothing_written(finished, tmp_path
     assert main(argv) == 2, case
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
+    if "typo" in case:
+        assert "Did you mean" in err[0]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 

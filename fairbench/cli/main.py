@@ -19,6 +19,14 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports usage mistakes as one line with exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        import re
+
+        from fairbench.registry import did_you_mean
+
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:  # subcommands and `ls` kinds: name the closest choices
+            choices = re.findall(r"[\w-]+", m.group(2))
+            message += did_you_mean(m.group(1), choices)
         raise UserError(f"{self.prog}: {message}")
 
 
@@ -148,7 +156,10 @@ def cmd_make_tiny_sd(args: argparse.Namespace) -> int:
     from fairbench.io import ensure_writable_dir
     from fairbench.models.tiny import make_tiny_sd
 
-    make_tiny_sd(ensure_writable_dir(Path(args.dir)), seed=args.seed)
+    out = Path(args.dir)
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{args.dir} is not empty: give a new folder for the tiny pipeline")
+    make_tiny_sd(ensure_writable_dir(out), seed=args.seed)
     print(f"tiny random Stable Diffusion pipeline written to {args.dir}")
     return 0
 

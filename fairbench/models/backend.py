@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from fairbench.errors import UserError
+from fairbench.registry import did_you_mean
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -157,7 +158,7 @@ class DiffusersBackend:
         import diffusers
 
         if name not in SCHEDULERS:
-            raise UserError(f"unknown scheduler {name!r}. Available: {', '.join(SCHEDULERS)}")
+            raise UserError(f"unknown scheduler {name!r}.{did_you_mean(name, SCHEDULERS)} Available: {', '.join(SCHEDULERS)}")
         self.pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(self.pipe.scheduler.config)
 
     @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pandas as pd
 from fairbench.errors import UserError
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.outputs.rundir import read_run
+from fairbench.registry import did_you_mean
 
 LEADERBOARD_SCHEMA = 2
 ID_COLUMNS = ["schema_version", "run", "method", "method_level", "model", "suite", "split", "n_per_prompt",
@@ -94,9 +94,8 @@ def build_leaderboard(run_dirs: list[Path], explicit_dirs: list[Path] | None = N
         known = {a for d in run_dirs for a in read_run(d)[1]["attributes"]}
         for a in attributes:
             if a not in known:
-                close = difflib.get_close_matches(a, known, n=2)
-                raise UserError(f"no run has attribute {a!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
-                                + f" (attributes: {', '.join(sorted(known))})")
+                raise UserError(f"no run has attribute {a!r}.{did_you_mean(a, known)} "
+                                f"Attributes: {', '.join(sorted(known))}")
     rows = []
     for d in run_dirs:
         extra = adherence.get(method_identity(read_run(d)[0]), {})
