@@ -174,6 +174,7 @@ def run_one(cfg: RunConfig) -> RunOutcome:
     backend = load_backend(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler)
     check_same_weights(run_dir, backend.fingerprint)
     params = SamplingParams(cfg.steps, cfg.guidance_scale, cfg.height, cfg.width, cfg.negative_prompt)
+    backend.check_sampling(params)
     context = MethodContext(suite, cfg.split, cfg.limit, params, detector, classifier, cfg.seed, cfg.batch_size,
                             cfg.progress and rank == 0)
     method.prepare(backend, suite, context)

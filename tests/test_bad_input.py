@@ -31,6 +31,8 @@ CASES = {
     "config method_args not a mapping": lambda t: [*RUN, "--config", _config(t, b"method_args: foo\n"),
                                                    "--method-arg", "a=1"],
     "suite is a directory": lambda t: [*RUN, "--suite", str(t)],
+    "synthface height 7": lambda t: [*RUN, "--height", "7"],
+    "synthface width 100000": lambda t: [*RUN, "--width", "100000"],
     "check alpha out of range": lambda t: ["check", str(t), "--against", str(t), "--alpha", "-1"],
     "compare n-boot zero": lambda t: ["compare", str(t), "--baseline", str(t), "--n-boot", "0"],
     "plan not found": lambda t: ["plan", str(t / "nope.yaml")],
@@ -178,3 +180,10 @@ def test_a_broken_fair_mapping_checkpoint_is_a_one_line_error(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mapping." in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("size", ["7", "100000"])
+def test_an_impossible_image_size_is_refused_before_generation(tiny_sd, tmp_path, capsys, size):
+    assert main([*RUN, "--model", str(tiny_sd), "--steps", "2", "--height", size, "--out", str(tmp_path / "o")]) == 2
+    assert "multiple of" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

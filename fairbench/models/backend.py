@@ -47,6 +47,9 @@ def weights_fingerprint(modules: dict[str, torch.nn.Module], samples: int | None
     return h.hexdigest()
 
 
+MAX_SIDE = 4096  # pixels; larger images would exhaust memory long before finishing
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Everything that changes the sampled image besides the conditioning and the seed."""
@@ -152,6 +155,24 @@ class DiffusersBackend:
         if scheduler:
             backend.set_scheduler(scheduler)
         return backend
+
+    def check_sampling(self, params: SamplingParams) -> None:
+        """Refuse an image size this pipeline cannot draw, before any image is generated."""
+        from fairbench.synthface.pipeline import SynthFacePipeline
+
+        for side in ("height", "width"):
+            value = getattr(params, side)
+            if value is None:
+                continue
+            if isinstance(self.pipe, SynthFacePipeline):
+                size = int(self.pipe.unet.config.sample_size)
+                if value != size:
+                    raise UserError(f"--{side} {value}: synthface draws {size} x {size} images only")
+                continue
+            factor = int(getattr(self.pipe, "vae_scale_factor", 8))
+            if value % factor or not factor <= value <= MAX_SIDE:
+                raise UserError(f"--{side} {value}: must be a multiple of {factor} between {factor} and {MAX_SIDE} "
+                                f"for this pipeline")
 
     def set_scheduler(self, name: str) -> None:
         """Swap the sampler, keeping the pipeline's noise schedule config."""
