@@ -34,7 +34,7 @@ from fairbench.methods import build_method
 from fairbench.methods.base import MethodContext
 from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
-from fairbench.models import load_backend, resolve_device, resolve_model
+from fairbench.models import load_backend, resolve_device
 from fairbench.models.backend import SamplingParams
 from fairbench.outputs.rundir import (METRICS_JSON, RUN_JSON, git_sha, hardware, library_versions, read_json,
                                       write_run_json)
@@ -179,7 +179,7 @@ def run_one(cfg: RunConfig) -> RunOutcome:
                             cfg.progress and rank == 0)
     method.prepare(backend, suite, context)
     method.apply_to_model(backend)
-    units = make_units(suite, cfg.method, resolve_model(cfg.model), cfg.n, cfg.seed, cfg.split, cfg.limit)
+    units = make_units(suite, cfg.method, cfg.model, cfg.n, cfg.seed, cfg.split, cfg.limit)
     ensure_writable_dir(run_dir)
     with run_lock(run_dir) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
@@ -328,7 +328,7 @@ def _merge_locked(record: dict[str, Any], rows: list[dict[str, Any]], out: Path,
 
     cfg = RunConfig(**{**record["spec"], "progress": progress}).with_model_defaults()
     suite = load_suite(cfg.suite)
-    order = [u.key for u in make_units(suite, cfg.method, resolve_model(cfg.model), cfg.n, cfg.seed,
+    order = [u.key for u in make_units(suite, cfg.method, cfg.model, cfg.n, cfg.seed,
                                        cfg.split, cfg.limit)]
     rows = write_merged_manifest(out, rows, order)
     record["status"] = "labelling"

@@ -159,3 +159,9 @@ def test_a_run_that_made_no_image_does_not_block_its_out(original, tmp_path):
     (out / "run.json").write_text(json.dumps({"spec": {"height": 7, "method": "vanilla"}, "status": "generating"}))
     assert main([*ARGS, "--out", str(out)]) == 0
     assert _state(out) == _state(original)
+
+
+def test_the_manifest_names_the_model_not_a_machine_path(original):
+    rows = [json.loads(line) for line in (original / "manifest.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in rows} == {"synthface"}
+    assert json.loads((original / "run.json").read_text())["model"]["weights_fingerprint"]
