@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from fairbench.errors import UserError
-from fairbench.faces.base import crop_face
+from fairbench.labels import label_batch
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import DiffusersBackend
 from fairbench.io import atomic_save_tensors, atomic_write_json
@@ -133,20 +133,16 @@ class UCE(Method):
         units = [(pid, text, unit_seed(ctx.seed, f"uce:{round_}:{pid}", k))
                  for pid, text in prompts.items() for k in range(self.n_images)]
         counts = {pid: [np.zeros(attribute(a).k) for a in self.attributes] for pid in prompts}
-        margin = ctx.classifier.crop_margin
         for start in range(0, len(units), ctx.batch_size):
             chunk = units[start : start + ctx.batch_size]
             cond = backend.encode([t for _, t, _ in chunk], ctx.params.negative_prompt, ctx.params.guidance_scale)
             gens = [torch.Generator("cpu").manual_seed(s) for _, _, s in chunk]
             images, _ = backend.generate(cond, gens, ctx.params)
-            dets = ctx.detector.detect(images)
-            faces = [(pid, crop_face(im, d, margin)) for (pid, _, _), im, d in zip(chunk, images, dets) if d is not None]
-            if not faces:
-                continue
-            probs = ctx.classifier.predict([c for _, c in faces])
-            for i, (pid, _) in enumerate(faces):
-                for j, a in enumerate(self.attributes):
-                    counts[pid][j][int(np.argmax(probs[a][i]))] += 1
+            for (pid, _, _), rec in zip(chunk, label_batch(images, ctx.detector, ctx.classifier,
+                                                           ctx.classifier.crop_margin)):
+                if rec["face"]:
+                    for j, a in enumerate(self.attributes):
+                        counts[pid][j][attribute(a).group_names.index(rec[a])] += 1
         return {pid: np.concatenate([c / max(c.sum(), 1) if c.sum() else np.full(len(c), 1 / len(c)) for c in cs])
                 for pid, cs in counts.items()}
 

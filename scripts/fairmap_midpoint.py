@@ -20,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from fairbench.classifiers import build_classifier
+from fairbench.faces import DETECTORS
+from fairbench.labels import label_batch
 from fairbench.methods.fairmap import FairMapConfig, fit_mapping
 from fairbench.models import default_dtype, load_backend, model_defaults
 from fairbench.models.backend import Conditioning, SamplingParams
@@ -29,13 +31,13 @@ from fairbench.units import unit_seed
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # 0: the "male" variant, 1: the "female" variant
 
 
-def female_share(backend, classifier, embeds: torch.Tensor, seeds: list[int], params: SamplingParams) -> float:
+def female_share(backend, detector, classifier, embeds: torch.Tensor, seeds: list[int], params: SamplingParams) -> float:
     """Share of generated faces the classifier calls female, one image per seed."""
     neg = backend.encode([""], guidance_scale=params.guidance_scale).prompt_embeds
     cond = Conditioning(embeds.expand(len(seeds), -1, -1).to(neg.dtype), neg.expand(len(seeds), -1, -1))
     images, _ = backend.generate(cond, [torch.Generator().manual_seed(s) for s in seeds], params)
-    probs = classifier.predict(images)["gender"]
-    return float((probs.argmax(1) == attribute("gender").group_names.index("female")).mean())
+    faces = [r for r in label_batch(images, detector, classifier, classifier.crop_margin) if r["face"]]
+    return float(np.mean([r["gender"] == "female" for r in faces])) if faces else float("nan")
 
 
 def main() -> None:
@@ -47,6 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     backend = load_backend(args.model, dtype=default_dtype(args.model, "cpu"))
     classifier = build_classifier("synthface")
+    detector = DETECTORS.get("synthface")(device="cpu")
     params = SamplingParams(**{k: v for k, v in model_defaults(args.model).items() if k in ("steps", "guidance_scale")})
     suite = load_suite("occupations")
     prompts = suite.select("test")[: args.limit]
@@ -58,11 +61,11 @@ def main() -> None:
         e = {g: backend.encode([suite.group_text(p, g)], guidance_scale=0.0).prompt_embeds.float() for g in names}
         neutral = backend.encode([suite.text(p)], guidance_scale=0.0).prompt_embeds.float()
         for a in ALPHAS:
-            rows[f"line {a:.2f}"].append(female_share(backend, classifier, (1 - a) * e["male"] + a * e["female"],
+            rows[f"line {a:.2f}"].append(female_share(backend, detector, classifier, (1 - a) * e["male"] + a * e["female"],
                                                       seeds, params))
-        rows["neutral"].append(female_share(backend, classifier, neutral, seeds, params))
+        rows["neutral"].append(female_share(backend, detector, classifier, neutral, seeds, params))
         with torch.no_grad():
-            rows["fairmap(neutral)"].append(female_share(backend, classifier, net(neutral), seeds, params))
+            rows["fairmap(neutral)"].append(female_share(backend, detector, classifier, net(neutral), seeds, params))
     print(f"{len(prompts)} test occupations x {args.n} images; gender gap = mean |f_m - f_f| = mean |1 - 2 f_female|")
     print("| embedding | mean female share | gender gap |\n|---|---|---|")
     for name, shares in rows.items():
