@@ -11,6 +11,7 @@ from baselines.entigen import Entigen, intervention_text
 from baselines.fairdiffusion import FairDiffusion, edit_signs, sega_guidance
 from baselines.hardprompt import HardPrompt, sample_groups
 from baselines.uce import UCE, closed_form_edit, cross_attention_projections, debias_target
+from fairbench.classifiers.base import AttributeClassifier
 from fairbench.errors import UserError
 from fairbench.faces.base import Detection
 from fairbench.generation.engine import generate_batch
@@ -185,13 +186,8 @@ class _AllFaces:
         return [Detection(box=(0, 0, im.width, im.height), confidence=1.0, n_faces=1) for im in images]
 
 
-class _AllMale:
-    name, crop_margin = "all-male", 0.0
-
-    def specs(self):
-        from fairbench.prompts import attribute
-
-        return {"gender": attribute("gender")}
+class _AllMale(AttributeClassifier):
+    name, crop_margin, attributes = "all-male", 0.0, ("gender",)
 
     def predict(self, crops):
         return {"gender": np.tile([1.0, 0.0], (len(crops), 1))}
