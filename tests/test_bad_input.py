@@ -47,6 +47,9 @@ def finished(tmp_path_factory) -> Path:
     (base / "broken").mkdir()
     (base / "broken" / "run.json").write_text((base / "run" / "run.json").read_text())
     (base / "broken" / "metrics.json").write_text("{}")
+    (base / "fake").mkdir()
+    for name in ("a.png", "b.png"):
+        (base / "fake" / name).write_text("not an image")
     return base
 
 
@@ -73,6 +76,8 @@ RUN_CASES = {
     "config key typo": lambda b, t: [*RUN, "--config", _config(t, b"sead: 1\n"), "--out", str(t / "o")],
     "scheduler typo": lambda b, t: [*RUN, "--scheduler", "dpmpp", "--out", str(t / "o")],
     "attribute typo": lambda b, t: [*RUN, "--method", "fairmap", "--method-arg", "attributes=gendr", "--out", str(t / "o")],
+    "train out is a file": lambda b, t: ["train", "--method", "fairmap", "--out", str(b / "run" / "run.json")],
+    "quality reference of non-images": lambda b, t: ["quality", str(b / "run"), "--reference", str(b / "fake")],
     "check a schema-1 reference": lambda b, t: ["check", str(b / "run"), "--against",
                                                 _config(t, b'{"schema_version": 1, "metrics": {}}')],
 }

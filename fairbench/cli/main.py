@@ -233,6 +233,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     method = build_method(args.method, _key_values(args.method_arg, "--method-arg"))  # an unknown name fails here
     if args.method != "fairmap":
         raise UserError(f"method {args.method!r} has nothing to train (trainable: fairmap)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file: give a folder for the checkpoint")
     backend = load_backend(args.model, dtype=args.dtype, device=resolve_device(args.device))
     out = train_and_save(backend, load_suite(args.suite or method.train_suite), method.cfg, Path(args.out))
     meta = json.loads((out / "mapping.json").read_text())

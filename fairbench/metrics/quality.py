@@ -51,7 +51,10 @@ def image_batches(paths: list[Path], size: int, batch_size: int) -> Iterator[tor
     for i in range(0, len(paths), batch_size):
         arrays = []
         for p in paths[i : i + batch_size]:
-            im = Image.open(p).convert("RGB")
+            try:
+                im = Image.open(p).convert("RGB")
+            except (OSError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
+                raise UserError(f"{p} is not a readable image ({type(exc).__name__})") from None
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BICUBIC)
             arrays.append(np.asarray(im))
