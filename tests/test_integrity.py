@@ -165,3 +165,15 @@ def test_the_manifest_names_the_model_not_a_machine_path(original):
     rows = [json.loads(line) for line in (original / "manifest.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"synthface"}
     assert json.loads((original / "run.json").read_text())["model"]["weights_fingerprint"]
+
+
+def test_killed_at_a_random_point_and_resumed_is_identical(tmp_path):
+    """The fast version of scripts/kill_resume.py: one random SIGKILL of the run-and-report job."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kill_resume", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "kill_resume.py")
+    kill_resume = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kill_resume)
+    result = kill_resume.measure(tmp_path, kills=1, seed=3)
+    assert result["identical"] == 1 and result["with_temp_files"] == 0, result
