@@ -168,7 +168,10 @@ def run_plan(plan: Plan, progress: bool = True, dry_run: bool = False) -> list[C
         run(c.config)
     for c in todo:
         if c.method.method != "vanilla":
-            compare_runs(Path(c.config.out), Path(c.config.reference), c.config.extractor)
+            try:
+                compare_runs(Path(c.config.out), Path(c.config.reference), c.config.extractor)
+            except UserError as exc:  # e.g. a per_suite n: its images are not all paired with vanilla's
+                print(f"{c.method.name} on {c.model}, {c.suite.name}: no paired comparison ({exc})", file=sys.stderr)
     if plan.leaderboard:
         board = [Path(c.config.out) for c in _in_plan_order(plan, todo) if c.suite.role == "leaderboard"]
         explicit = [Path(c.config.out) for c in _in_plan_order(plan, todo) if c.suite.role == "adherence"]

@@ -127,7 +127,7 @@ suites:
 methods:
   - {{method: hardprompt, cost: 1, args: {{attributes: gender}}}}
   - {{method: vanilla}}
-  - {{method: entigen, cost: 3}}
+  - {{method: entigen, cost: 3, per_suite: {{test: {{n: 1}}}}}}
 """
 
 
@@ -142,7 +142,10 @@ def test_plan_runs_cheapest_first_compares_and_writes_the_leaderboard(tmp_path, 
     runs = tmp_path / "runs" / "synthface"
     board = pd.read_csv(tmp_path / "runs" / "board.csv")
     assert sorted(board["method"]) == ["entigen", "hardprompt", "vanilla"] and set(board["attribute"]) == {"gender"}
-    assert (runs / "hardprompt-test" / "compare.json").is_file() and (runs / "entigen-test" / "compare.json").is_file()
+    assert (runs / "hardprompt-test" / "compare.json").is_file()
+    # entigen draws 1 image per prompt (per_suite), so it does not pair with vanilla's 2: noted, not compared
+    assert not (runs / "entigen-test" / "compare.json").exists()
+    assert "entigen on synthface, test: no paired comparison" in capsys.readouterr().err
     assert "quality:FD_synthface-classifier" in board.columns  # FD to the shared vanilla run
     assert main(["plan", str(plan), "--no-progress"]) == 0  # resumes: nothing generated again
     assert json.loads((runs / "entigen-test" / "run.json").read_text())["generation"]["generated_now"] == 0
@@ -151,7 +154,7 @@ def test_plan_runs_cheapest_first_compares_and_writes_the_leaderboard(tmp_path, 
 @pytest.mark.parametrize("edit,message", [
     (lambda t: t.replace("{{method: vanilla}}", "{{method: fairmap}}"), "needs a vanilla method"),
     (lambda t: t.replace('"{{model}}/{{method}}-{{suite}}"', '"{{model}}"'), "gives two runs the directory"),
-    (lambda t: t.replace('"{{model}}/{{method}}-{{suite}}"', '"{{method.__class__}}"'), "unknown field"),
+    (lambda t: t.replace('"{{model}}/{{method}}-{{suite}}"', '"{{method.__class__}}"'), "not a variable name"),
     (lambda t: t.replace("n: 2}}", "n: 0}}"), "invalid plan"),
     (lambda t: t.replace("name: tiny plan", "name: tiny plan\nbogus: 1"), "invalid plan"),
 ])
