@@ -2,7 +2,8 @@
 and compare the final run directory with an uninterrupted run's.
 
 Each round starts `fairbench run` (then `fairbench report`) in a fresh process group, kills it after a
-random delay drawn over the measured length of the whole job, and resumes until it finishes. The
+random delay drawn over the measured length of the whole job (every third round: within 1.5 s of
+labelling's start, the short stage of labels, metrics and tables), and resumes until it finishes. The
 final manifest, images, labels, metrics, tables and report must equal the uninterrupted run's, and
 no temporary file may remain.
 
@@ -46,11 +47,15 @@ def run_job(out: Path) -> float:
     return time.perf_counter() - start
 
 
-def killed_once(out: Path, delay: float) -> str:
-    """Run the job until `delay` seconds have passed, then SIGKILL it; returns the stage it was killed in."""
+def killed_once(out: Path, delay: float, after_labelling_starts: bool = False) -> str:
+    """Run the job until `delay` seconds have passed (counted from the moment run.json says labelling has
+    started, when `after_labelling_starts`: that stage is short), then SIGKILL it; returns the stage killed."""
     deadline = time.perf_counter() + delay
     for i, cmd in enumerate(job(out)):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        while after_labelling_starts and i == 0 and proc.poll() is None and stage(out) != "labelling/metrics/tables":
+            time.sleep(0.002)
+            deadline = time.perf_counter() + delay
         while proc.poll() is None and time.perf_counter() < deadline:
             time.sleep(0.005)
         if proc.poll() is None:
@@ -94,7 +99,9 @@ def measure(base: Path, kills: int, seed: int) -> dict:
     for k in range(kills):
         out = base / f"killed-{k}"
         shutil.rmtree(out, ignore_errors=True)
-        where = killed_once(out, rng.uniform(0.5, length))
+        # every third kill lands inside labelling, metrics and tables (about a second of the job)
+        targeted = k % 3 == 1
+        where = killed_once(out, rng.uniform(0.0, 1.5) if targeted else rng.uniform(0.5, length), targeted)
         run_job(out)  # resume to the end
         same = snapshot(out) == want
         rounds.append({"killed_in": where, "identical": same, "temp_files": temp_files(out)})
