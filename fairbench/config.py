@@ -9,9 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fairbench.errors import UserError
+from fairbench.errors import UserError, validation_message
 from fairbench.io import load_yaml_file
-from fairbench.registry import did_you_mean
 
 DEFAULT_MODEL = "synthface"
 
@@ -104,16 +103,6 @@ class RunConfig(BaseModel):
         return {k: getattr(self, k) for k in keys}
 
 
-def _format_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "config"
-    if err["type"] == "extra_forbidden":
-        return f"unknown option {field!r}.{did_you_mean(field, RunConfig.model_fields)}"
-    value = err.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
-    return f"invalid value for {field}: {err['msg']}{shown}"
-
-
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Safe-load a YAML config file into a dict of RunConfig fields."""
     doc = load_yaml_file(path, "config file")
@@ -140,4 +129,4 @@ def build_config(file: str | None = None, **overrides: Any) -> RunConfig:
     try:
         return RunConfig(**values)
     except ValidationError as exc:
-        raise UserError(_format_error(exc)) from None
+        raise UserError(validation_message(exc, RunConfig, key_word="option")) from None

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fairbench.config import RunConfig, build_config
-from fairbench.errors import UserError
-from fairbench.prompts import _load_yaml, _validation_message, fill_named, load_suite, prompts_dir
+from fairbench.errors import UserError, validation_message
+from fairbench.prompts import _load_yaml, fill_named, load_suite, prompts_dir
 from fairbench.registry import Registry
 
 PLANS: Registry[Path] = Registry("plan")
@@ -91,7 +91,7 @@ def load_plan(name_or_path: str) -> Plan:
     try:
         return Plan.model_validate(_load_yaml(path))
     except ValidationError as exc:
-        raise UserError(f"invalid plan {path}: {_validation_message(exc)}") from None
+        raise UserError(f"invalid plan {path}: {validation_message(exc, Plan)}") from None
 
 
 class Cell(BaseModel):

@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fairbench.errors import UserError
+from fairbench.errors import UserError, did_you_mean, validation_message
 from fairbench.io import load_yaml_file
-from fairbench.registry import Registry, did_you_mean
+from fairbench.registry import Registry
 
 Split = Literal["train", "test", "all"]
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -168,12 +168,6 @@ def _load_yaml(path: Path) -> dict:
     return doc
 
 
-def _validation_message(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg']}" + (f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else "")
-
-
 def prompts_dir() -> Path:
     """The folder holding attributes.yaml and suites/."""
     return Path(str(files("prompts")))
@@ -185,7 +179,7 @@ def load_suite_file(path: str | Path) -> SuiteSpec:
     try:
         return SuiteSpec.model_validate(_load_yaml(path))
     except ValidationError as exc:
-        raise UserError(f"invalid suite {path}: {_validation_message(exc)}") from None
+        raise UserError(f"invalid suite {path}: {validation_message(exc, SuiteSpec)}") from None
 
 
 SUITES: Registry[Path] = Registry("suite")
@@ -195,9 +189,20 @@ for _p in sorted((prompts_dir() / "suites").glob("*.yaml")):
 
 def load_suite(name_or_path: str) -> SuiteSpec:
     """A registered suite name, or the path of a suite YAML."""
+    if Path(name_or_path).is_dir():
+        raise UserError(f"suite {name_or_path} is a directory: give a suite name or a suite YAML file")
     if name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).is_file():
         return load_suite_file(name_or_path)
     return load_suite_file(SUITES.get(name_or_path))
+
+
+def load_run_suite(run_dir: str | Path, name: str) -> SuiteSpec:
+    """The suite a run's spec names: the run directory's own file when it holds one of that name
+    (a scored run keeps the prompts its images answer there), else a registered name or a path."""
+    own = Path(run_dir) / name
+    if name == Path(name).name and own.is_file():
+        return load_suite_file(own)
+    return load_suite(name)
 
 
 @lru_cache(maxsize=None)
@@ -208,7 +213,7 @@ def load_attributes(path: str | None = None) -> dict[str, AttributeSpec]:
     try:
         return {name: AttributeSpec.model_validate(spec) for name, spec in doc["attributes"].items()}
     except (KeyError, ValidationError) as exc:
-        msg = _validation_message(exc) if isinstance(exc, ValidationError) else "missing 'attributes'"
+        msg = validation_message(exc, AttributeSpec) if isinstance(exc, ValidationError) else "missing 'attributes'"
         raise UserError(f"invalid attributes file {p}: {msg}") from None
 
 

@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
-import difflib
+import inspect
 import sys
+import typing
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
-from fairbench.errors import UserError
+from pydantic import TypeAdapter, ValidationError
+
+from fairbench.errors import UserError, did_you_mean
 
 T = TypeVar("T")
 
 
-def did_you_mean(name: str, options: Iterable[str]) -> str:
-    """' Did you mean x, y?' for the options closest to a misspelt name ('' when none is close)."""
-    close = difflib.get_close_matches(name, list(options), n=3)
-    return f" Did you mean {', '.join(close)}?" if close else ""
+def bind_arguments(cls: Any, args: dict[str, Any], what: str) -> dict[str, Any]:
+    """`args` checked against `cls`'s constructor: names, required ones, and each value against its annotation."""
+    params = {n: p for n, p in inspect.signature(cls).parameters.items()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key in args:
+        if key not in params:
+            accepted = ", ".join(params) or "none"
+            raise UserError(f"{what} has no argument {key!r}.{did_you_mean(key, params)} Arguments: {accepted}")
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in args]
+    if missing:
+        raise UserError(f"{what} needs the argument(s) {', '.join(missing)}")
+    hints = typing.get_type_hints(cls.__init__)
+    bound = {}
+    for key, value in args.items():
+        if key not in hints:
+            bound[key] = value
+            continue
+        try:  # strict: a YAML/CLI value is already typed, so "5" for an int or 1 for a bool is a mistake
+            bound[key] = TypeAdapter(hints[key]).validate_python(value, strict=True)
+        except ValidationError as exc:
+            expected = getattr(hints[key], "__name__", None) or str(hints[key])
+            raise UserError(f"{what}: argument {key}={value!r} must be {expected} "
+                            f"({exc.errors()[0]['msg'].lower()})") from None
+    return bound
 
 
 @dataclass
@@ -82,12 +105,12 @@ class Registry(Generic[T]):
         return self.entry(name).obj
 
     def build(self, name: str, args: dict[str, Any] | None = None) -> Any:
-        """Instantiate the class registered under `name`; bad arguments become a UserError."""
+        """Instantiate the class registered under `name` with arguments bound and type-checked first.
+
+        Only the binding is a user error: a TypeError or ValueError raised inside the constructor is a bug.
+        """
         cls = self.get(name)
-        try:
-            return cls(**(args or {}))  # type: ignore[operator]
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"{self.kind} {name!r}: {exc}") from None
+        return cls(**bind_arguments(cls, args or {}, f"{self.kind} {name!r}"))  # type: ignore[operator]
 
     def __iter__(self) -> Iterator[Entry[T]]:
         self._load_plugins()

@@ -27,8 +27,8 @@ from fairbench.errors import UserError
 from fairbench.faces import DETECTORS
 from fairbench.generation.engine import run_generation
 from fairbench.generation.manifest import MANIFEST, consolidate
-from fairbench.io import (atomic_write_bytes, atomic_write_json, check_writable_target, ensure_writable_dir,
-                          read_jsonl, remove_stale_temp_files, run_lock, sha256_file)
+from fairbench.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable_target,
+                          ensure_writable_dir, read_jsonl, remove_stale_temp_files, run_lock, sha256_file)
 from fairbench.labels import LABELS, label_images
 from fairbench.methods import build_method
 from fairbench.methods.base import MethodContext
@@ -39,7 +39,7 @@ from fairbench.models.backend import SamplingParams
 from fairbench.outputs.rundir import (METRICS_JSON, RUN_JSON, git_sha, hardware, library_versions, read_json,
                                       write_run_json)
 from fairbench.outputs.tables import write_tables
-from fairbench.prompts import SUITES, load_suite
+from fairbench.prompts import SUITES, load_run_suite, load_suite
 from fairbench.units import make_units
 
 
@@ -168,6 +168,7 @@ def run_one(cfg: RunConfig) -> RunOutcome:
     # run leaves nothing behind, and a run that never made an image cannot block its --out
     check_writable_target(run_dir)
     check_resume(run_dir, cfg)
+    check_quality_settings(cfg, len(suite.select(cfg.split, cfg.limit)) * cfg.n)
     device = resolve_device(cfg.device)
     method = build_method(cfg.method, cfg.method_args)
     detector, classifier = build_labellers(cfg, device)
@@ -221,6 +222,19 @@ def run_one(cfg: RunConfig) -> RunOutcome:
         return RunOutcome(run_dir, metrics)
 
 
+def check_quality_settings(cfg: RunConfig, n_images: int) -> None:
+    """Refuse, before any image exists, quality settings that would fail once the images are made."""
+    from fairbench.metrics.features import resolve_extractor
+    from fairbench.metrics.quality import list_images
+
+    if not cfg.reference:
+        return
+    resolve_extractor(cfg.extractor, cfg.classifier)
+    list_images(cfg.reference)
+    if n_images < 2:
+        raise UserError(f"--reference needs at least 2 images in the run for a distance; this run makes {n_images}")
+
+
 def build_labellers(cfg: RunConfig, device: str) -> tuple[Any, Any]:
     """(face detector, attribute classifier) of a run config."""
     detector = DETECTORS.get(cfg.detector)(device=device)
@@ -247,7 +261,7 @@ def label_and_evaluate(run_dir: Path, rows: list[dict[str, Any]], record: dict[s
 
 def evaluate_run(run_dir: Path, labels: pd.DataFrame, classifier: Any, cfg: RunConfig) -> dict[str, Any]:
     """Metrics and tables from labels; prompt order from the suite."""
-    suite = load_suite(cfg.suite)
+    suite = load_run_suite(run_dir, cfg.suite)
     prompts = suite.select(cfg.split, cfg.limit)
     prompt_ids = [p.id for p in prompts]
     specs = classifier.specs()
@@ -269,14 +283,12 @@ def quality_run(run_dir: Path, reference: str | None, extractor: str = "auto",
                 clip_revision: str | None = None, batch_size: int = 64, device: str = "cpu") -> dict[str, Any]:
     """Add image quality (FD/KID against `reference`) and CLIP score to a finished run's metrics.json."""
     from fairbench.metrics.clipscore import CLIPScorer, clip_score_run
-    from fairbench.metrics.features import build_extractor
+    from fairbench.metrics.features import build_extractor, resolve_extractor
     from fairbench.metrics.quality import quality
 
     metrics = read_json(run_dir / METRICS_JSON)
     if reference:
-        if extractor == "auto":
-            spec = read_json(run_dir / RUN_JSON)["spec"]
-            extractor = "synthface" if spec.get("classifier") == "synthface" else "inception"
+        extractor = resolve_extractor(extractor, read_json(run_dir / RUN_JSON)["spec"].get("classifier"))
         q = quality(run_dir, reference, build_extractor(extractor, extractor_args), batch_size)
         metrics.setdefault("quality", {})[q["name"]] = q
     if clip_model:
@@ -312,6 +324,67 @@ def verified_rows(run_dir: Path) -> list[dict[str, Any]]:
             raise UserError(f"{path} is missing or does not match its manifest sha256: re-run `fairbench run` "
                             "with this run's settings to regenerate it")
     return rows
+
+
+def score_run(images_dir: Path, prompts_file: Path, cfg: RunConfig, suite: str | None = None,
+              model: str | None = None, method: str | None = None) -> RunOutcome:
+    """Import images another system made (checked first, all of them), then label and evaluate them
+    exactly like a generated run; a second call on the same folder resumes."""
+    import yaml
+
+    from fairbench.generation.external import RUN_SUITE, manifest_row, read_external
+    from fairbench.generation.manifest import Manifest, completed_rows
+    from fairbench.io import sha256_bytes
+
+    found = read_external(images_dir, prompts_file, suite, model, method)
+    cfg = cfg.model_copy(update={"model": found.model, "method": found.method, "suite": RUN_SUITE, "split": "all",
+                                 "limit": None, "n": found.n}).with_model_defaults()
+    run_dir = Path(cfg.out) if cfg.out else Path("runs") / f"score-{slug(found.model)}-{slug(prompts_file.stem)}"
+    suite_text = yaml.safe_dump(found.suite.model_dump(exclude_defaults=True), sort_keys=False, allow_unicode=True)
+    check_writable_target(run_dir)
+    check_resume(run_dir, cfg)
+    check_same_suite(run_dir, suite_text)
+    detector, classifier = build_labellers(cfg, resolve_device(cfg.device))
+    ensure_writable_dir(run_dir)
+    with run_lock(run_dir):
+        remove_stale_temp_files(run_dir)
+        check_resume(run_dir, cfg)
+        check_same_suite(run_dir, suite_text)
+        atomic_write_text(run_dir / RUN_SUITE, suite_text)
+        record: dict[str, Any] = {
+            "fairbench_version": __version__, "git_sha": git_sha(), "spec": cfg.model_dump(), "source": "external",
+            "suite": {"name": found.suite.name, "version": found.suite.version,
+                      "file_sha256": sha256_file(run_dir / RUN_SUITE)},
+            "model": {"source": "external", "name": found.model, "weights_fingerprint": None},
+            "method": {"name": found.method, "source": "external"}, "sampling": {}, "n_units": len(found.images),
+            "images_from": {"prompts_file": prompts_file.name, "sha256": sha256_file(prompts_file)},
+            "versions": library_versions(), "hardware": hardware(), "status": "importing",
+        }
+        write_run_json(run_dir, record)
+        done = completed_rows(run_dir)
+        manifest, imported = Manifest(run_dir / MANIFEST), 0
+        for item in found.images:
+            sha = sha256_bytes(item.data)
+            if done.get(item.key, {}).get("sha256") == sha and done[item.key]["image"] == item.image:
+                continue
+            atomic_write_bytes(run_dir / item.image, item.data)
+            manifest.append([manifest_row(item, sha, found.model, found.method)])
+            imported += 1
+        rows = consolidate(run_dir, [e.key for e in found.images])
+        record["generation"] = {"imported_now": imported, "already_done": len(found.images) - imported}
+        record["status"] = "labelling"
+        write_run_json(run_dir, record)
+        metrics = label_and_evaluate(run_dir, rows, record, cfg, detector, classifier)
+    return RunOutcome(run_dir, metrics)
+
+
+def check_same_suite(run_dir: Path, suite_text: str) -> None:
+    """Refuse to score other prompts into a folder that holds a scored run."""
+    from fairbench.generation.external import RUN_SUITE
+
+    path = run_dir / RUN_SUITE
+    if path.is_file() and any(run_dir.glob("manifest*.jsonl")) and path.read_text(encoding="utf-8") != suite_text:
+        raise UserError(f"{run_dir} holds scored images of other prompts ({path} differs); choose another --out")
 
 
 def merge_run(shard_dirs: list[Path], out: Path, progress: bool = True) -> RunOutcome:

@@ -36,7 +36,74 @@ CASES = {
     "check alpha out of range": lambda t: ["check", str(t), "--against", str(t), "--alpha", "-1"],
     "compare n-boot zero": lambda t: ["compare", str(t), "--baseline", str(t), "--n-boot", "0"],
     "plan not found": lambda t: ["plan", str(t / "nope.yaml")],
+    # names and numbers of `run`
+    "run method typo": lambda t: [*RUN, "--method", "fairmp"],
+    "run model typo": lambda t: [*RUN, "--model", "synthfac"],
+    "run suite typo": lambda t: [*RUN, "--suite", "ocupations"],
+    "run classifier typo": lambda t: [*RUN, "--classifier", "synthfac"],
+    "run detector typo": lambda t: [*RUN, "--detector", "mtcn"],
+    "run limit 0": lambda t: [*RUN, "--limit", "0"],
+    "run n 0": lambda t: ["run", "--n", "0", "--limit", "1"],
+    "run steps 0": lambda t: [*RUN, "--steps", "0"],
+    "run batch size 0": lambda t: [*RUN, "--batch-size", "0"],
+    "run shard 3/2": lambda t: [*RUN, "--shard", "3/2"],
+    "run shard not i/N": lambda t: [*RUN, "--shard", "x"],
+    "run negative guidance": lambda t: [*RUN, "--guidance-scale", "-1"],
+    "run ci-level 2": lambda t: [*RUN, "--ci-level", "2"],
+    "run n-boot 0": lambda t: [*RUN, "--n-boot", "0"],
+    "run negative seed": lambda t: [*RUN, "--seed", "-1"],
+    "run reference missing": lambda t: [*RUN, "--reference", str(t / "nope")],
+    "run unknown flag": lambda t: ["run", "--nn", "3"],
+    # method and classifier arguments, bound against the constructor's signature
+    "method-arg without =": lambda t: [*RUN, "--method-arg", "steps"],
+    "method-arg of the wrong type": lambda t: [*RUN, "--method", "fairmap", "--method-arg", "attributes=5"],
+    "method-arg name typo": lambda t: [*RUN, "--method", "uce", "--method-arg", "lamda=1"],
+    "method-arg bool for a float": lambda t: [*RUN, "--method", "fairmap", "--method-arg", "lr=true"],
+    "method-arg for a method without arguments": lambda t: [*RUN, "--method-arg", "a=1"],
+    "classifier-arg name typo": lambda t: [*RUN, "--classifier-arg", "weigths=x"],
+    # suite files
+    "suite template positional field": lambda t: [*RUN, "--suite", _suite(t, "{0} {occupation}")],
+    "suite template unmatched brace": lambda t: [*RUN, "--suite", _suite(t, "a photo of { {occupation}")],
+    "suite template attribute access": lambda t: [*RUN, "--suite", _suite(t, "{occupation.__class__.__mro__}")],
+    "suite template unknown variable": lambda t: [*RUN, "--suite", _suite(t, "a photo of a {job}")],
+    "suite id with a trailing newline": lambda t: [*RUN, "--suite", _suite(t, "a {occupation}", ("nurse\n",))],
+    "suite ids that differ in case": lambda t: [*RUN, "--suite", _suite(t, "a {occupation}", ("nurse", "Nurse"))],
+    "suite duplicate ids": lambda t: [*RUN, "--suite", _suite(t, "a {occupation}", ("nurse", "nurse"))],
+    "suite id that is a path": lambda t: [*RUN, "--suite", _suite(t, "a {occupation}", ("../x",))],
+    "suite truncated YAML": lambda t: [*RUN, "--suite", _config(t, b"name: [s\n")],
+    "suite file missing": lambda t: [*RUN, "--suite", str(t / "nope.yaml")],
+    # train and synthface
+    "train a method with nothing to train": lambda t: ["train", "--method", "vanilla", "--out", str(t / "ck")],
+    "train steps 0": lambda t: ["train", "--method", "fairmap", "--method-arg", "steps=0", "--out", str(t / "ck")],
+    "train suite typo": lambda t: ["train", "--method", "fairmap", "--suite", "ocupations", "--out", str(t / "ck")],
+    "synthface train-classifier steps 0": lambda t: ["synthface", "train-classifier", "--steps", "0",
+                                                     "--out", str(t / "c")],
+    "synthface install from a missing folder": lambda t: ["synthface", "install", "--model-dir", str(t / "nope")],
+    "synthface grid of a missing model": lambda t: ["synthface", "grid", "--model", str(t / "nope"),
+                                                    "--out", str(t / "g.png")],
+    "synthface subcommand typo": lambda t: ["synthface", "trian"],
+    # plans, references, weights
+    "plan is a list": lambda t: ["plan", _config(t, b"[1, 2]")],
+    "plan key typo": lambda t: ["plan", _plan(t, models="modles")],
+    "plan method typo": lambda t: ["plan", _plan(t, methods="[{method: vanilla}, {method: fairmp}]"), "--dry-run"],
+    "plan without methods": lambda t: ["plan", _plan(t, methods="[]")],
+    "fetch-inception into a directory": lambda t: ["fetch-inception", str(t)],
+    "fetch-inception over another file": lambda t: ["fetch-inception", _config(t, b"not inception")],
+    "check against a missing reference": lambda t: ["check", str(t), "--against", str(t / "nope.json")],
 }
+
+
+def _suite(tmp_path: Path, template: str, ids: tuple[str, ...] = ("nurse",)) -> str:
+    import json
+
+    items = "".join(f"  - id: {json.dumps(i)}\n    vars: {{occupation: nurse}}\n" for i in ids)
+    return _config(tmp_path, f'name: s\ntemplate: "{template}"\nprompts:\n{items}'.encode())
+
+
+def _plan(tmp_path: Path, models: str = "models", method: str = "vanilla", methods: str | None = None) -> str:
+    methods = methods or f"[{{method: {method}}}]"
+    return _config(tmp_path, (f"name: p\nout: {tmp_path / 'plan'}\n{models}: [synthface]\n"
+                              f"suites: [{{name: t, suite: occupations, n: 1, limit: 1}}]\nmethods: {methods}\n").encode())
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +111,7 @@ def finished(tmp_path_factory) -> Path:
     """A small finished synthface run, and a copy whose metrics.json is empty."""
     base = tmp_path_factory.mktemp("bad-input")
     assert main([*RUN, "--limit", "2", "--out", str(base / "run")]) == 0
+    assert main([*RUN, "--out", str(base / "other")]) == 0  # another --limit: does not pair with "run"
     (base / "broken").mkdir()
     (base / "broken" / "run.json").write_text((base / "run" / "run.json").read_text())
     (base / "broken" / "metrics.json").write_text("{}")
@@ -80,6 +148,41 @@ RUN_CASES = {
     "quality reference of non-images": lambda b, t: ["quality", str(b / "run"), "--reference", str(b / "fake")],
     "check a schema-1 reference": lambda b, t: ["check", str(b / "run"), "--against",
                                                 _config(t, b'{"schema_version": 1, "metrics": {}}')],
+    "check a reference that is a list": lambda b, t: ["check", str(b / "run"), "--against", _config(t, b"[1, 2]")],
+    "check a reference of strings": lambda b, t: ["check", str(b / "run"), "--against",
+                                                  _config(t, b'{"schema_version": "x", "metrics": "y"}')],
+    "check a reference without higher_is_better": lambda b, t: ["check", str(b / "run"), "--against",
+                                                                _config(t, b'{"metrics": {"a": 1}}')],
+    "check a reference of broken JSON": lambda b, t: ["check", str(b / "run"), "--against", _config(t, b'{"a":')],
+    "check permutations 0": lambda b, t: ["check", str(b / "run"), "--against", str(b / "run"), "--permutations", "0"],
+    "run extractor typo": lambda b, t: [*RUN, "--reference", str(b / "run"), "--extractor", "incepton",
+                                        "--out", str(t / "o")],
+    "run reference of one image": lambda b, t: [*RUN, "--reference", str(b / "run"), "--out", str(t / "o")],
+    "merge a missing shard": lambda b, t: ["merge", str(t / "nope"), "--out", str(t / "m")],
+    "merge a run that is not a shard": lambda b, t: ["merge", str(b / "run"), "--out", str(t / "m")],
+    "merge into one of the shards": lambda b, t: ["merge", str(b / "run"), "--out", str(b / "run")],
+    "classify a missing run": lambda b, t: ["classify", str(t / "nope"), "--classifier", "synthface"],
+    "classify classifier typo": lambda b, t: ["classify", str(b / "run"), "--classifier", "synthfac"],
+    "classify unknown classifier-arg": lambda b, t: ["classify", str(b / "run"), "--classifier", "synthface",
+                                                     "--classifier-arg", "x=1"],
+    "classify fairface without weights": lambda b, t: ["classify", str(b / "run"), "--classifier", "fairface"],
+    "compare with a missing baseline": lambda b, t: ["compare", str(b / "run"), "--baseline", str(t / "nope")],
+    "compare runs that do not pair": lambda b, t: ["compare", str(b / "run"), "--baseline", str(b / "other")],
+    "compare extractor typo": lambda b, t: ["compare", str(b / "run"), "--baseline", str(b / "run"),
+                                            "--extractor", "clipp"],
+    "compare a folder that is not a run": lambda b, t: ["compare", str(t), "--baseline", str(b / "run")],
+    "reference of a missing run": lambda b, t: ["reference", str(t / "nope"), "--out", str(t / "r.json")],
+    "quality without reference or CLIP model": lambda b, t: ["quality", str(b / "run")],
+    "quality extractor typo": lambda b, t: ["quality", str(b / "run"), "--reference", str(b / "run"),
+                                            "--extractor", "incepton"],
+    "quality reference missing": lambda b, t: ["quality", str(b / "run"), "--reference", str(t / "nope")],
+    "quality of a missing run": lambda b, t: ["quality", str(t / "nope"), "--reference", str(b / "run")],
+    "quality CLIP model not cached": lambda b, t: ["quality", str(b / "run"), "--clip-model", "fairbench-tests/none"],
+    "report of a missing run": lambda b, t: ["report", str(t / "nope")],
+    "report with a missing baseline": lambda b, t: ["report", str(b / "run"), "--baseline", str(t / "nope")],
+    "report of a folder that is not a run": lambda b, t: ["report", str(t)],
+    "leaderboard of a missing run": lambda b, t: ["leaderboard", str(t / "nope"), "--out", str(t / "x.csv")],
+    "make-tiny-sd over a file": lambda b, t: ["make-tiny-sd", str(b / "run" / "run.json")],
 }
 
 

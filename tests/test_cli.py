@@ -45,7 +45,7 @@ def _bad_cases(tmp: Path, tiny_sd: Path) -> dict[str, tuple[list[str], str]]:
         "bad shard": (["run", "--model", str(tiny_sd), "--shard", "2/2", *base], "shard must be i/N"),
         "bad method arg": (["run", "--model", str(tiny_sd), "--method-arg", "strength", *base], "KEY=VALUE"),
         "unknown classifier arg": (["run", "--model", str(tiny_sd), "--classifier-arg", "foo=1", *base],
-                                   "unexpected"),
+                                   "has no argument"),
         "bad flag": (["run", "--nn", "3"], "unrecognized arguments"),
         "report of missing dir": (["report", str(tmp / "nowhere")], "run directory not found"),
     }

@@ -139,3 +139,31 @@ def test_clip_templates_override_and_errors(tiny_clip, tmp_path):
         build_classifier("clip", {"model": str(path), "attributes": "gender", "templates": str(tpl)})
     with pytest.raises(UserError, match="cannot load CLIP model"):
         build_classifier("clip", {"model": str(tmp_path / "nothing-here")})
+
+
+def test_synthface_labels_with_one_network_pass_per_image(monkeypatch):
+    """On synthface the detector and classifier are one network: label_batch runs it once per image,
+    and the labels equal those of separate passes."""
+    import fairbench.classifiers.synthface as synthface_classifier
+    import fairbench.synthface.classifier as net_module
+    from fairbench.classifiers.synthface import SynthFaceClassifier
+    from fairbench.faces.synthface import SynthFaceDetector
+    from fairbench.labels import label_batch
+    from fairbench.synthface.render import FaceSpec, render_face, render_negative
+
+    images = [Image.fromarray(render_face(FaceSpec("female", "dark", "young", fam), seed))
+              for seed, fam in enumerate(["healthcare", "trades", "office", "food"])]
+    images.append(Image.fromarray(render_negative(7)))
+    detector, classifier = SynthFaceDetector(), SynthFaceClassifier()
+    assert detector.net is classifier.net
+    separate_faces = [d is not None for d in detector.detect(images)]
+    separate = net_module.predict_all(classifier.net, np.stack([np.asarray(im) for im in images]))
+    seen: list[int] = []
+    real = net_module.predict_all
+    monkeypatch.setattr(net_module, "predict_all", lambda net, arr, **kw: seen.append(len(arr)) or real(net, arr, **kw))
+    monkeypatch.setattr(synthface_classifier, "_LAST_BATCH", {})
+    records = label_batch(images, detector, classifier, margin=classifier.crop_margin)
+    assert seen == [len(images)]  # one pass over the five images; the classifier's crops reuse it
+    assert [r["face"] for r in records] == separate_faces and records[-1]["face"] is False
+    for r, g in zip(records[:4], separate["gender"][:4]):
+        assert r["p:gender:female"] == pytest.approx(float(g[1]), abs=1e-6)

@@ -9,6 +9,7 @@ import torch
 
 from conftest import run_args
 from fairbench.cli.main import main
+from fairbench.errors import UserError
 from fairbench.methods.fairmap import (FairMapConfig, KeywordDetector, MappingNetwork, fairness_loss,
                                        load_checkpoint, text_loss, token_distance, train_and_save)
 
@@ -43,7 +44,7 @@ def test_pooled_distance_compares_token_averages():
     # d = (0, 5), mean 2.5 -> loss 2 * 2.5^2 = 12.5; per token d = (1, 5) -> loss 2 * 2^2 = 8
     assert fairness_loss(v, g, "pooled").item() == pytest.approx(12.5)
     assert fairness_loss(v, g, "token").item() == pytest.approx(8.0)
-    with pytest.raises(ValueError, match="distance"):
+    with pytest.raises(UserError, match="distance"):
         FairMapConfig(distance="cosine")
 
 

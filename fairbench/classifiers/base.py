@@ -20,9 +20,8 @@ class AttributeClassifier:
     # margin around the detector's box (fraction of its size) that the classifier was trained on
     crop_margin: ClassVar[float] = 0.2
 
-    def __init__(self, **kwargs: Any) -> None:
-        if kwargs:
-            raise TypeError(f"unexpected argument(s): {', '.join(kwargs)}")
+    def __init__(self) -> None:
+        """No arguments: subclasses declare theirs in their own signature (the registry binds them)."""
 
     def specs(self) -> dict[str, AttributeSpec]:
         """Attribute definitions of the attributes this classifier predicts."""

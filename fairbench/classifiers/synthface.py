@@ -6,6 +6,9 @@ confusion matrices ship with the weights and drive the confusion-corrected share
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,15 +26,48 @@ def synthface_assets() -> str:
 
 
 def load_net(folder: str | None = None):
-    """(network, metadata) of the synthface classifier, with a clear error when it is missing."""
+    """(network, metadata) of the synthface classifier, with a clear error when it is missing.
+
+    One network per weights file, so that the detector and the classifier share it (and its memo)."""
+    folder = folder or synthface_assets()
+    weights = Path(folder) / "classifier.safetensors"
+    try:
+        stamp = weights.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    return _load_net(str(Path(folder).resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_net(folder: str, stamp: int | None):
     from fairbench.synthface.classifier import load_classifier
 
-    folder = folder or synthface_assets()
     try:
         return load_classifier(folder)
     except FileNotFoundError:
         raise UserError(f"synthface classifier weights not found in {folder} "
                         "(train them with `fairbench synthface train-classifier`)") from None
+
+
+# Per network: image digest -> every head's probabilities, for the last batch only. The detector and the
+# classifier are one network on synthface, so the classifier reuses the detector's pass over the same image.
+_LAST_BATCH: dict[int, dict[bytes, dict[str, np.ndarray]]] = {}
+
+
+def predict_heads(net: Any, images: list[Image.Image]) -> dict[str, np.ndarray]:
+    """Every head's probabilities for each image, running the network once per image across calls."""
+    from fairbench.synthface.classifier import predict_all
+
+    arr = images_to_array(images)
+    digests = [hashlib.blake2b(a.tobytes(), digest_size=16).digest() for a in arr]
+    memo = _LAST_BATCH.get(id(net), {})
+    todo = [i for i, d in enumerate(digests) if d not in memo]
+    if todo:
+        fresh = predict_all(net, arr[todo])
+        memo = {digests[i]: {k: v[j] for k, v in fresh.items()} for j, i in enumerate(todo)}
+        memo.update({d: _LAST_BATCH[id(net)][d] for d in digests if d in _LAST_BATCH.get(id(net), {})})
+        _LAST_BATCH[id(net)] = memo
+    return {k: np.stack([memo[d][k] for d in digests]) for k in memo[digests[0]]}
 
 
 def images_to_array(images: list[Image.Image], size: int = 32) -> np.ndarray:
@@ -55,11 +91,9 @@ class SynthFaceClassifier(AttributeClassifier):
 
     def predict(self, crops: list[Image.Image]) -> dict[str, np.ndarray]:
         """Probabilities of the fairness attributes and of the occupation family."""
-        from fairbench.synthface.classifier import predict_all
-
         if not crops:
             return {k: np.zeros((0, len(v))) for k, v in self.meta["groups"].items() if k != "face"}
-        probs = predict_all(self.net, images_to_array(crops))
+        probs = predict_heads(self.net, crops)
         return {k: v.astype(np.float64) for k, v in probs.items() if k != "face"}
 
     def auxiliary_groups(self) -> dict[str, list[str]]:

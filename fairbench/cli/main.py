@@ -21,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         import re
 
-        from fairbench.registry import did_you_mean
+        from fairbench.errors import did_you_mean
 
         m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if m:  # subcommands and `ls` kinds: name the closest choices
@@ -190,6 +190,22 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """fairbench score IMAGES --prompts FILE."""
+    from pathlib import Path
+
+    from fairbench.config import build_config
+    from fairbench.outputs.tables import print_summary
+    from fairbench.runner import score_run
+
+    cfg = build_config(classifier=args.classifier, detector=args.detector, device=args.device, n_boot=args.n_boot,
+                       ci_level=args.ci_level, out=args.out, progress=not args.no_progress,
+                       classifier_args=_key_values(args.classifier_arg, "--classifier-arg"))
+    outcome = score_run(Path(args.images), Path(args.prompts), cfg, args.suite, args.model, args.method)
+    print_summary(outcome.metrics, f"{args.images} scored into {outcome.run_dir}")
+    return 0
+
+
 def cmd_synthface(args: argparse.Namespace) -> int:
     """fairbench synthface train|train-classifier|grid."""
     from fairbench.cli.synthface import run_synthface
@@ -335,6 +351,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-arg", action="append", metavar="KEY=VALUE")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("score", help="score images any system made (a folder + a CSV/JSONL of image, prompt_id, "
+                                     "prompt) exactly like a generated run")
+    p.add_argument("images", help="folder of the images; the prompts file names them relative to it")
+    p.add_argument("--prompts", required=True, help="CSV or JSONL: image, prompt_id[, prompt, sample_idx, model, method]")
+    p.add_argument("--suite", help="match prompt ids against this suite (its reference counts and requested groups "
+                                   "apply; texts default to its own)")
+    p.add_argument("--model", help="model name of the images (default: the file's model column, else 'external')")
+    p.add_argument("--method", help="method name of the images (default: the file's method column, else 'external')")
+    p.add_argument("--classifier", help="default: the model's (synthface for synthface, else agegender)")
+    p.add_argument("--classifier-arg", action="append", metavar="KEY=VALUE")
+    p.add_argument("--detector", help="default: the model's (synthface for synthface, else mtcnn)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--n-boot", type=int, help="bootstrap replicates")
+    p.add_argument("--ci-level", type=float, help="interval level, e.g. 0.95")
+    p.add_argument("--out", help="run directory (default: runs/score-<model>-<prompts file>)")
+    p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("quality", help="FD/KID against a reference set and/or CLIP score, added to metrics.json")
     p.add_argument("run_dir")
     p.add_argument("--reference", help="image folder or run directory")
@@ -382,7 +414,7 @@ COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "leaderboard": c
             "make-tiny-sd": cmd_make_tiny_sd, "merge": cmd_merge, "classify": cmd_classify,
             "synthface": cmd_synthface, "quality": cmd_quality, "fetch-inception": cmd_fetch_inception,
             "check": cmd_check, "reference": cmd_reference, "train": cmd_train, "compare": cmd_compare,
-            "plan": cmd_plan}
+            "plan": cmd_plan, "score": cmd_score}
 
 
 def main(argv: list[str] | None = None) -> int:

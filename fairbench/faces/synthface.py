@@ -23,12 +23,11 @@ class SynthFaceDetector(FaceDetector):
 
     def detect(self, images: list[Image.Image]) -> list[Detection | None]:
         """Whole-image box where the face head says present."""
-        from fairbench.classifiers.synthface import images_to_array
-        from fairbench.synthface.classifier import predict_all
+        from fairbench.classifiers.synthface import predict_heads
 
         if not images:
             return []
-        p = predict_all(self.net, images_to_array(images))["face"][:, 1]
+        p = predict_heads(self.net, images)["face"][:, 1]
         return [Detection((0.0, 0.0, float(im.width), float(im.height)), float(q)) if q >= self.threshold else None
                 for im, q in zip(images, p)]
 

@@ -52,9 +52,7 @@ class Method:
     level: ClassVar[Level] = "none"
     source: ClassVar[str] = ""
 
-    def __init__(self, **kwargs: Any) -> None:
-        if kwargs:
-            raise TypeError(f"unexpected argument(s): {', '.join(kwargs)}")
+    def __init__(self) -> None:
         self.args: dict[str, Any] = {}
 
     def prepare(self, backend: DiffusersBackend, suite: Any, context: MethodContext | None = None) -> None:

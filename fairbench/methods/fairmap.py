@@ -111,12 +111,13 @@ class FairMapConfig:
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {sorted(DISTANCES)}, got {self.distance!r}")
+            raise UserError(f"fairmap: distance must be one of {sorted(DISTANCES)}, got {self.distance!r}")
         for name in ("steps", "depth"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise UserError(f"fairmap: {name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.lambda_fair < 0:
-            raise ValueError(f"lr must be positive and lambda_fair non-negative, got {self.lr} and {self.lambda_fair}")
+            raise UserError("fairmap: "
+                            f"lr must be positive and lambda_fair non-negative, got {self.lr} and {self.lambda_fair}")
 
 
 def training_texts(suite: SuiteSpec, attributes: list[str], split: str) -> tuple[list[str], dict[str, list[list[str]]]]:

@@ -39,6 +39,12 @@ class FeatureExtractor(nn.Module):
 def fetch_inception(dest: str | Path, url: str = INCEPTION_URL, hash_prefix: str = INCEPTION_SHA256_PREFIX) -> Path:
     """Download the FID Inception weights (torch-fidelity's file) to `dest`, checking the sha256 prefix."""
     dest = Path(dest)
+    if dest.is_dir():
+        raise UserError(f"{dest} is a directory: give the file to write the weights to")
+    if dest.exists():  # fetched before: verify instead of downloading again
+        if not sha256_file(dest).startswith(hash_prefix):
+            raise UserError(f"{dest} exists and is not the Inception weights (sha256 mismatch): remove it first")
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(dest), hash_prefix=hash_prefix, progress=False)
@@ -143,6 +149,15 @@ class DINOv2Extractor(FeatureExtractor):
 
 
 EXTRACTORS: Registry[type[FeatureExtractor]] = Registry("feature extractor")
+
+
+def resolve_extractor(name: str, classifier: str | None) -> str:
+    """The extractor a run uses: `auto` is synthface's own features on synthface runs, else Inception;
+    an unknown name is a UserError (before any work)."""
+    if name == "auto":
+        return "synthface" if classifier == "synthface" else "inception"
+    EXTRACTORS.entry(name)
+    return name
 EXTRACTORS.add("inception", InceptionExtractor, source="FID Inception-v3 (torch-fidelity weights, local path)")
 EXTRACTORS.add("synthface", SynthFaceExtractor, source="synthface classifier features (offline)")
 EXTRACTORS.add("clip", CLIPExtractor, source="CLIP image embeddings (hub id or path)")

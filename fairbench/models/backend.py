@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from fairbench.errors import UserError
-from fairbench.registry import did_you_mean
+from fairbench.errors import did_you_mean
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",

@@ -117,12 +117,10 @@ def compare_sides(run: Side, base: Side, n_boot: int = 1000, level: float = 0.95
 
 def quality_cost(run_dir: Path, baseline_dir: Path, extractor: str = "auto") -> dict[str, Any]:
     """FD and KID of the run's images against the baseline's images; a note instead when no extractor loads."""
-    from fairbench.metrics.features import build_extractor
+    from fairbench.metrics.features import build_extractor, resolve_extractor
     from fairbench.metrics.quality import quality
 
-    if extractor == "auto":
-        classifier = read_json(run_dir / RUN_JSON)["spec"].get("classifier")
-        extractor = "synthface" if classifier == "synthface" else "inception"
+    extractor = resolve_extractor(extractor, read_json(run_dir / RUN_JSON)["spec"].get("classifier"))
     try:
         q = quality(run_dir, baseline_dir, build_extractor(extractor, None))
     except UserError as exc:
@@ -154,8 +152,11 @@ def compare_runs(run_dir: str | Path, baseline_dir: str | Path, extractor: str =
     """Compare a run with its baseline and write compare.json, tables/compare.csv and figures/compare.png."""
     from fairbench.outputs.plots import plot_paired_changes
 
+    from fairbench.metrics.features import resolve_extractor
+
     d, b = Path(run_dir), Path(baseline_dir)
     run, base = run_side(d), run_side(b)
+    resolve_extractor(extractor, None)  # a misspelt extractor is refused before anything is written
     s = run.metrics.get("settings", {})
     result = compare_sides(run, base, n_boot or s.get("n_boot", 1000), level or s.get("level", 0.95),
                            s.get("seed", 0))

@@ -83,7 +83,7 @@ def unit_table(labels: pd.DataFrame, manifest: list[dict[str, Any]], groups: dic
 def run_side(run_dir: str | Path) -> Side:
     """A finished run directory as one side of a pairing."""
     from fairbench.metrics.alignment import expected_families
-    from fairbench.prompts import load_suite
+    from fairbench.prompts import load_run_suite
 
     d = Path(run_dir)
     if not d.is_dir():
@@ -92,7 +92,7 @@ def run_side(run_dir: str | Path) -> Side:
     if not (d / LABELS).is_file():
         raise UserError(f"{d} has no {LABELS}: label it first (fairbench classify)")
     spec = record["spec"]
-    prompts = load_suite(spec["suite"]).select(spec["split"], spec.get("limit"))
+    prompts = load_run_suite(d, spec["suite"]).select(spec["split"], spec.get("limit"))
     labels = pd.read_parquet(d / LABELS)
     # attributes in the classifier's order (the order of their label columns)
     attrs = sorted((a for a in metrics["attributes"] if "*" not in a and a in labels.columns),

@@ -18,14 +18,21 @@ RECONSTRUCTION_NOTE = ("> Fair Mapping's unpublished details (layers, loss form,
 def _run_header(run: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
     spec = run["spec"]
     method = run.get("method", {})
+    if run.get("source") == "external":  # scored images: no sampling settings or seeds of ours
+        made = [f"- images: made elsewhere by `{spec['model']}` / `{spec['method']}`, imported from "
+                f"`{run['images_from']['prompts_file']}` (`fairbench score`)",
+                f"- suite: `{run['suite']['name']}`, the {spec['n']} or fewer images per prompt the file lists"]
+    else:
+        made = [f"- method: `{spec['method']}` (level: {method.get('level')}; {method.get('source') or 'n/a'})",
+                f"- model: `{run['model']['source']}` ({run['model']['pipeline']}, {run['model']['scheduler']}, "
+                f"{run['model']['dtype']}), {spec['steps']} steps, guidance {spec['guidance_scale']}",
+                f"- suite: `{run['suite']['name']}` v{run['suite']['version']}, split {spec['split']}"
+                + (f", first {spec['limit']} prompts" if spec.get("limit") else "")
+                + f", {spec['n']} images per prompt, seed {spec['seed']}"]
     lines = [
         f"# fairbench report: {spec['method']} on {spec['model']}",
         "",
-        f"- method: `{spec['method']}` (level: {method.get('level')}; {method.get('source') or 'n/a'})",
-        f"- model: `{run['model']['source']}` ({run['model']['pipeline']}, {run['model']['scheduler']}, "
-        f"{run['model']['dtype']}), {spec['steps']} steps, guidance {spec['guidance_scale']}",
-        f"- suite: `{run['suite']['name']}` v{run['suite']['version']}, split {spec['split']}"
-        + (f", first {spec['limit']} prompts" if spec.get("limit") else "") + f", {spec['n']} images per prompt, seed {spec['seed']}",
+        *made,
         f"- classifier: `{metrics.get('classifier')}`; face detector: `{spec['detector']}`",
         f"- images: {metrics['n_images']}, faces: {metrics['n_faces']}, no-face rate: {metrics['no_face_rate']:.1%}, "
         f"NSFW-flagged: {metrics['nsfw_flagged']}",

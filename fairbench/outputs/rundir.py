@@ -62,7 +62,10 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{path} not found: is {path.parent} a fairbench run directory?") from None
+        hint = f": is {path.parent} a fairbench run directory?" if path.name in (RUN_JSON, METRICS_JSON) else ""
+        raise UserError(f"{path} not found{hint}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a JSON file") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
 
