@@ -74,6 +74,7 @@ class FairDiffusion(Method):
     """SEGA guidance towards a uniformly drawn group per image."""
 
     level = "guidance"
+    architectures = ("sd", "sdxl")
     source = "Friedrich et al., Fair Diffusion (2023; ml-research/Fair-Diffusion, SEGA guidance)"
 
     def __init__(self, attributes: str = "gender", edit_guidance_scale: float = 4.0, edit_warmup_steps: int = 5,
@@ -94,12 +95,14 @@ class FairDiffusion(Method):
                                      "edit_momentum_scale": self.mom_scale, "edit_mom_beta": self.mom_beta,
                                      "editing_prompts": self.edit_texts, "reverse": reverse}
         self.edit_embeds: torch.Tensor | None = None
+        self.edit_pooled: torch.Tensor | None = None  # SDXL: the editing prompts' pooled embeddings
 
     def prepare(self, backend: DiffusersBackend, suite: Any, context: MethodContext | None = None) -> None:
         """Encode the editing prompts once."""
         if context is not None and context.params is not None and context.params.guidance_scale <= 1.0:
             raise UserError("fairdiffusion needs classifier-free guidance (--guidance-scale > 1)")
-        self.edit_embeds = backend.encode(self.edit_texts, guidance_scale=0.0).prompt_embeds
+        edits = backend.encode(self.edit_texts, guidance_scale=0.0)
+        self.edit_embeds, self.edit_pooled = edits.prompt_embeds, edits.pooled
 
     def generate(self, backend: DiffusersBackend, cond: Conditioning, generators: list[torch.Generator],
                  params: SamplingParams, units: list[WorkUnit]) -> tuple[list[Any], list[bool]]:
@@ -112,7 +115,7 @@ class FairDiffusion(Method):
         original = unet.forward
         signs = edit_signs([u.seed for u in units], self.sizes, self.reverse)
         state: dict[str, torch.Tensor] = {}
-        edit_embeds = self.edit_embeds
+        edit_embeds, edit_pooled = self.edit_embeds, self.edit_pooled
 
         def forward(sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
             out = original(sample, timestep, encoder_hidden_states, *args, **kwargs)
@@ -121,7 +124,13 @@ class FairDiffusion(Method):
             e = edit_embeds.to(device=sample.device, dtype=encoder_hidden_states.dtype)
             x = sample[b:].repeat(e.shape[0], *[1] * (sample.dim() - 1))
             ctx = e.repeat_interleave(b, dim=0)
-            eps_edit = original(x, timestep, ctx, *args, **kwargs)
+            edit_kwargs = dict(kwargs)
+            added = kwargs.get("added_cond_kwargs")
+            if added:  # SDXL: each editing prompt brings its pooled embedding; the image's time ids stay
+                edit_kwargs["added_cond_kwargs"] = {
+                    "text_embeds": edit_pooled.to(sample.device, added["text_embeds"].dtype).repeat_interleave(b, 0),
+                    "time_ids": added["time_ids"][b:].repeat(e.shape[0], 1)}
+            eps_edit = original(x, timestep, ctx, *args, **edit_kwargs)
             eps_edit = (eps_edit[0] if isinstance(eps_edit, tuple) else eps_edit.sample).view(e.shape[0], b, *pred.shape[1:])
             u, c = pred[:b], pred[b:]
             hits = (scheduler.timesteps == timestep).nonzero()

@@ -68,6 +68,7 @@ class UCE(Method):
     """Closed-form debiasing edit of the cross-attention projections, iterated against measured ratios."""
 
     level = "weights"
+    architectures = ("sd", "sdxl")
     source = "Gandikota et al., Unified Concept Editing (WACV 2024; rohitgandikota/unified-concept-editing)"
 
     def __init__(self, attributes: str = "gender", lam: float = 0.5, erase_scale: float = 1.0,

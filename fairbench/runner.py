@@ -30,7 +30,7 @@ from fairbench.generation.manifest import MANIFEST, consolidate
 from fairbench.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable_target,
                           ensure_writable_dir, read_jsonl, remove_stale_temp_files, run_lock, sha256_file)
 from fairbench.labels import LABELS, label_images
-from fairbench.methods import build_method
+from fairbench.methods import build_method, check_architecture
 from fairbench.methods.base import MethodContext
 from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
@@ -173,6 +173,7 @@ def run_one(cfg: RunConfig) -> RunOutcome:
     method = build_method(cfg.method, cfg.method_args)
     detector, classifier = build_labellers(cfg, device)
     backend = load_backend(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler)
+    check_architecture(cfg.method, method, backend)
     check_same_weights(run_dir, backend.fingerprint)
     params = SamplingParams(cfg.steps, cfg.guidance_scale, cfg.height, cfg.width, cfg.negative_prompt)
     backend.check_sampling(params)

@@ -102,7 +102,8 @@ def test_debiasvl_applies_p_to_every_prompt_token(tiny_sd, suite):
     backend = load_backend(str(tiny_sd))
     m = DebiasVL()
     m.prepare(backend, suite)
-    diffs = m.pair_differences(backend)
+    diffs, pooled = m.pair_differences(backend)
+    assert pooled is None and m.pooled_projection is None  # SD 1.x has no pooled embedding
     n_train = len(suite.select("train"))
     assert diffs.shape == (n_train, backend.encode(["x"], guidance_scale=0).prompt_embeds.shape[-1])
     cond = backend.encode(["a photo of the face of a nurse"], "", 7.5)

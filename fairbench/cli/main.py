@@ -159,8 +159,8 @@ def cmd_make_tiny_sd(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"{args.dir} is not empty: give a new folder for the tiny pipeline")
-    make_tiny_sd(ensure_writable_dir(out), seed=args.seed)
-    print(f"tiny random Stable Diffusion pipeline written to {args.dir}")
+    make_tiny_sd(ensure_writable_dir(out), seed=args.seed, arch=args.arch)
+    print(f"tiny random {args.arch} pipeline written to {args.dir}")
     return 0
 
 
@@ -235,16 +235,13 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """fairbench train --method fairmap --model M --out DIR."""
+    import json
     from pathlib import Path
 
-    import json
-
-    from fairbench.methods import build_method
+    from fairbench.methods import build_method, check_architecture
     from fairbench.methods.fairmap import train_and_save
-    from fairbench.models import load_backend
+    from fairbench.models import load_backend, resolve_device
     from fairbench.prompts import load_suite
-
-    from fairbench.models import resolve_device
 
     method = build_method(args.method, _key_values(args.method_arg, "--method-arg"))  # an unknown name fails here
     if args.method != "fairmap":
@@ -252,6 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file: give a folder for the checkpoint")
     backend = load_backend(args.model, dtype=args.dtype, device=resolve_device(args.device))
+    check_architecture(args.method, method, backend)
     out = train_and_save(backend, load_suite(args.suite or method.train_suite), method.cfg, Path(args.out))
     meta = json.loads((out / "mapping.json").read_text())
     t = meta["training"]
@@ -338,9 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explicit-prompt runs; their adherence joins the run of the same method, arguments and model")
     p.add_argument("--attributes", help="only these attributes, e.g. gender,skin_tone")
     p.add_argument("--markdown", metavar="FILE", help="also write a compact markdown table")
-    p = sub.add_parser("make-tiny-sd", help="write a tiny random Stable Diffusion pipeline (tests, smoke runs)")
+    p = sub.add_parser("make-tiny-sd", help="write a tiny random text-to-image pipeline (tests, smoke runs)")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sd3"), default="sd1",
+                   help="sd1 (default), sd2 (v-prediction), sdxl (two text encoders, pooled), sd3 (transformer)")
     p = sub.add_parser("merge", help="merge shard runs (--shard i/N) into one run and score it")
     p.add_argument("shard_dirs", nargs="+")
     p.add_argument("--out", required=True)

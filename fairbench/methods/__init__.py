@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fairbench.errors import UserError
 from fairbench.methods.base import LEVELS, Method, MethodContext
 from fairbench.methods.fairmap import FairMapping
 from fairbench.methods.vanilla import Vanilla
@@ -29,4 +30,14 @@ def build_method(name: str, args: dict[str, Any] | None = None) -> Method:
     return METHODS.build(name, args)
 
 
-__all__ = ["METHODS", "Method", "MethodContext", "build_method", "register_method"]
+def check_architecture(name: str, method: Method, backend: Any) -> None:
+    """Refuse, before anything is prepared or generated, a method that cannot act on this pipeline."""
+    if backend.arch in method.architectures:
+        return
+    able = [e.name for e in METHODS if backend.arch in e.obj.architectures]
+    raise UserError(f"method {name!r} ({method.level} level) cannot run on {type(backend.pipe).__name__} "
+                    f"(architecture {backend.arch!r}; it needs {' or '.join(method.architectures)}: a UNet "
+                    f"conditioned on token states). On this pipeline: {', '.join(able)}")
+
+
+__all__ = ["METHODS", "Method", "MethodContext", "build_method", "check_architecture", "register_method"]

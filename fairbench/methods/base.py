@@ -51,6 +51,9 @@ class Method:
 
     level: ClassVar[Level] = "none"
     source: ClassVar[str] = ""
+    # pipeline interfaces the method can act on (fairbench.models.backend.ARCHITECTURES); methods that
+    # touch embeddings, weights or the denoising loop need a UNet conditioned on token states
+    architectures: ClassVar[tuple[str, ...]] = ("sd", "sdxl", "other")
 
     def __init__(self) -> None:
         self.args: dict[str, Any] = {}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -136,7 +136,9 @@ def text_encoder_hash(backend: DiffusersBackend) -> str:
 
     Values are hashed at bfloat16 precision, so one encoder loaded in float32 or bfloat16 has one
     identity (a map trained in one precision applies in the other)."""
-    return weights_fingerprint({"": backend.text_encoder}, samples=None)
+    encoders = backend.text_encoders
+    # one encoder keeps the unprefixed hash that SD 1.x checkpoints were written with
+    return weights_fingerprint({"": backend.text_encoder} if len(encoders) == 1 else encoders, samples=None)
 
 
 def encode_all(backend: DiffusersBackend, texts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -181,6 +183,7 @@ class FairMapping(Method):
     """Map the prompt's conditioning token states with a trained M (bypassed for prompts naming a group)."""
 
     level = "embedding"
+    architectures = ("sd", "sdxl")
     source = SOURCE
 
     def __init__(self, checkpoint: str | None = None, attributes: str = "gender",
@@ -236,7 +239,9 @@ class FairMapping(Method):
                 self.bypassed += 1
                 continue
             pe[i] = net(pe[i].float()).to(dt)
-        return Conditioning(pe, cond.negative_prompt_embeds)
+        # SDXL: pe holds both encoders' token states, so the map reaches both; the pooled embedding (which
+        # enters through the time embedding, not cross-attention) passes unchanged: reconstruction choice
+        return replace(cond, prompt_embeds=pe)
 
 
 def checkpoint_meta(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig, stats: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,8 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from fairbench.errors import UserError
-from fairbench.errors import did_you_mean
+from fairbench.errors import UserError, did_you_mean
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -24,7 +24,22 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-FINGERPRINT_PARTS = ("unet", "text_encoder", "vae")
+FINGERPRINT_PARTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+# How fairbench reaches a pipeline's conditioning:
+#   sd    one text encoder, token states only (SD 1.x, SD 2.x, synthface);
+#   sdxl  two text encoders whose token states are concatenated, plus a pooled embedding and add_time_ids;
+#   other any other text-to-image pipeline: prompts in, images out (text-level methods only).
+ARCHITECTURES = ("sd", "sdxl", "other")
+
+
+def architecture(pipe: Any) -> str:
+    """Which conditioning interface a pipeline exposes (see ARCHITECTURES)."""
+    if getattr(pipe, "unet", None) is None or getattr(pipe, "text_encoder", None) is None:
+        return "other"
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl" if "pooled_prompt_embeds" in inspect.signature(pipe.__call__).parameters else "other"
+    return "sd" if "prompt_embeds" in inspect.signature(pipe.__call__).parameters else "other"
 
 
 @torch.no_grad()
@@ -67,13 +82,21 @@ class SamplingParams:
 
 @dataclass
 class Conditioning:
-    """Per-token text states the UNet cross-attends to, for the prompts and the negative prompt."""
+    """What the denoiser is conditioned on, for the prompts and the negative prompt.
 
-    prompt_embeds: torch.Tensor
+    `prompt_embeds`: per-token text states the UNet cross-attends to (SDXL: both encoders' states,
+    concatenated on the last axis). `pooled`: SDXL's pooled text embedding (text_encoder_2's
+    projection), None elsewhere. `texts`: for pipelines fairbench cannot condition by embeddings
+    (architecture "other"), the prompts themselves, and no embeddings."""
+
+    prompt_embeds: torch.Tensor | None
     negative_prompt_embeds: torch.Tensor | None
+    pooled: torch.Tensor | None = None
+    negative_pooled: torch.Tensor | None = None
+    texts: list[str] | None = None
 
     def __len__(self) -> int:
-        return self.prompt_embeds.shape[0]
+        return self.prompt_embeds.shape[0] if self.prompt_embeds is not None else len(self.texts or [])
 
 
 def read_model_index(folder: Path) -> dict[str, Any]:
@@ -98,6 +121,7 @@ class DiffusersBackend:
         self.source = source
         self.dtype = dtype
         self.device = device
+        self.arch = architecture(pipe)
         pipe.set_progress_bar_config(disable=True)
         # taken at load, before any weight-level method edits the model: the identity of what was loaded
         self.fingerprint = weights_fingerprint({k: m for k in FINGERPRINT_PARTS
@@ -137,9 +161,11 @@ class DiffusersBackend:
         # (hub unreachable, falling back to the cache) would add lines to a one-line error
         verbosity = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
+        # parts the folder lists as null (SD3 without its optional T5) load as None
+        absent = {k: None for k, v in index.items() if isinstance(v, list) and v[:2] == [None, None]}
         try:
             pipe = DiffusionPipeline.from_pretrained(str(local) if local.exists() else source, dtype=DTYPES[dtype],
-                                                     use_safetensors=True)
+                                                     use_safetensors=True, **absent)
         except (OSError, ValueError, EnvironmentError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
@@ -148,9 +174,11 @@ class DiffusersBackend:
             ) from None
         finally:
             diffusers_logging.set_verbosity(verbosity)
-        for part in ("unet", "text_encoder", "tokenizer"):
-            if getattr(pipe, part, None) is None:
-                raise UserError(f"model {source!r} is a {type(pipe).__name__} without a {part}: not a Stable Diffusion pipeline")
+        if "prompt" not in inspect.signature(pipe.__call__).parameters:
+            raise UserError(f"model {source!r} is a {type(pipe).__name__}, which takes no text prompt: "
+                            "not a text-to-image pipeline")
+        if getattr(pipe, "unet", None) is not None and getattr(pipe, "text_encoder", None) is None:
+            raise UserError(f"model {source!r} is a {type(pipe).__name__} without a text_encoder")
         backend = cls(pipe.to(device), source, dtype, device)
         if scheduler:
             backend.set_scheduler(scheduler)
@@ -169,7 +197,9 @@ class DiffusersBackend:
                 if value != size:
                     raise UserError(f"--{side} {value}: synthface draws {size} x {size} images only")
                 continue
-            factor = int(getattr(self.pipe, "vae_scale_factor", 8))
+            # a transformer denoiser also cuts the latent into patch_size x patch_size tokens
+            patch = int(getattr(getattr(getattr(self.pipe, "transformer", None), "config", None), "patch_size", 1) or 1)
+            factor = int(getattr(self.pipe, "vae_scale_factor", 8)) * patch
             if value % factor or not factor <= value <= MAX_SIDE:
                 raise UserError(f"--{side} {value}: must be a multiple of {factor} between {factor} and {MAX_SIDE} "
                                 f"for this pipeline")
@@ -189,8 +219,13 @@ class DiffusersBackend:
 
     @property
     def text_encoder(self) -> torch.nn.Module:
-        """The frozen text encoder."""
+        """The frozen (first) text encoder."""
         return self.pipe.text_encoder
+
+    @property
+    def text_encoders(self) -> dict[str, torch.nn.Module]:
+        """Every text encoder the pipeline has, by part name (SDXL: text_encoder and text_encoder_2)."""
+        return {k: m for k in TEXT_ENCODERS if isinstance(m := getattr(self.pipe, k, None), torch.nn.Module)}
 
     @property
     def tokenizer(self) -> Any:
@@ -201,9 +236,15 @@ class DiffusersBackend:
     def encode(self, texts: list[str], negative_prompt: str = "", guidance_scale: float = 7.5) -> Conditioning:
         """Token states for `texts` (and for the negative prompt when guidance is on)."""
         cfg = guidance_scale > 1.0
-        pe, ne = self.pipe.encode_prompt(
-            texts, self.device, 1, cfg, negative_prompt=[negative_prompt] * len(texts) if cfg else None
-        )
+        negative = [negative_prompt] * len(texts) if cfg else None
+        if self.arch == "other":
+            return Conditioning(None, None, texts=list(texts))
+        if self.arch == "sdxl":
+            pe, ne, pooled, neg_pooled = self.pipe.encode_prompt(
+                texts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+                negative_prompt=negative)
+            return Conditioning(pe, ne if cfg else None, pooled, neg_pooled if cfg else None)
+        pe, ne = self.pipe.encode_prompt(texts, self.device, 1, cfg, negative_prompt=negative)
         return Conditioning(pe, ne if cfg else None)
 
     def token_lengths(self, texts: list[str], max_length: int) -> list[int]:
@@ -216,9 +257,15 @@ class DiffusersBackend:
         self, cond: Conditioning, generators: list[torch.Generator], params: SamplingParams
     ) -> tuple[list[Image.Image], list[bool]]:
         """Sample one image per conditioning row, each from its own generator; return images and NSFW flags."""
+        if self.arch == "other":
+            negative = [params.negative_prompt] * len(cond) if params.negative_prompt else None
+            text: dict[str, Any] = {"prompt": cond.texts, "negative_prompt": negative}
+        else:
+            text = {"prompt_embeds": cond.prompt_embeds, "negative_prompt_embeds": cond.negative_prompt_embeds}
+            if self.arch == "sdxl":
+                text.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=cond.negative_pooled)
         out = self.pipe(
-            prompt_embeds=cond.prompt_embeds,
-            negative_prompt_embeds=cond.negative_prompt_embeds,
+            **text,
             num_inference_steps=params.steps,
             guidance_scale=params.guidance_scale,
             height=params.height,
@@ -234,6 +281,8 @@ class DiffusersBackend:
         return {
             "source": self.source,
             "pipeline": type(self.pipe).__name__,
+            "architecture": self.arch,
+            "prediction_type": getattr(self.pipe.scheduler.config, "prediction_type", None),
             "scheduler": type(self.pipe.scheduler).__name__,
             "dtype": self.dtype,
             "device": self.device,
@@ -244,4 +293,6 @@ class DiffusersBackend:
 
     def default_resolution(self) -> int:
         """Pixels per side the pipeline generates when height/width are not given."""
-        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
+        size = getattr(self.pipe, "default_sample_size", None) or denoiser.config.sample_size
+        return int(size * self.pipe.vae_scale_factor)
