@@ -41,6 +41,18 @@ def tiny_sd(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_pipelines(tmp_path_factory, tiny_sd) -> dict[str, Path]:
+    """Folders of tiny random pipelines of every architecture make-tiny-sd writes (sd1 is tiny_sd)."""
+    from fairbench.models.tiny import make_tiny_sd
+
+    out = {"sd1": tiny_sd}
+    for arch in ("sd2", "sdxl", "sd3"):
+        out[arch] = tmp_path_factory.mktemp(f"tiny-{arch}")
+        make_tiny_sd(out[arch], arch=arch)
+    return out
+
+
 def run_args(model: Path, out: Path, *extra: str) -> list[str]:
     """Common CLI arguments of a fast tiny-SD run."""
     return ["run", "--model", str(model), "--out", str(out), "--steps", "2", "--no-progress",

@@ -1,0 +1,193 @@
+"""Every method on SD 1.x, SD 2.x and SDXL; text-level methods on any other pipeline; clean refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fairbench.cli.main import main
+from fairbench.models import load_backend
+from fairbench.models.backend import Conditioning
+from conftest import run_args
+
+# small settings per method: enough to exercise each method's whole path on a tiny pipeline
+METHOD_ARGS = {
+    "vanilla": [],
+    "entigen": [],
+    "hardprompt": [],
+    "fairmap": ["--method-arg", "steps=20"],
+    "debiasvl": [],
+    "fairdiffusion": ["--method-arg", "edit_warmup_steps=1"],
+    "uce": ["--method-arg", "max_iterations=1", "--method-arg", "images_per_concept=2",
+            "--method-arg", "concepts_split=test"],
+}
+UNET_ARCHS = ("sd1", "sd2", "sdxl")
+
+
+def _images(run: Path) -> dict[str, str]:
+    return {r["key"]: r["sha256"] for r in map(json.loads, (run / "manifest.jsonl").read_text().splitlines())}
+
+
+def _run(model: Path, out: Path, method: str, *extra: str) -> None:
+    argv = run_args(model, out, "--method", method, *METHOD_ARGS[method], "--n", "2", "--limit", "2",
+                    "--steps", "3", "--no-baseline", *extra)
+    assert main(argv) == 0, argv
+
+
+@pytest.mark.parametrize("arch", UNET_ARCHS)
+@pytest.mark.parametrize("method", list(METHOD_ARGS))
+def test_every_method_runs_and_resumes_identically(tiny_pipelines, tmp_path, arch, method):
+    out = tmp_path / "run"
+    _run(tiny_pipelines[arch], out, method)
+    first = _images(out)
+    assert len(first) == 4
+    record = json.loads((out / "run.json").read_text())
+    assert record["model"]["architecture"] == ("sdxl" if arch == "sdxl" else "sd")
+    if arch == "sd2":
+        assert record["model"]["prediction_type"] == "v_prediction"
+    victim = out / "images" / "author" / "00001.png"  # a regenerated image equals the one it replaces
+    victim.unlink()
+    _run(tiny_pipelines[arch], out, method)
+    assert json.loads((out / "run.json").read_text())["generation"]["generated_now"] == 1
+    assert _images(out) == first
+
+
+def test_sdxl_vanilla_fixed_seed_same_images_sharded_and_in_another_batch(tiny_pipelines, tmp_path):
+    model = tiny_pipelines["sdxl"]
+    _run(model, tmp_path / "whole", "vanilla", "--batch-size", "4")
+    for i in range(2):
+        _run(model, tmp_path / f"s{i}", "vanilla", "--shard", f"{i}/2", "--batch-size", "1")
+    assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "merged"),
+                 "--no-progress"]) == 0
+    assert _images(tmp_path / "merged") == _images(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("method", ["vanilla", "entigen", "hardprompt"])
+def test_text_level_methods_run_on_a_transformer_pipeline(tiny_pipelines, tmp_path, method):
+    out = tmp_path / "run"
+    _run(tiny_pipelines["sd3"], out, method)
+    record = json.loads((out / "run.json").read_text())
+    assert record["model"]["pipeline"] == "StableDiffusion3Pipeline" and record["model"]["architecture"] == "other"
+    assert len(_images(out)) == 4
+    first = _images(out)
+    shutil.rmtree(out / "images" / "author")
+    _run(tiny_pipelines["sd3"], out, method)  # deterministic: the regenerated images are the same
+    assert _images(out) == first
+    if method == "hardprompt":  # the rewritten prompt reached the pipeline
+        rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+        assert all(r["prompt_used"] != r["prompt"] for r in rows)
+
+
+@pytest.mark.parametrize("method", ["fairmap", "debiasvl", "fairdiffusion", "uce"])
+def test_methods_that_need_a_unet_refuse_a_transformer_pipeline_before_generation(tiny_pipelines, tmp_path,
+                                                                                   capsys, method):
+    out = tmp_path / "run"
+    assert main(run_args(tiny_pipelines["sd3"], out, "--method", method, "--no-baseline")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"method {method!r}" in err[0] and "StableDiffusion3Pipeline" in err[0]
+    assert "On this pipeline: entigen, hardprompt, vanilla" in err[0]
+    assert not out.exists()
+
+
+def _sdxl_cond(seed: int = 0) -> Conditioning:
+    g = torch.Generator().manual_seed(seed)
+    pe, ne = torch.randn(2, 77, 64, generator=g), torch.randn(2, 77, 64, generator=g)
+    return Conditioning(pe, ne, torch.randn(2, 32, generator=g), torch.randn(2, 32, generator=g))
+
+
+def test_fairmap_on_sdxl_maps_both_encoders_states_and_leaves_the_pooled_embedding():
+    from fairbench.methods.fairmap import FairMapping, MappingNetwork
+
+    m = FairMapping()
+    m.net = MappingNetwork(64, depth=1)
+    with torch.no_grad():
+        for p in m.net.parameters():
+            p.add_(0.1)  # a map that moves every coordinate
+    cond = _sdxl_cond()
+    out = m.transform_conditioning(cond, [], ["a photo of a nurse", "a photo of a male nurse"])
+    with torch.no_grad():
+        expected = m.net(cond.prompt_embeds[0])
+    torch.testing.assert_close(out.prompt_embeds[0], expected)
+    assert not torch.allclose(out.prompt_embeds[0, :, :32], cond.prompt_embeds[0, :, :32])  # text_encoder's part
+    assert not torch.allclose(out.prompt_embeds[0, :, 32:], cond.prompt_embeds[0, :, 32:])  # text_encoder_2's part
+    assert torch.equal(out.prompt_embeds[1], cond.prompt_embeds[1])  # names a group: bypassed
+    assert torch.equal(out.pooled, cond.pooled) and torch.equal(out.negative_pooled, cond.negative_pooled)
+    assert torch.equal(out.negative_prompt_embeds, cond.negative_prompt_embeds)
+
+
+def test_debiasvl_on_sdxl_projects_token_states_and_pooled_embedding_each_by_its_own_p(tiny_pipelines):
+    from baselines.debiasvl import DebiasVL, calibrated_projection
+
+    m = DebiasVL()
+    d = torch.zeros(1, 64, dtype=torch.float64)
+    d[0, 0], d[0, 40] = 0.6, 0.8  # a direction with a part in each encoder's states
+    m.projection = calibrated_projection(d, 9.0).float()
+    dp = torch.zeros(1, 32, dtype=torch.float64)
+    dp[0, 3] = 1.0
+    m.pooled_projection = calibrated_projection(dp, 9.0).float()
+    cond = _sdxl_cond()
+    out = m.transform_conditioning(cond, [], ["x", "y"])
+    torch.testing.assert_close(out.prompt_embeds, cond.prompt_embeds @ m.projection.T)
+    moved = (out.prompt_embeds - cond.prompt_embeds).abs().amax(dim=(0, 1))
+    assert moved[0] > 0 and moved[40] > 0  # both encoders' parts of the direction shrink
+    torch.testing.assert_close(out.pooled[:, 3], cond.pooled[:, 3] / 10)  # 1 / (9 * 1 + 1)
+    torch.testing.assert_close(out.pooled[:, :3], cond.pooled[:, :3])
+    assert torch.equal(out.negative_pooled, cond.negative_pooled)
+    # on a real (tiny) SDXL pipeline both projections are computed, in the two spaces
+    backend = load_backend(str(tiny_pipelines["sdxl"]))
+    from fairbench.prompts import load_suite
+
+    real = DebiasVL()
+    real.prepare(backend, load_suite("occupations"))
+    assert real.projection.shape == (64, 64) and real.pooled_projection.shape == (32, 32)
+
+
+def test_uce_on_sdxl_edits_every_cross_attention(tiny_pipelines):
+    from baselines.uce import UCE, cross_attention_projections
+    from fairbench.methods.base import MethodContext
+    from fairbench.models.backend import SamplingParams
+    from fairbench.prompts import load_suite
+    from test_baselines import _AllFaces, _AllMale
+
+    backend = load_backend(str(tiny_pipelines["sdxl"]))
+    attn2 = [m for n, m in backend.unet.named_modules() if n.endswith("attn2")]
+    layers = cross_attention_projections(backend.unet)
+    assert len(layers) == len(attn2) == 8  # 2 transformer layers down, 2 in the middle, 2 x 2 up
+    assert all(layer.in_features == 64 for layer in layers)  # both encoders' token states
+    before = [layer.weight.detach().clone() for layer in layers]
+    suite = load_suite("occupations")
+    m = UCE(max_iterations=1, images_per_concept=2, cache=False)
+    m.prepare(backend, suite, MethodContext(suite, "test", 2, SamplingParams(steps=2, guidance_scale=7.5),
+                                            _AllFaces(), _AllMale(), 0, 4))
+    m.apply_to_model(backend)
+    assert all(not torch.equal(b, layer.weight) for b, layer in zip(before, layers))
+
+
+def test_fairdiffusion_on_sdxl_guides_through_the_same_loop(tiny_pipelines):
+    """Edit scale 0 is vanilla pixel for pixel; with edits on, the editing prompts' pooled embeddings and
+    the images' time ids reach the UNet and the images change."""
+    import numpy as np
+
+    from baselines.fairdiffusion import FairDiffusion
+    from fairbench.methods import build_method
+    from fairbench.methods.base import MethodContext
+    from fairbench.models.backend import SamplingParams
+    from fairbench.prompts import load_suite
+    from fairbench.units import make_units
+    from test_baselines import _pixels
+
+    backend = load_backend(str(tiny_pipelines["sdxl"]))
+    suite = load_suite("occupations")
+    units = make_units(suite, "x", "m", 2, 0, "test", 2)
+    vanilla = _pixels(backend, build_method("vanilla"), units)
+    off = FairDiffusion(edit_guidance_scale=0.0)
+    off.prepare(backend, suite)
+    assert off.edit_pooled is not None and off.edit_pooled.shape[-1] == 32
+    assert np.array_equal(_pixels(backend, off, units), vanilla)
+    on = FairDiffusion(edit_warmup_steps=1)
+    on.prepare(backend, suite, MethodContext(suite, params=SamplingParams(steps=3, guidance_scale=7.5)))
+    assert not np.array_equal(_pixels(backend, on, units), vanilla)
