@@ -6,7 +6,10 @@ its method hooks. Printed: images/s of each (median of --repeats alternating rou
 ratio. Beside it: the cost per image of the faces + attributes stage (MTCNN + a classifier)
 on real face photos (scikit-image's astronaut; generated tiny-SD images contain no faces).
 
-    python benchmarks/bench_generation.py [--model synthface|DIR] [--prompts 8] [--n 8] [--steps S]
+    python benchmarks/bench_generation.py [--model synthface|DIR | --arch sd1|sd2|sdxl|sd3] [--prompts 8] [--n 8]
+
+Without --model, a fresh make-tiny-sd pipeline of --arch (default sd1) is measured; `--arch sdxl`
+measures the SDXL path (two text encoders, pooled embeddings, add_time_ids).
 
 Steps and guidance default to the model's own defaults (synthface: 15 steps, guidance 2;
 Stable Diffusion pipelines, the tiny one included: 25 steps, guidance 7.5).
@@ -76,7 +79,8 @@ def labelling_cost(n_images: int) -> dict[str, float]:
 def main() -> None:
     """Run the benchmark and print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="synthface or a pipeline folder (default: a fresh make-tiny-sd)")
+    ap.add_argument("--model", help="synthface or a pipeline folder (default: a fresh make-tiny-sd of --arch)")
+    ap.add_argument("--arch", choices=["sd1", "sd2", "sdxl", "sd3"], default="sd1", help="tiny pipeline to build")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--n", type=int, default=8, help="images per prompt")
     ap.add_argument("--batch-size", type=int, help="default: the model's (synthface 64, SD 8)")
@@ -92,9 +96,9 @@ def main() -> None:
     from fairbench.units import make_units
 
     tmp = Path(tempfile.mkdtemp(prefix="fairbench-bench-"))
-    model = args.model or str(tmp / "tiny-sd")
+    model = args.model or str(tmp / f"tiny-{args.arch}")
     if not args.model:
-        make_tiny_sd(model)
+        make_tiny_sd(model, arch=args.arch)
     args.dtype = args.dtype or default_dtype(model, "cpu")
     backend = load_backend(model, dtype=args.dtype)
     defaults = model_defaults(model)

@@ -21,12 +21,13 @@ def list_kind(kind: str) -> None:
     if kind == "methods":
         from fairbench.methods import METHODS
 
-        _table("methods", ["name", "level", "source"], [[e.name, e.meta["level"], e.meta["source"]] for e in METHODS])
+        _table("methods", ["name", "level", "architectures", "source"],
+               [[e.name, e.meta["level"], ", ".join(e.obj.architectures), e.meta["source"]] for e in METHODS])
     elif kind == "models":
         from fairbench.models import MODELS
 
         rows = [[e.name, e.obj, e.meta.get("family", "")] for e in MODELS]
-        rows.append(["<hub id>", "org/name", "any Stable Diffusion pipeline on the model hub"])
+        rows.append(["<hub id>", "org/name", "any diffusers text-to-image pipeline on the model hub"])
         rows.append(["<folder>", "path", "a local diffusers pipeline folder (e.g. from make-tiny-sd)"])
         _table("models", ["name", "source", "notes"], rows)
     elif kind == "suites":

@@ -16,7 +16,12 @@ MODELS.add("synthface", "synthface", family="embedded default world (ships insid
                      "detector": "synthface", "dtype": "bfloat16"})
 MODELS.add("sd14", "CompVis/stable-diffusion-v1-4", family="Stable Diffusion 1.4")
 MODELS.add("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", family="Stable Diffusion 1.5")
-MODELS.add("sd21base", "stabilityai/stable-diffusion-2-1-base", family="Stable Diffusion 2.1 base")
+MODELS.add("sd21base", "stabilityai/stable-diffusion-2-1-base", family="Stable Diffusion 2.1 base (512 px, epsilon)")
+MODELS.add("sd21", "stabilityai/stable-diffusion-2-1", family="Stable Diffusion 2.1 (768 px, v-prediction)")
+# SDXL: diffusers' own default guidance for the pipeline; a smaller batch for its 1024 px images
+MODELS.add("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", family="Stable Diffusion XL base 1.0 (1024 px)",
+           defaults={"steps": 25, "guidance_scale": 5.0, "batch_size": 4, "classifier": "agegender",
+                     "detector": "mtcnn"})
 
 
 SD_DEFAULTS = {"steps": 25, "guidance_scale": 7.5, "batch_size": 8, "classifier": "agegender", "detector": "mtcnn"}
