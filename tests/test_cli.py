@@ -136,6 +136,26 @@ def test_make_tiny_sd_loads_offline(tmp_path):
     assert backend.default_resolution() == 32
 
 
+@pytest.mark.parametrize("arch, pipeline, states, pooled", [("sd2", "StableDiffusionPipeline", 32, None),
+                                                            ("sdxl", "StableDiffusionXLPipeline", 64, 32),
+                                                            ("sd3", "StableDiffusion3Pipeline", None, None)])
+def test_make_tiny_sd_every_architecture_loads_offline(tmp_path, arch, pipeline, states, pooled):
+    from fairbench.models import load_backend
+
+    assert main(["make-tiny-sd", str(tmp_path / "tiny"), "--arch", arch]) == 0
+    backend = load_backend(str(tmp_path / "tiny"))
+    assert type(backend.pipe).__name__ == pipeline
+    cond = backend.encode(["a photo of the face of a nurse"])
+    if states is None:  # a pipeline fairbench conditions by its prompt only
+        assert backend.arch == "other" and cond.prompt_embeds is None and cond.texts == ["a photo of the face of a nurse"]
+    else:
+        assert cond.prompt_embeds.shape == (1, 77, states)
+        assert (cond.pooled is None) == (pooled is None) and (pooled is None or cond.pooled.shape == (1, pooled))
+    if arch == "sd2":
+        assert backend.pipe.scheduler.config.prediction_type == "v_prediction"
+    assert backend.default_resolution() == 32
+
+
 def _fake_run(d: Path, method: str, args: dict, suite: str, adherence: dict | None = None) -> Path:
     d.mkdir(parents=True)
     (d / "run.json").write_text(json.dumps({
