@@ -288,6 +288,7 @@ def quality_run(run_dir: Path, reference: str | None, extractor: str = "auto",
     from fairbench.metrics.quality import quality
 
     metrics = read_json(run_dir / METRICS_JSON)
+    check_writable_target(run_dir)  # before the features are computed, not after
     if reference:
         extractor = resolve_extractor(extractor, read_json(run_dir / RUN_JSON)["spec"].get("classifier"))
         q = quality(run_dir, reference, build_extractor(extractor, extractor_args), batch_size)

@@ -295,3 +295,57 @@ def test_an_impossible_image_size_is_refused_before_generation(tiny_sd, tmp_path
     assert main([*RUN, "--model", str(tiny_sd), "--steps", "2", "--height", size, "--out", str(tmp_path / "o")]) == 2
     assert "multiple of" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """Make a folder behave as on a read-only mount: access() denies writing, creating a file fails with EROFS."""
+    import errno
+    import os
+    import tempfile
+
+    frozen: list[Path] = []
+
+    def inside(path) -> bool:
+        return any(Path(path).resolve().is_relative_to(f) for f in frozen)
+
+    real_access, real_open, real_mkstemp = os.access, os.open, tempfile.mkstemp
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK and inside(p)
+                        else real_access(p, mode, **kw))
+
+    def deny_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and inside(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def deny_mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and inside(dir):
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny_open)
+    monkeypatch.setattr(tempfile, "mkstemp", deny_mkstemp)
+    return lambda path: frozen.append(Path(path).resolve())
+
+
+READ_ONLY = {
+    "classify": lambda r: ["classify", str(r), "--classifier", "synthface"],
+    "report": lambda r: ["report", str(r)],
+    "quality": lambda r: ["quality", str(r), "--reference", str(r)],
+    "compare": lambda r: ["compare", str(r), "--baseline", str(r)],
+    "run (resume)": lambda r: [*RUN, "--limit", "2", "--out", str(r)],
+}
+
+
+@pytest.mark.parametrize("command", list(READ_ONLY))
+def test_a_read_only_run_directory_is_a_one_line_error_and_unchanged(finished, tmp_path, capsys, read_only, command):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished / "run", run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    read_only(run)
+    assert main(READ_ONLY[command](run)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(run) in err[0], err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fairbench.errors import UserError
-from fairbench.io import atomic_write_json, atomic_write_text
+from fairbench.io import atomic_write_json, atomic_write_text, check_writable_target
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majority_flows, paired_bootstrap_many,
                                       share_metric, sign_test, transitions)
@@ -156,7 +156,8 @@ def compare_runs(run_dir: str | Path, baseline_dir: str | Path, extractor: str =
 
     d, b = Path(run_dir), Path(baseline_dir)
     run, base = run_side(d), run_side(b)
-    resolve_extractor(extractor, None)  # a misspelt extractor is refused before anything is written
+    resolve_extractor(extractor, None)  # a misspelt extractor or a read-only run is refused before the work
+    check_writable_target(d)
     s = run.metrics.get("settings", {})
     result = compare_sides(run, base, n_boot or s.get("n_boot", 1000), level or s.get("level", 0.95),
                            s.get("seed", 0))
