@@ -7,7 +7,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 

@@ -358,7 +358,8 @@ def score_run(images_dir: Path, prompts_file: Path, cfg: RunConfig, suite: str |
             "suite": {"name": found.suite.name, "version": found.suite.version,
                       "file_sha256": sha256_file(run_dir / RUN_SUITE)},
             "model": {"source": "external", "name": found.model, "weights_fingerprint": None},
-            "method": {"name": found.method, "source": "external"}, "sampling": {}, "n_units": len(found.images),
+            "method": {"name": found.method, "level": "external", "source": "external"}, "sampling": {},
+            "n_units": len(found.images),
             "images_from": {"prompts_file": prompts_file.name, "sha256": sha256_file(prompts_file)},
             "versions": library_versions(), "hardware": hardware(), "status": "importing",
         }
