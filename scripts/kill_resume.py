@@ -2,7 +2,7 @@
 and compare the final run directory with an uninterrupted run's.
 
 Each round starts `fairbench run` (then `fairbench report`) in a fresh process group, kills it after a
-random delay drawn over the measured length of the whole job (every third round: within 0.3 s of
+random delay drawn over the first 90 % of the measured length of the whole job (every third round: within 0.3 s of
 labelling's start, the short stage of labels, metrics and tables), and resumes until it finishes. The
 final manifest, images, labels, metrics, tables and report must equal the uninterrupted run's, and
 no temporary file may remain.
@@ -101,7 +101,7 @@ def measure(base: Path, kills: int, seed: int) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         # every third kill lands inside labelling, metrics and tables (well under a second of the job)
         targeted = k % 3 == 1
-        where = killed_once(out, rng.uniform(0.0, 0.3) if targeted else rng.uniform(0.5, length), targeted)
+        where = killed_once(out, rng.uniform(0.0, 0.3) if targeted else rng.uniform(0.5, 0.9 * length), targeted)
         run_job(out)  # resume to the end
         same = snapshot(out) == want
         rounds.append({"killed_in": where, "identical": same, "temp_files": temp_files(out)})
