@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -196,3 +197,28 @@ def test_fresh_named_captions_name_uniform_groups_and_keep_neutral_images():
     plain = np.array([t == "" or t == "a photo of the face of an air conditioning installer" for t in texts])
     assert plain.any() and np.array_equal(images[plain], rs.images[idx][plain])  # neutral: skewed renders
     assert not np.array_equal(images[female][:5], rs.images[idx][female][:5])  # named: fresh renders
+
+
+def test_unlabelled_renders_are_unchanged_and_expressions_are_exact():
+    """Specs without an expression render exactly what they rendered before expressions were labelled
+    (the text-only world's training data stays reproducible); a labelled expression changes the face
+    only around the mouth, brows and eyes, from the same random draws."""
+    import hashlib
+
+    from fairbench.synthface.render import AGE_GROUPS, EXPRESSIONS, GENDERS, load_families
+
+    fams = list(load_families())
+    h = hashlib.sha256()
+    for seed in range(60):
+        spec = FaceSpec(GENDERS[seed % 2], SKIN_GROUPS[seed % 4], AGE_GROUPS[(seed // 2) % 2], fams[seed % len(fams)])
+        h.update(render_face(spec, seed).tobytes())
+    for seed in range(20):
+        h.update(render_negative(seed).tobytes())
+    assert h.hexdigest() == "b42295c62d28bcdee75038d6e7a164fd348cb16aa8158457bb58a50ab50d898f"  # before expressions
+    base = FaceSpec("male", "medium-dark", "young", "office")
+    faces = {e: render_face(FaceSpec(base.gender, base.skin, base.age, base.family, e), 3) for e in EXPRESSIONS}
+    assert len({f.tobytes() for f in faces.values()}) == len(EXPRESSIONS)  # five different faces
+    for f in faces.values():  # background, clothing and lighting are the seed's: the lower third agrees
+        assert np.abs(f[24:].astype(int) - faces["neutral"][24:].astype(int)).max() <= 40
+    with pytest.raises(ValueError, match="unknown expression"):
+        FaceSpec("male", "light", "young", "office", "bored")

@@ -3,8 +3,10 @@
 A face is drawn on a 96 x 96 canvas with PIL and box-filtered down to 32 x 32. Known
 attributes: gender presentation (long hair and lip colour vs short hair, stubble), skin tone
 (4 groups, sampled along the Monk Skin Tone scale), age (young vs old: grey hair, wrinkles),
-occupation family (background, clothing, headwear, held tool). Nuisance variation drawn from
-the same seed: position, head size, yaw, hair colour and style, expression, lighting, glasses.
+occupation family (background, clothing, headwear, held tool), and, when a spec names one,
+expression (EXPRESSIONS: mouth, brows and eyes). Nuisance variation drawn from the same seed:
+position, head size, yaw, hair colour and style, lighting, glasses, and the mouth of a spec that
+names no expression (the text-only world's renders, unchanged).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ CANVAS = 96
 GENDERS = ("male", "female")
 SKIN_GROUPS = ("light", "medium-light", "medium-dark", "dark")
 AGE_GROUPS = ("young", "old")
+EXPRESSIONS = ("neutral", "smiling", "sad", "angry", "surprised")
 # Monk Skin Tone scale swatches MST-1 .. MST-10 (Monk 2019, skintone.google)
 MONK = ((246, 237, 228), (243, 231, 219), (247, 234, 208), (234, 218, 186), (215, 189, 150),
         (160, 126, 86), (130, 92, 67), (96, 65, 52), (58, 49, 42), (41, 36, 32))
@@ -37,6 +40,13 @@ class FaceSpec:
     skin: str
     age: str
     family: str
+    # None: the mouth is nuisance drawn from the seed, as in every render made before expressions were
+    # labelled; a name from EXPRESSIONS: exactly that expression, from the same random draws otherwise
+    expression: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.expression is not None and self.expression not in EXPRESSIONS:
+            raise ValueError(f"unknown expression {self.expression!r}; one of {EXPRESSIONS}")
 
 
 def _jitter(rgb, rng, amount: int) -> tuple[int, int, int]:
@@ -180,6 +190,30 @@ def _headwear(d: ImageDraw.ImageDraw, kind: str, rng, cx: int, top: int, rx: int
         d.chord([cx - rx + 2, top - 10, cx + rx - 2, top + 14], 180, 360, fill=(225, 195, 110))
 
 
+def _brow_ends(expression: str) -> tuple[int, int]:
+    """Heights (pixels above the resting line) of a brow's outer and inner end for a labelled expression."""
+    return {"sad": (-1, 3),  # inner ends raised
+            "angry": (2, -3),  # inner ends pulled down: a V
+            "surprised": (4, 4)}.get(expression, (0, 0))
+
+
+def _mouth(d: ImageDraw.ImageDraw, expression: str, ex: int, mouth_y: int, lip) -> None:
+    """The mouth of one expression ("open": the unlabelled world's third mouth)."""
+    if expression == "smiling":
+        d.arc([ex - 7, mouth_y - 6, ex + 7, mouth_y + 3], 20, 160, fill=lip, width=3)
+    elif expression == "neutral":
+        d.line([ex - 6, mouth_y, ex + 6, mouth_y], fill=lip, width=3)
+    elif expression == "open":
+        d.ellipse([ex - 4, mouth_y - 2, ex + 4, mouth_y + 3], fill=lip)
+    elif expression == "sad":
+        d.arc([ex - 7, mouth_y, ex + 7, mouth_y + 8], 200, 340, fill=lip, width=3)  # corners down
+    elif expression == "angry":  # bared teeth
+        d.rectangle([ex - 6, mouth_y - 2, ex + 6, mouth_y + 3], fill=(235, 235, 225), outline=lip, width=2)
+        d.line([ex - 5, mouth_y, ex + 5, mouth_y], fill=(120, 110, 100), width=1)
+    else:  # surprised: a round, dark open mouth
+        d.ellipse([ex - 4, mouth_y - 4, ex + 4, mouth_y + 6], fill=(60, 20, 25), outline=lip, width=2)
+
+
 def render_face(spec: FaceSpec, seed: int) -> np.ndarray:
     """A 32 x 32 RGB uint8 face with exactly the attributes of `spec`, deterministic in `seed`."""
     rng = np.random.default_rng(seed)
@@ -222,24 +256,31 @@ def render_face(spec: FaceSpec, seed: int) -> np.ndarray:
 
     eye_y = cy - 2
     ex = cx + yaw
+    expression = spec.expression
+    open_eye = 3 if expression == "surprised" else 2  # wide eyes
     for sx in (-7, 7):
-        d.ellipse([ex + sx - 3, eye_y - 2, ex + sx + 3, eye_y + 2], fill=(250, 250, 250))
+        d.ellipse([ex + sx - 3, eye_y - open_eye, ex + sx + 3, eye_y + open_eye], fill=(250, 250, 250))
         d.ellipse([ex + sx - 1, eye_y - 2, ex + sx + 2, eye_y + 2], fill=(30, 25, 20))
         brow = _shade(hair, 0.8) if not old else (150, 150, 150)
-        d.line([ex + sx - 4, eye_y - 6, ex + sx + 4, eye_y - 6 - (1 if female else 0)], fill=brow, width=2 if female else 3)
+        if expression is None:  # the unlabelled world's brows, exactly as they were drawn
+            d.line([ex + sx - 4, eye_y - 6, ex + sx + 4, eye_y - 6 - (1 if female else 0)], fill=brow,
+                   width=2 if female else 3)
+            continue
+        outer, inner = _brow_ends(expression)
+        x_out, x_in = (ex + sx - 4, ex + sx + 4) if sx < 0 else (ex + sx + 4, ex + sx - 4)
+        d.line([x_out, eye_y - 6 - outer, x_in, eye_y - 6 - inner], fill=brow, width=2 if female else 3)
     if rng.random() < 0.15:  # glasses
         for sx in (-7, 7):
             d.ellipse([ex + sx - 5, eye_y - 4, ex + sx + 5, eye_y + 4], outline=(30, 30, 30), width=1)
     d.line([ex, eye_y + 2, ex - 1, eye_y + 8], fill=_shade(skin, 0.75), width=2)  # nose
     mouth_y = cy + int(ry * 0.55)
     lip = (190, 50, 70) if female else _shade(skin, 0.6)
-    expr = rng.integers(3)
-    if expr == 0:
-        d.arc([ex - 7, mouth_y - 6, ex + 7, mouth_y + 3], 20, 160, fill=lip, width=3)
-    elif expr == 1:
-        d.line([ex - 6, mouth_y, ex + 6, mouth_y], fill=lip, width=3)
-    else:
-        d.ellipse([ex - 4, mouth_y - 2, ex + 4, mouth_y + 3], fill=lip)
+    expr = rng.integers(3)  # drawn for every spec, so a labelled expression leaves the other draws alone
+    if expression is None:
+        expression = ("smiling", "neutral", "open")[int(expr)]
+    elif not female:  # a labelled mouth must read at 32 px on every skin tone
+        lip = (150, 55, 60)
+    _mouth(d, expression, ex, mouth_y, lip)
     if not female and rng.random() < 0.4:  # stubble / beard
         beard = _shade(hair, 0.9) if not old else (180, 180, 180)
         d.chord([cx - rx + 2, cy - 2, cx + rx - 2, cy + ry + 1], 20, 160, outline=beard, width=4)
