@@ -149,3 +149,16 @@ def test_prompt_ids_that_would_break_file_names_are_refused(tmp_path, ids, messa
     path.write_text(f'name: s\ntemplate: "{{occupation}}"\nprompts:\n{rows}')
     with pytest.raises(UserError, match=message):
         load_suite_file(path)
+
+
+def test_emotions_suite_requests_an_expression_and_carries_a_designed_skew():
+    from fairbench.prompts import attribute, load_suite
+
+    suite = load_suite("emotions")
+    groups = attribute("expression").group_names
+    assert len(suite.prompts) >= 10 and len(groups) >= 5
+    assert {p.requested["expression"] for p in suite.prompts} == set(groups)  # every expression is asked for
+    for p in suite.prompts:
+        assert set(p.reference) == {"designed_female_share", "designed_light_share"}
+        assert all(0.0 < v < 1.0 for v in p.reference.values())
+    assert suite.text(suite.prompts[3]) == "a photo of the face of a sad person"
