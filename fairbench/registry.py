@@ -27,7 +27,10 @@ def bind_arguments(cls: Any, args: dict[str, Any], what: str) -> dict[str, Any]:
     missing = [n for n, p in params.items() if p.default is p.empty and n not in args]
     if missing:
         raise UserError(f"{what} needs the argument(s) {', '.join(missing)}")
-    hints = typing.get_type_hints(cls.__init__)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):  # a plugin's annotation that does not resolve: check names only
+        hints = {}
     bound = {}
     for key, value in args.items():
         if key not in hints:
