@@ -117,12 +117,12 @@ def test_report_and_leaderboard(finished_run, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["methods", "models", "suites", "classifiers", "detectors", "metrics", "extractors",
-                                  "attributes"])
+                                  "encoders", "attributes"])
 def test_ls(kind, capsys):
     assert main(["ls", kind]) == 0
     out = capsys.readouterr().out
     expected = {"methods": "vanilla", "models": "sd15", "suites": "occupations", "classifiers": "fairface",
-                "detectors": "mtcnn", "metrics": "kl", "extractors": "inception", "attributes": "race7"}[kind]
+                "detectors": "mtcnn", "metrics": "kl", "extractors": "inception", "encoders": "clip-b32", "attributes": "race7"}[kind]
     assert expected in out
 
 

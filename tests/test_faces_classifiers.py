@@ -137,7 +137,7 @@ def test_clip_templates_override_and_errors(tiny_clip, tmp_path):
     tpl.write_text("gender:\n  nonbinary: x\n")
     with pytest.raises(UserError, match="unknown groups"):
         build_classifier("clip", {"model": str(path), "attributes": "gender", "templates": str(tpl)})
-    with pytest.raises(UserError, match="cannot load CLIP model"):
+    with pytest.raises(UserError, match="cannot load vision-language model"):
         build_classifier("clip", {"model": str(tmp_path / "nothing-here")})
 
 
@@ -167,3 +167,62 @@ def test_synthface_labels_with_one_network_pass_per_image(monkeypatch):
     assert [r["face"] for r in records] == separate_faces and records[-1]["face"] is False
     for r, g in zip(records[:4], separate["gender"][:4]):
         assert r["p:gender:female"] == pytest.approx(float(g[1]), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_dual_encoder(tmp_path_factory):
+    """A VisionTextDualEncoderModel (BERT-style text tower with MiniLM's real tokenizer, a tiny ViT image
+    tower), random weights, saved the way transformers' from_pretrained reads it."""
+    from transformers import (AutoTokenizer, BertConfig, CLIPImageProcessor, CLIPVisionConfig,
+                              VisionTextDualEncoderConfig, VisionTextDualEncoderModel, VisionTextDualEncoderProcessor)
+
+    from fairbench.synthface.text import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(
+        CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4),
+        BertConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                   num_attention_heads=4, max_position_embeddings=128), projection_dim=16)
+    model = VisionTextDualEncoderModel(config).eval()
+    proc = VisionTextDualEncoderProcessor(CLIPImageProcessor(size={"shortest_edge": 32},
+                                                             crop_size={"height": 32, "width": 32}), tok)
+    out = tmp_path_factory.mktemp("dual")
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out, model, proc
+
+
+def test_any_dual_encoder_serves_the_classifier_the_clip_score_and_the_extractor(tiny_dual_encoder, monkeypatch):
+    from fairbench.metrics.clipscore import CLIPScorer
+    from fairbench.metrics.features import CLIPExtractor
+    from fairbench.models import dual_encoder
+
+    path, model, proc = tiny_dual_encoder
+    monkeypatch.setattr(dual_encoder, "DUAL_ENCODERS", dual_encoder.Registry("vision-language model"))
+    dual_encoder.DUAL_ENCODERS.add("tiny-world-clip", str(path))  # a registered name, as a shipped world's is
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)) for i in range(3)]
+    clf = build_classifier("clip", {"model": "tiny-world-clip", "attributes": "gender"})
+    got = clf.predict(images)["gender"]
+    with torch.no_grad():  # by hand, straight from transformers
+        px = proc.image_processor(images, return_tensors="pt")["pixel_values"]
+        img = torch.nn.functional.normalize(model.get_image_features(pixel_values=px).pooler_output, dim=-1)
+        tok = proc.tokenizer(["a photo of a man", "a photo of a woman"], padding=True, return_tensors="pt")
+        txt = torch.nn.functional.normalize(model.get_text_features(**tok).pooler_output, dim=-1)
+        want = torch.softmax(model.logit_scale.exp() * img @ txt.T, dim=-1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    scores, truncated = CLIPScorer("tiny-world-clip").score(images, ["a photo of a man"] * 3)
+    np.testing.assert_allclose(scores, 100 * np.clip((img @ txt.T)[:, 0].numpy(), 0, None), rtol=1e-5, atol=1e-4)
+    assert truncated == 0
+    ext = CLIPExtractor("tiny-world-clip")
+    assert ext.input_size == 32 and ext.num_features == 16
+    feats = ext(torch.from_numpy(np.stack([np.asarray(im.resize((32, 32))) for im in images])).permute(0, 3, 1, 2))
+    assert feats.shape == (3, 16)
+
+
+def test_a_model_without_image_features_is_refused_in_one_line():
+    from fairbench.synthface.text import minilm_path
+
+    with pytest.raises(UserError, match="not a dual encoder"):
+        build_classifier("clip", {"model": str(minilm_path()), "attributes": "gender"})

@@ -17,7 +17,6 @@ from PIL import Image
 
 from fairbench.classifiers.base import AttributeClassifier, softmax
 from fairbench.errors import UserError
-from fairbench.hub import from_pretrained
 from fairbench.prompts import attribute
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # ITI-GEN's classifier (ViT-B/32)
@@ -43,7 +42,8 @@ def load_class_texts(attrs: tuple[str, ...], templates: str | None) -> dict[str,
 
 
 class CLIPClassifier(AttributeClassifier):
-    """Zero-shot CLIP from a hub id or a local folder (`model=...`, `attributes=gender,race7`)."""
+    """Zero-shot classification by any vision-language dual encoder (`model=`: a hub id, a local folder or a
+    registered name, fairbench.models.dual_encoder), over `attributes=gender,race7`."""
 
     name = "clip"
     source = "Radford et al. 2021, CLIP zero-shot over class texts"
@@ -51,38 +51,22 @@ class CLIPClassifier(AttributeClassifier):
     def __init__(self, model: str = DEFAULT_CLIP, attributes: str = "gender,race7,age2", templates: str | None = None,
                  revision: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
         super().__init__()
-        from transformers import CLIPModel, CLIPProcessor
+        from fairbench.models.dual_encoder import DualEncoder
 
         self.model_id, self.revision, self.device, self.batch_size = model, revision, device, int(batch_size)
         self.attributes = tuple(a.strip() for a in attributes.split(",") if a.strip())
         self.texts = load_class_texts(self.attributes, templates)
-        self.model = from_pretrained(CLIPModel, model, revision, "CLIP model").eval().to(device)
-        self.processor = from_pretrained(CLIPProcessor, model, revision, "CLIP processor")
-        self._text_features = {a: self._encode_texts(t) for a, t in self.texts.items()}
+        self.encoder = DualEncoder(model, revision, device)
+        self._text_features = {a: self.encoder.text_features(t) for a, t in self.texts.items()}
 
-    @torch.no_grad()
-    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        tok = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
-        feats = self.model.get_text_features(**tok)
-        feats = getattr(feats, "pooler_output", feats)
-        return torch.nn.functional.normalize(feats.float(), dim=-1)
-
-    @torch.no_grad()
     def image_features(self, images: list[Image.Image]) -> torch.Tensor:
         """L2-normalised image embeddings."""
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            px = self.processor.image_processor([im.convert("RGB") for im in images[i : i + self.batch_size]],
-                                                return_tensors="pt")["pixel_values"]
-            feats = self.model.get_image_features(pixel_values=px.to(self.device))
-            feats = getattr(feats, "pooler_output", feats)
-            out.append(torch.nn.functional.normalize(feats.float(), dim=-1))
-        return torch.cat(out) if out else torch.zeros(0, self.model.config.projection_dim)
+        return self.encoder.image_features(images, self.batch_size)
 
     def predict(self, crops: list[Image.Image]) -> dict[str, np.ndarray]:
         """Softmax of logit_scale * cosine over each attribute's class texts."""
         img = self.image_features(crops)
-        scale = float(self.model.logit_scale.detach().exp())
+        scale = self.encoder.logit_scale
         return {a: softmax((scale * img @ t.T).cpu().numpy()) for a, t in self._text_features.items()}
 
     def describe(self) -> dict[str, Any]:

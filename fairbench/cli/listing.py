@@ -58,6 +58,13 @@ def list_kind(kind: str) -> None:
         from fairbench.metrics.features import EXTRACTORS
 
         _table("feature extractors (FD/KID)", ["name", "source"], [[e.name, e.meta["source"]] for e in EXTRACTORS])
+    elif kind == "encoders":
+        from fairbench.models.dual_encoder import DUAL_ENCODERS
+
+        rows = [[e.name, e.obj, e.meta.get("notes", "")] for e in DUAL_ENCODERS]
+        rows.append(["<hub id or folder>", "", "any dual encoder with text and image features (CLIP, SigLIP, ...)"])
+        _table("vision-language models (clip classifier, --clip-model, clip extractor)", ["name", "source", "notes"],
+               rows)
     elif kind == "attributes":
         from fairbench.prompts import load_attributes
 

@@ -323,9 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fairbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
-    p = sub.add_parser("ls", help="list registered methods, models, suites, classifiers, detectors, metrics, extractors, attributes")
+    p = sub.add_parser("ls", help="list registered methods, models, suites, classifiers, detectors, metrics, "
+                                  "extractors, encoders, attributes")
     p.add_argument("kind", choices=["methods", "models", "suites", "classifiers", "detectors", "metrics", "extractors",
-                                    "attributes"])
+                                    "encoders", "attributes"])
     p = sub.add_parser("report", help="write report.md (with figures) for a finished run")
     p.add_argument("run_dir")
     p.add_argument("--baseline", help="run directory to compare with (e.g. vanilla on the same prompts)")

@@ -15,36 +15,26 @@ import torch
 from PIL import Image
 
 from fairbench.errors import UserError
-from fairbench.hub import from_pretrained
 from fairbench.io import read_jsonl
 
 
 class CLIPScorer:
-    """A pinned CLIP model (hub id + revision, or a local folder) that scores image-text pairs."""
+    """A pinned vision-language dual encoder (hub id + revision, a local folder or a registered name)
+    that scores image-text pairs."""
 
     def __init__(self, model: str = "openai/clip-vit-large-patch14", revision: str | None = None,
                  device: str = "cpu") -> None:
-        from transformers import CLIPModel, CLIPProcessor
+        from fairbench.models.dual_encoder import DualEncoder
 
-        self.model = from_pretrained(CLIPModel, model, revision, "CLIP model").eval().to(device)
-        self.processor = from_pretrained(CLIPProcessor, model, revision, "CLIP processor")
+        self.encoder = DualEncoder(model, revision, device)
         self.model_id, self.revision, self.device = model, revision, device
-        self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
+        self.max_tokens = self.encoder.max_tokens
 
-    @torch.no_grad()
     def score(self, images: list[Image.Image], texts: list[str]) -> tuple[np.ndarray, int]:
         """Per-pair CLIP scores and the number of texts truncated to the context length."""
-        tok = self.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
-                                       return_tensors="pt").to(self.device)
-        full = self.processor.tokenizer(texts, truncation=False)["input_ids"]
-        truncated = sum(len(ids) > self.max_tokens for ids in full)
-        px = self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
-        img = self.model.get_image_features(pixel_values=px.to(self.device))
-        txt = self.model.get_text_features(**tok)
-        img = torch.nn.functional.normalize(getattr(img, "pooler_output", img).float(), dim=-1)
-        txt = torch.nn.functional.normalize(getattr(txt, "pooler_output", txt).float(), dim=-1)
-        cos = (img * txt).sum(-1)
-        return (100 * cos.clamp(min=0)).cpu().numpy(), truncated
+        img = self.encoder.image_features(images, batch_size=len(images) or 1)
+        cos = (img * self.encoder.text_features(texts)).sum(-1)
+        return (100 * cos.clamp(min=0)).cpu().numpy(), self.encoder.truncated(texts)
 
 
 def clip_score_run(run_dir: str | Path, scorer: CLIPScorer, batch_size: int = 32,

@@ -109,24 +109,22 @@ class SynthFaceExtractor(FeatureExtractor):
 
 
 class CLIPExtractor(FeatureExtractor):
-    """CLIP image embeddings (hub id or local folder)."""
+    """Image embeddings of a vision-language dual encoder (hub id, local folder or registered name)."""
 
     def __init__(self, model: str = "openai/clip-vit-base-patch32", revision: str | None = None) -> None:
         super().__init__()
-        from transformers import CLIPModel, CLIPProcessor
+        from fairbench.models.dual_encoder import DualEncoder
 
-        self.model = from_pretrained(CLIPModel, model, revision, "CLIP model").eval()
-        self.processor = from_pretrained(CLIPProcessor, model, revision, "CLIP processor")
-        self.input_size = int(self.model.config.vision_config.image_size)
-        self.num_features = int(self.model.config.projection_dim)
+        self.encoder = DualEncoder(model, revision)
+        self.input_size = self.encoder.image_size
+        self.num_features = self.encoder.dim
         self.identity = f"clip:{model}@{revision or 'default'}"
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        px = self.processor.image_processor(list(images), return_tensors="pt", do_resize=False,
-                                            do_center_crop=False)["pixel_values"]
-        feats = self.model.get_image_features(pixel_values=px)
-        return getattr(feats, "pooler_output", feats).float()
+        px = self.encoder.processor.image_processor(list(images), return_tensors="pt", do_resize=False,
+                                                    do_center_crop=False)["pixel_values"]
+        return self.encoder.pixel_features(px, normalize=False)
 
 
 class DINOv2Extractor(FeatureExtractor):
