@@ -198,6 +198,8 @@ def run_one(cfg: RunConfig) -> RunOutcome:
         }
         if rank == 0:
             write_run_json(run_dir, record)
+        if state is not None:  # no rank writes an image before rank 0 has cleared the killed run's temp files
+            state.wait_for_everyone()
         stats = run_generation(run_dir, units, backend, method, params, cfg.batch_size, part,
                                separate_manifest=world > 1, batch_invariant=cfg.batch_invariant,
                                progress=cfg.progress)
