@@ -190,10 +190,10 @@ def run_one(cfg: RunConfig) -> RunOutcome:
         part = (rank, world) if world > 1 else cfg.shard_pair()
         spec = cfg.model_dump()
         record: dict[str, Any] = {
-            "fairbench_version": __version__, "git_sha": git_sha(), "spec": spec, "suite": suite_identity(cfg),
+            **provenance(), "spec": spec, "suite": suite_identity(cfg),
             "model": backend.describe(), "method": {"name": cfg.method, **method.describe()},
             "sampling": params.to_dict(), "n_units": len(units), "world_size": world, "part": list(part),
-            "versions": library_versions(), "hardware": hardware(), "status": "generating",
+            "status": "generating",
             "seed_rule": "sha256(f'{seed}\\x1f{prompt_id}\\x1f{sample_idx}')[:8] >> 1; one CPU torch.Generator per image",
         }
         if rank == 0:
@@ -223,6 +223,12 @@ def run_one(cfg: RunConfig) -> RunOutcome:
             metrics = quality_run(run_dir, cfg.reference, cfg.extractor, cfg.extractor_args, cfg.clip_model,
                                   device=device)
         return RunOutcome(run_dir, metrics)
+
+
+def provenance() -> dict[str, Any]:
+    """The run.json fields that say what made a run: fairbench's version and commit, libraries, hardware."""
+    return {"fairbench_version": __version__, "git_sha": git_sha(), "versions": library_versions(),
+            "hardware": hardware()}
 
 
 def check_quality_settings(cfg: RunConfig, n_images: int) -> None:
@@ -336,9 +342,8 @@ def score_run(images_dir: Path, prompts_file: Path, cfg: RunConfig, suite: str |
     exactly like a generated run; a second call on the same folder resumes."""
     import yaml
 
-    from fairbench.generation.external import RUN_SUITE, manifest_row, read_external
+    from fairbench.generation.external import RUN_SUITE, imported_bytes, manifest_row, read_external
     from fairbench.generation.manifest import Manifest, completed_rows
-    from fairbench.io import sha256_bytes
 
     found = read_external(images_dir, prompts_file, suite, model, method)
     cfg = cfg.model_copy(update={"model": found.model, "method": found.method, "suite": RUN_SUITE, "split": "all",
@@ -356,24 +361,23 @@ def score_run(images_dir: Path, prompts_file: Path, cfg: RunConfig, suite: str |
         check_same_suite(run_dir, suite_text)
         atomic_write_text(run_dir / RUN_SUITE, suite_text)
         record: dict[str, Any] = {
-            "fairbench_version": __version__, "git_sha": git_sha(), "spec": cfg.model_dump(), "source": "external",
+            **provenance(), "spec": cfg.model_dump(), "source": "external",
             "suite": {"name": found.suite.name, "version": found.suite.version,
                       "file_sha256": sha256_file(run_dir / RUN_SUITE)},
             "model": {"source": "external", "name": found.model, "weights_fingerprint": None},
             "method": {"name": found.method, "level": "external", "source": "external"}, "sampling": {},
             "n_units": len(found.images),
             "images_from": {"prompts_file": prompts_file.name, "sha256": sha256_file(prompts_file)},
-            "versions": library_versions(), "hardware": hardware(), "status": "importing",
+            "status": "importing",
         }
         write_run_json(run_dir, record)
         done = completed_rows(run_dir)
         manifest, imported = Manifest(run_dir / MANIFEST), 0
         for item in found.images:
-            sha = sha256_bytes(item.data)
-            if done.get(item.key, {}).get("sha256") == sha and done[item.key]["image"] == item.image:
+            if done.get(item.key, {}).get("sha256") == item.sha256 and done[item.key]["image"] == item.image:
                 continue
-            atomic_write_bytes(run_dir / item.image, item.data)
-            manifest.append([manifest_row(item, sha, found.model, found.method)])
+            atomic_write_bytes(run_dir / item.image, imported_bytes(item))
+            manifest.append([manifest_row(item, found.model, found.method)])
             imported += 1
         rows = consolidate(run_dir, [e.key for e in found.images])
         record["generation"] = {"imported_now": imported, "already_done": len(found.images) - imported}

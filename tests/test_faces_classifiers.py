@@ -161,7 +161,7 @@ def test_synthface_labels_with_one_network_pass_per_image(monkeypatch):
     seen: list[int] = []
     real = net_module.predict_all
     monkeypatch.setattr(net_module, "predict_all", lambda net, arr, **kw: seen.append(len(arr)) or real(net, arr, **kw))
-    monkeypatch.setattr(synthface_classifier, "_LAST_BATCH", {})
+    monkeypatch.setattr(synthface_classifier, "_LAST_BATCH", synthface_classifier.weakref.WeakKeyDictionary())
     records = label_batch(images, detector, classifier, margin=classifier.crop_margin)
     assert seen == [len(images)]  # one pass over the five images; the classifier's crops reuse it
     assert [r["face"] for r in records] == separate_faces and records[-1]["face"] is False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def _load_net(folder: str, stamp: int | None):
 
 # Per network: image digest -> every head's probabilities, for the last batch only. The detector and the
 # classifier are one network on synthface, so the classifier reuses the detector's pass over the same image.
-_LAST_BATCH: dict[int, dict[bytes, dict[str, np.ndarray]]] = {}
+# Weak keys: a memo dies with its network, so a later network can never be served another's outputs.
+_LAST_BATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def predict_heads(net: Any, images: list[Image.Image]) -> dict[str, np.ndarray]:
@@ -60,13 +62,12 @@ def predict_heads(net: Any, images: list[Image.Image]) -> dict[str, np.ndarray]:
 
     arr = images_to_array(images)
     digests = [hashlib.blake2b(a.tobytes(), digest_size=16).digest() for a in arr]
-    memo = _LAST_BATCH.get(id(net), {})
-    todo = [i for i, d in enumerate(digests) if d not in memo]
-    if todo:
-        fresh = predict_all(net, arr[todo])
-        memo = {digests[i]: {k: v[j] for k, v in fresh.items()} for j, i in enumerate(todo)}
-        memo.update({d: _LAST_BATCH[id(net)][d] for d in digests if d in _LAST_BATCH.get(id(net), {})})
-        _LAST_BATCH[id(net)] = memo
+    last = _LAST_BATCH.get(net, {})
+    todo = [i for i, d in enumerate(digests) if d not in last]
+    fresh = predict_all(net, arr[todo]) if todo else {}
+    memo = {d: last[d] for d in digests if d in last}
+    memo.update({digests[i]: {k: v[j] for k, v in fresh.items()} for j, i in enumerate(todo)})
+    _LAST_BATCH[net] = memo
     return {k: np.stack([memo[d][k] for d in digests]) for k in memo[digests[0]]}
 
 

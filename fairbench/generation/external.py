@@ -8,6 +8,7 @@ tables as a generated run, so `report`, `leaderboard`, `compare` and `check` rea
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
 from fairbench.errors import UserError, validation_message
+from fairbench.io import sha256_bytes
 from fairbench.prompts import PromptSpec, SuiteSpec, load_suite
 
 RUN_SUITE = "suite.yaml"  # a scored run's own suite: the prompts its images answer, inside the run directory
@@ -28,13 +30,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 @dataclass(frozen=True)
 class ExternalImage:
-    """One imported image: where it is, which prompt it answers, and its file's bytes."""
+    """One imported image: where it is, which prompt it answers, and the sha256 of the file that was checked."""
 
     source: Path
     prompt_id: str
     sample_idx: int
     prompt: str
-    data: bytes
+    sha256: str
 
     @property
     def key(self) -> str:
@@ -103,14 +105,23 @@ def _sample_indices(table: pd.DataFrame, path: Path) -> list[int]:
     return idx
 
 
-def _decoded(file: Path, row: int, path: Path) -> bytes:
+def _checked_sha256(file: Path, row: int, path: Path) -> str:
+    """sha256 of an image file that decodes completely (one read; the bytes are not kept)."""
     data = file.read_bytes()
     try:
-        with Image.open(file) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{file} (row {row} of {path}) is not a readable image: "
                         f"{str(exc).splitlines()[0][:120] or type(exc).__name__}") from None
+    return sha256_bytes(data)
+
+
+def imported_bytes(item: ExternalImage) -> bytes:
+    """The image's bytes for the run directory, refused if the file changed since it was checked."""
+    data = item.source.read_bytes()
+    if sha256_bytes(data) != item.sha256:
+        raise UserError(f"{item.source} changed while it was being scored: score the folder again")
     return data
 
 
@@ -190,13 +201,13 @@ def read_external(images_dir: Path, path: Path, suite: str | None = None, model:
             raise UserError(f"prompts file {path}: image {name!r} (row {row}) not found in {images_dir}")
         if file.suffix.lower() not in IMAGE_SUFFIXES:
             raise UserError(f"{file} (row {row} of {path}) is not an image file ({', '.join(IMAGE_SUFFIXES)})")
-        images.append(ExternalImage(file, pid, idx, texts[pid], _decoded(file, row, path)))
+        images.append(ExternalImage(file, pid, idx, texts[pid], _checked_sha256(file, row, path)))
     order = {p.id: i for i, p in enumerate(spec.prompts)}
     return ExternalSet(spec, sorted(images, key=lambda e: (order[e.prompt_id], e.sample_idx)), model, method)
 
 
-def manifest_row(item: ExternalImage, sha256: str, model: str, method: str) -> dict[str, Any]:
+def manifest_row(item: ExternalImage, model: str, method: str) -> dict[str, Any]:
     """The manifest line of an imported image: a generated run's fields, no seed, `source: external`."""
     return {"key": item.key, "prompt_id": item.prompt_id, "sample_idx": item.sample_idx, "prompt": item.prompt,
-            "seed": None, "model": model, "method": method, "image": item.image, "sha256": sha256,
+            "seed": None, "model": model, "method": method, "image": item.image, "sha256": item.sha256,
             "prompt_used": item.prompt, "nsfw": False, "source": "external", "original": item.source.name}

@@ -150,9 +150,8 @@ def summary_frame(result: dict[str, Any]) -> pd.DataFrame:
 def compare_runs(run_dir: str | Path, baseline_dir: str | Path, extractor: str = "auto",
                  n_boot: int | None = None, level: float | None = None) -> dict[str, Any]:
     """Compare a run with its baseline and write compare.json, tables/compare.csv and figures/compare.png."""
-    from fairbench.outputs.plots import plot_paired_changes
-
     from fairbench.metrics.features import resolve_extractor
+    from fairbench.outputs.plots import plot_paired_changes
 
     d, b = Path(run_dir), Path(baseline_dir)
     run, base = run_side(d), run_side(b)

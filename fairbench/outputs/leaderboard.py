@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fairbench.errors import UserError
+from fairbench.errors import UserError, did_you_mean
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.outputs.rundir import read_run
-from fairbench.errors import did_you_mean
 
 LEADERBOARD_SCHEMA = 2
 ID_COLUMNS = ["schema_version", "run", "method", "method_level", "model", "suite", "split", "n_per_prompt",
