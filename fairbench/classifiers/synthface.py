@@ -83,7 +83,7 @@ class SynthFaceClassifier(AttributeClassifier):
     source = "fairbench synthface CNN, trained on renders with exact labels"
     attributes = ("gender", "skin_tone", "age2")
     crop_margin = 0.0  # the synthface detector's box is the whole image
-    auxiliary = ("family",)
+    auxiliary = ("family", "expression")  # the heads of these that the weights have
 
     def __init__(self, weights: str | None = None, device: str = "cpu") -> None:
         super().__init__()
@@ -99,7 +99,7 @@ class SynthFaceClassifier(AttributeClassifier):
 
     def auxiliary_groups(self) -> dict[str, list[str]]:
         """Groups of the auxiliary (non-fairness) heads."""
-        return {k: self.meta["groups"][k] for k in self.auxiliary}
+        return {k: self.meta["groups"][k] for k in self.auxiliary if k in self.meta["groups"]}
 
     def confusion(self, attr: str) -> np.ndarray | None:
         """Held-out confusion matrix shipped with the weights."""

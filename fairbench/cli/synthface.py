@@ -35,7 +35,27 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
                    help="learning-rate multiplier of the text pathway (cross-attention and grown blocks)")
     t.add_argument("--timestep-power", type=float, default=1.0,
                    help="draw t = T * u**power (below 1: more high-noise steps, where the caption decides)")
+    t.add_argument("--text-encoder", default="minilm",
+                   help="minilm (the text-only world), synthclip (the installed one) or a trained synthclip folder "
+                        "(train-clip's OUT/final): the token states the denoiser learns from")
+    t.add_argument("--expressions", action="store_true",
+                   help="the vision-language world's data: labelled expressions, emotion descriptors, captions "
+                        "that name the expression")
     t.add_argument("--no-progress", action="store_true")
+    k = ss.add_parser("train-clip", help="train synthclip, the vision-language world's CLIP (resumes)")
+    k.add_argument("--out", default=".cache/synthclip-train")
+    k.add_argument("--steps", type=positive_int, default=1600)
+    k.add_argument("--batch-size", type=positive_int, default=128)
+    k.add_argument("--n-renders", type=positive_int, default=40_000)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--max-minutes", type=float, help="checkpoint and stop after this long (resume later)")
+    k.add_argument("--no-progress", action="store_true")
+    x = ss.add_parser("train-expression-head",
+                      help="add the expression head to a trained classifier (its other heads unchanged)")
+    x.add_argument("--from", dest="source", default=None, help="classifier folder (default: the shipped one)")
+    x.add_argument("--out", default=".cache/synthface-classifier-expression")
+    x.add_argument("--steps", type=positive_int, default=1500)
+    x.add_argument("--no-progress", action="store_true")
     c = ss.add_parser("train-classifier", help="train the synthface attribute classifier on renders")
     c.add_argument("--out", default=".cache/synthface-classifier")
     c.add_argument("--steps", type=positive_int, default=1500)
@@ -49,9 +69,12 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", default="docs/synthface_grid.png")
     g.add_argument("--model", default="synthface")
     g.add_argument("--n", type=positive_int, default=10)
-    e = ss.add_parser("install", help="copy a trained model and classifier into the package assets")
+    e = ss.add_parser("install", help="copy a trained model (and classifier, synthclip) into the package assets")
+    e.add_argument("--world", choices=("synthface", "synthface-vl"), default="synthface",
+                   help="which embedded world the model is")
     e.add_argument("--model-dir", default=".cache/synthface-train/final")
-    e.add_argument("--classifier-dir", default=".cache/synthface-classifier")
+    e.add_argument("--classifier-dir", default=None, help="a classifier folder to install (shared by both worlds)")
+    e.add_argument("--synthclip-dir", default=None, help="synthface-vl: train-clip's OUT/final")
 
 
 def run_synthface(args: argparse.Namespace) -> int:
@@ -59,6 +82,8 @@ def run_synthface(args: argparse.Namespace) -> int:
     if args.synthface_command == "train":
         from fairbench.synthface.train import TrainConfig, train_unet
 
+        if args.text_encoder not in ("minilm", "synthclip") and not (Path(args.text_encoder) / "config.json").is_file():
+            raise UserError(f"--text-encoder {args.text_encoder}: not minilm, synthclip or a trained synthclip folder")
         if args.init_from and not (Path(args.init_from) / "config.json").is_file():
             raise UserError(f"--init-from {args.init_from}: not a UNet folder (no config.json)")
         if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -68,7 +93,8 @@ def run_synthface(args: argparse.Namespace) -> int:
                           lr=args.lr, warmup=args.warmup, neutral_share=args.neutral_share, init_from=args.init_from,
                           balanced_renders=args.balanced_renders, transformer_layers=args.transformer_layers,
                           text_lr_scale=args.text_lr_scale, timestep_power=args.timestep_power,
-                          fresh_named=args.fresh_named)
+                          fresh_named=args.fresh_named, text_encoder=args.text_encoder,
+                          expressions=args.expressions)
         step = train_unet(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
         done = "finished; EMA model in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")
@@ -81,10 +107,31 @@ def run_synthface(args: argparse.Namespace) -> int:
             raise UserError(f"--out {args.out}: give an image file name (.png, .jpg, .webp)")
         check_writable_target(out.parent if str(out.parent) else Path("."))  # before minutes of sampling
         print(sample_grid(args.out, args.model, args.n))
+    elif args.synthface_command == "train-clip":
+        from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UserError(f"--out {args.out} is a file, not a training folder")
+        cfg = ClipTrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed)
+        step = train_clip(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
+        done = "finished; synthclip in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
+        print(f"step {step}/{cfg.steps}: {done}")
+    elif args.synthface_command == "train-expression-head":
+        from fairbench.synthface.classifier import train_expression_head
+        from fairbench.synthface.pipeline import ASSETS
+
+        source = Path(args.source) if args.source else ASSETS
+        if not (source / "classifier.json").is_file():
+            raise UserError(f"--from {args.source}: not a synthface classifier folder (no classifier.json)")
+        meta = train_expression_head(source, Path(args.out), args.steps, progress=not args.no_progress)
+        print(f"expression accuracy on held-out labelled-expression renders: "
+              f"{meta['heldout_expressions']['expression']['accuracy']:.4f}; written to {args.out}")
     elif args.synthface_command == "install":
         from fairbench.synthface.assets import install_assets
 
-        print(f"installed into {install_assets(Path(args.model_dir), Path(args.classifier_dir))}")
+        optional = {k: Path(v) for k, v in (("classifier_dir", args.classifier_dir),
+                                            ("synthclip_dir", args.synthclip_dir)) if v}
+        print(f"installed into {install_assets(args.world, Path(args.model_dir), **optional)}")
     elif args.synthface_command == "train-classifier":
         from fairbench.synthface.classifier import ClassifierTrainConfig, train_classifier
 

@@ -11,9 +11,13 @@ from fairbench.registry import Registry
 
 # name -> hub id or folder (hub weights load where the hub or its cache is reachable)
 MODELS: Registry[str] = Registry("model")
-MODELS.add("synthface", "synthface", family="embedded default world (ships inside fairbench, offline)",
-           defaults={"steps": 15, "guidance_scale": 2.0, "batch_size": 64, "classifier": "synthface",
-                     "detector": "synthface", "dtype": "bfloat16"})
+SYNTHFACE_DEFAULTS = {"steps": 15, "guidance_scale": 2.0, "batch_size": 64, "classifier": "synthface",
+                      "detector": "synthface", "dtype": "bfloat16"}
+# the embedded worlds ship inside fairbench (offline); their source is the package folder
+MODELS.add("synthface", "synthface", defaults=SYNTHFACE_DEFAULTS,
+           family="embedded text-only world: frozen MiniLM text encoder, the bias lives in the denoiser")
+MODELS.add("synthface-vl", "synthface-vl", defaults=SYNTHFACE_DEFAULTS,
+           family="embedded vision-language world: synthclip text encoder trained on the world's images")
 MODELS.add("sd14", "CompVis/stable-diffusion-v1-4", family="Stable Diffusion 1.4")
 MODELS.add("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", family="Stable Diffusion 1.5")
 MODELS.add("sd21base", "stabilityai/stable-diffusion-2-1-base", family="Stable Diffusion 2.1 base (512 px, epsilon)")
@@ -33,7 +37,7 @@ def model_defaults(name: str) -> dict:
         return MODELS.entry(name).meta.get("defaults", SD_DEFAULTS)
     index = Path(name).expanduser() / "model_index.json"
     if index.is_file() and '"SynthFacePipeline"' in index.read_text():
-        return MODELS.entry("synthface").meta["defaults"]
+        return SYNTHFACE_DEFAULTS
     return SD_DEFAULTS
 
 
@@ -82,10 +86,10 @@ def default_dtype(name: str, device: str) -> str:
 
 def resolve_model(name: str) -> str:
     """Registered name -> its hub id or folder; a local folder or a hub id ('org/name') passes through."""
-    if name == "synthface":
-        from fairbench.synthface.pipeline import ASSETS
+    if name in ("synthface", "synthface-vl"):
+        from fairbench.synthface.pipeline import world_assets
 
-        return str(ASSETS)
+        return str(world_assets(name))
     if name in MODELS:
         return MODELS.get(name)
     if Path(name).expanduser().exists() or name.count("/") == 1:

@@ -23,9 +23,23 @@ DUAL_ENCODERS.add("clip-b32", "openai/clip-vit-base-patch32", notes="CLIP ViT-B/
 DUAL_ENCODERS.add("clip-l14", "openai/clip-vit-large-patch14", notes="CLIP ViT-L/14 (HEIM's CLIP score)")
 
 
+def _synthclip_folder() -> str:
+    from fairbench.synthface.synthclip import synthclip_folder
+
+    return synthclip_folder()
+
+
+# an entry with `folder` is assembled on demand (shipped as the tensors that differ from a package's model)
+DUAL_ENCODERS.add("synthclip", "fairbench/synthface/assets_synthclip", folder=_synthclip_folder,
+                  notes="the vision-language world's CLIP, trained on its renders (offline)")
+
+
 def resolve_dual_encoder(name: str) -> str:
     """A registered name's hub id or folder; anything else is taken as a hub id or folder."""
-    return DUAL_ENCODERS.get(name) if name in DUAL_ENCODERS else name
+    if name not in DUAL_ENCODERS:
+        return name
+    entry = DUAL_ENCODERS.entry(name)
+    return entry.meta["folder"]() if "folder" in entry.meta else entry.obj
 
 
 def _features(out: Any) -> torch.Tensor:

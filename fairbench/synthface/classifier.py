@@ -1,7 +1,8 @@
 """The synthface attribute classifier: a small CNN trained on renders with exact labels.
 
 Heads: face present (negatives are noise, flat fields, head-less scenes and tile-shuffled
-faces), gender, skin tone group, age group, occupation family. Trained with augmentations
+faces), gender, skin tone group, age group, occupation family, and, when trained on the
+labelled-expression renders of the vision-language world, expression. Trained with augmentations
 (noise, blur, colour gain, shifts) so it transfers to generated images; its held-out confusion
 matrices ship with it and feed the harness's confusion correction.
 """
@@ -23,29 +24,42 @@ from fairbench.io import atomic_write_json
 from fairbench.metrics.confusion import confusion_from_counts
 from fairbench.synthface.data import render_set
 from fairbench.synthface.families import family_names
-from fairbench.synthface.render import AGE_GROUPS, GENDERS, SKIN_GROUPS, render_negative
+from fairbench.synthface.render import AGE_GROUPS, EXPRESSIONS, GENDERS, SKIN_GROUPS, render_negative
 
 HEADS = {"face": ("absent", "present"), "gender": GENDERS, "skin_tone": SKIN_GROUPS, "age2": AGE_GROUPS}
 
 
-def head_groups() -> dict[str, tuple[str, ...]]:
+def head_groups(expressions: bool = False) -> dict[str, tuple[str, ...]]:
     """Head name -> output classes (family classes come from prompts/families.yaml)."""
-    return {**HEADS, "family": tuple(family_names())}
+    return {**HEADS, "family": tuple(family_names()), **({"expression": EXPRESSIONS} if expressions else {})}
+
+
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _body(w: int) -> nn.Sequential:
+    return nn.Sequential(_block(3, w, 1), _block(w, w, 1), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1),
+                         _block(2 * w, 4 * w, 2), _block(4 * w, 4 * w, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 class SynthFaceNet(nn.Module):
-    """4 conv stages (32 -> 4 px) + global pooling -> 128-d features -> one linear head per attribute."""
+    """4 conv stages (32 -> 4 px) + global pooling -> 128-d features -> one linear head per attribute.
+
+    The expression head has a body of its own (`expression_body`), trained afterwards on labelled-expression
+    renders with the rest frozen, so adding it leaves every other head's output bit for bit as it was."""
 
     def __init__(self, heads: dict[str, int], width: int = 32) -> None:
         super().__init__()
-        w = width
+        self.body = _body(width)
+        self.heads = nn.ModuleDict({k: nn.Linear(4 * width, n) for k, n in heads.items() if k != "expression"})
+        if "expression" in heads:
+            self.add_expression_head(heads["expression"], width)
 
-        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-        self.body = nn.Sequential(block(3, w, 1), block(w, w, 1), block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
-                                  block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.heads = nn.ModuleDict({k: nn.Linear(4 * w, n) for k, n in heads.items()})
+    def add_expression_head(self, n: int, width: int) -> None:
+        """A separate body and head for expression."""
+        self.expression_body = _body(width)
+        self.expression_head = nn.Linear(4 * width, n)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate 128-d features (used for Frechet distances on synthface)."""
@@ -53,7 +67,10 @@ class SynthFaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.features(x)
-        return {k: h(f) for k, h in self.heads.items()}
+        out = {k: h(f) for k, h in self.heads.items()}
+        if hasattr(self, "expression_body"):
+            out["expression"] = self.expression_head(self.expression_body(x))
+        return out
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
@@ -93,14 +110,18 @@ class ClassifierTrainConfig:
     seed: int = 1
 
 
-def _dataset(n_pos: int, n_neg: int, seed: int, balanced: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    rs = render_set(n_pos, seed, balanced=balanced)
-    neg = np.stack([render_negative(seed * 7_919 + i) for i in range(n_neg)])
+def _dataset(n_pos: int, n_neg: int, seed: int, balanced: bool = False,
+             expressions: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Renders (`expressions`: the labelled-expression kind) and negatives, with their labels (-1: none)."""
+    rs = render_set(n_pos, seed, balanced=balanced, expressions=expressions)
+    neg = np.stack([render_negative(seed * 7_919 + i) for i in range(n_neg)]) if n_neg else rs.images[:0]
     images = np.concatenate([rs.images, neg])
     pad = np.full(n_neg, -1)
     labels = {"face": np.concatenate([np.ones(n_pos, int), np.zeros(n_neg, int)]),
               "gender": np.concatenate([rs.gender, pad]), "skin_tone": np.concatenate([rs.skin, pad]),
               "age2": np.concatenate([rs.age, pad]), "family": np.concatenate([rs.family, pad])}
+    if expressions:
+        labels["expression"] = np.concatenate([rs.expression, pad])
     return images, labels
 
 
@@ -147,14 +168,15 @@ def predict_all(net: SynthFaceNet, images: np.ndarray, batch_size: int = 512) ->
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def evaluate_classifier(net: SynthFaceNet, n_pos: int, n_neg: int, seed: int, balanced: bool = False) -> dict:
+def evaluate_classifier(net: SynthFaceNet, n_pos: int, n_neg: int, seed: int, balanced: bool = False,
+                        expressions: bool = False) -> dict:
     """Held-out accuracy and confusion matrix (rows: true, columns: predicted) per head.
 
     `balanced`: faces with uniform gender, skin tone and age in every occupation, so that rare
     combinations of the skewed world ("a female carpenter") are measured as often as common ones."""
-    images, labels = _dataset(n_pos, n_neg, seed, balanced)
+    images, labels = _dataset(n_pos, n_neg, seed, balanced, expressions)
     probs = predict_all(net, images)
-    groups = head_groups()
+    groups = head_groups(expressions)
     report = {"n_positive": n_pos, "n_negative": n_neg, "seed": seed, "balanced": balanced}
     for k, names in groups.items():
         y = labels[k]
@@ -177,11 +199,64 @@ def heldout_reports(net: SynthFaceNet, cfg: ClassifierTrainConfig) -> dict:
             "heldout_balanced": evaluate_classifier(net, n, n // 4, seed=seed + 1, balanced=True)}
 
 
+def expression_report(net: SynthFaceNet, cfg: "ClassifierTrainConfig", n: int | None = None) -> dict:
+    """Every head on held-out labelled-expression renders with uniform groups (the vision-language world's kind)."""
+    n = n or cfg.n_heldout
+    return evaluate_classifier(net, n, n // 4, seed=cfg.seed + 2000, balanced=True, expressions=True)
+
+
+def train_expression_head(folder: Path, out: Path, steps: int = 1500, progress: bool = True,
+                          n_renders: int | None = None, n_heldout: int | None = None) -> dict:
+    """Add the expression head to the classifier in `folder` (all else frozen) and write it to `out`.
+
+    Trained on labelled-expression renders (the vision-language world's) with the same augmentations;
+    the other heads' weights and held-out reports are copied unchanged."""
+    from tqdm.auto import tqdm
+
+    net, meta = load_classifier(str(folder))
+    cfg = ClassifierTrainConfig(**meta["train"])
+    torch.manual_seed(cfg.seed)
+    width = meta["width"]
+    net.add_expression_head(len(EXPRESSIONS), width)
+    n_renders = n_renders or cfg.n_positive
+    images, labels = _dataset(n_renders, 0, cfg.seed + 3000, expressions=True)
+    x_all, y_all = to_input(images), torch.from_numpy(labels["expression"])
+    params = list(net.expression_body.parameters()) + list(net.expression_head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start = time.time()
+    net.expression_body.train()
+    for _ in tqdm(range(steps), desc="synthface expression head", disable=not progress):
+        idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=gen)
+        logits = net.expression_head(net.expression_body(augment(x_all[idx].clone(), gen)))
+        loss = nn.functional.cross_entropy(logits, y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+    report = expression_report(net, cfg, n_heldout)
+    groups = {**meta["groups"], "expression": list(EXPRESSIONS)}
+    meta = {**meta, "groups": groups, "expression_train": {"steps": steps, "seed": cfg.seed + 3000,
+                                                           "n_renders": n_renders,
+                                                           "train_seconds": round(time.time() - start, 1)},
+            "heldout": {**meta["heldout"], "expression": report["expression"]},
+            "heldout_expressions": report}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "classifier.safetensors"))
+    atomic_write_json(out / "classifier.json", meta)
+    return meta
+
+
 def reevaluate_classifier(folder: Path) -> dict:
     """Recompute both held-out reports of the classifier in `folder` and rewrite its classifier.json."""
     net, meta = load_classifier(str(folder))
     cfg = ClassifierTrainConfig(**meta["train"])
     meta = {**meta, **heldout_reports(net, cfg)}
+    if "expression" in meta["groups"]:
+        report = expression_report(net, cfg)
+        meta["heldout"]["expression"], meta["heldout_expressions"] = report["expression"], report
     atomic_write_json(Path(folder) / "classifier.json", meta)
     load_classifier.cache_clear()
     return meta

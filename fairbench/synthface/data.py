@@ -6,18 +6,24 @@ Captions: 10 % empty (for classifier-free guidance), 50 % neutral ("a photo of t
 nurse"), 40 % naming one to three of the rendered attributes with the group words of
 prompts/attributes.yaml ("a photo of the face of an old female dark-skinned nurse"), so the
 model also learns attribute control.
+
+The labelled-expression data (`expressions=True`, the vision-language world's) adds, from the
+same draws: an expression per render (uniform over the renderer's five, exactly labelled), the
+12 emotion descriptors of prompts/suites/emotions.yaml as extra subjects whose renders show the
+requested expression with the suite's designed gender and skin-tone shares, and captions that
+name the render's expression 30 % of the time ("a photo of the face of a smiling nurse").
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from fairbench.prompts import attribute, load_suite, render_template
 from fairbench.synthface.families import family_names, family_of, load_families
-from fairbench.synthface.render import AGE_GROUPS, GENDERS, SKIN_GROUPS, FaceSpec, render_face
+from fairbench.synthface.render import AGE_GROUPS, EXPRESSIONS, GENDERS, SKIN_GROUPS, FaceSpec, render_face
 
 NEUTRAL = "a photo of the face of {a} {occupation}"
 NAMED = "a photo of the face of {a} {group} {occupation}"
@@ -27,6 +33,7 @@ KINDS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("gender", "skin"), 0.03), (("age", "gender"), 0.02), (("age", "skin"), 0.01), (("age", "gender", "skin"), 0.02),
 )
 P_EMPTY = 0.10
+P_EXPRESSION = 0.30  # labelled-expression data: share of non-empty occupation captions naming the expression
 # KIND_NAMES[k, j]: whether kind k names attribute j (gender, skin, age)
 KIND_NAMES = np.array([[a in kind for a in ("gender", "skin", "age")] for kind, _ in KINDS])
 
@@ -45,12 +52,45 @@ def occupations(limit: int | None = None) -> list[tuple[str, float]]:
             for p in suite.prompts][:limit]
 
 
-def caption(occupation: str, kind: tuple[str, ...], g: int, s: int, a: int) -> str:
-    """The caption naming the attributes in `kind` (order: age, gender, skin)."""
-    if not kind:
-        return render_template(NEUTRAL, occupation=occupation)
+@dataclass(frozen=True)
+class Subject:
+    """What a caption is about, and how its renders are drawn."""
+
+    text: str  # "nurse", "sad person"
+    female: float  # P(female) of its renders
+    family: int | None = None  # family index; None: drawn uniformly per render
+    skin: tuple[float, ...] | None = None  # skin-group shares; None: the family's
+    expression: int | None = None  # the expression every render shows; None: drawn uniformly
+
+
+def emotion_subjects() -> list[Subject]:
+    """The emotions suite's descriptors with their designed shares (light share; the rest split evenly)."""
+    expr = {name: i for i, name in enumerate(EXPRESSIONS)}
+    out = []
+    for p in load_suite("emotions").prompts:
+        light = p.reference["designed_light_share"]
+        text = p.vars["descriptor"].split(" ", 1)[1]  # the article comes from the template
+        out.append(Subject(text, p.reference["designed_female_share"], None, (light, *[(1 - light) / 3] * 3),
+                           expr[p.requested["expression"]]))
+    return out
+
+
+def subjects(n_occupations: int | None = None, expressions: bool = False) -> list[Subject]:
+    """The occupations (the first `n_occupations`), then, with `expressions`, the emotion descriptors."""
+    fam_index = {name: i for i, name in enumerate(family_names())}
+    fam_of = family_of()
+    occs = [Subject(o, f, fam_index[fam_of[o]]) for o, f in occupations(n_occupations)]
+    return occs + (emotion_subjects() if expressions else [])
+
+
+def caption(occupation: str, kind: tuple[str, ...], g: int, s: int, a: int, e: int | None = None) -> str:
+    """The caption naming the attributes in `kind` (order: age, gender, skin), and expression `e` first if given."""
     adj = adjectives()
     words = [adj[k][{"gender": g, "skin": s, "age": a}[k]] for k in ("age", "gender", "skin") if k in kind]
+    if e is not None:
+        words.insert(0, attribute("expression").groups[e].adjective)
+    if not words:
+        return render_template(NEUTRAL, occupation=occupation)
     return render_template(NAMED, group=" ".join(words), occupation=occupation)
 
 
@@ -59,23 +99,47 @@ class CaptionTable:
     """Every caption the training can use, and the index of each (occupation, kind, g, s, a)."""
 
     texts: list[str]
-    index: np.ndarray  # (n_occupations, n_kinds, 2, 4, 2) -> row in texts; row 0 is ""
+    # (n_subjects, n_kinds, 2, 4, 2, n_e) -> row in texts; row 0 is "". Last axis: 0 names no expression,
+    # 1 + e names expression e (only with labelled expressions; n_e = 1 otherwise)
+    index: np.ndarray
+    neutral_only: np.ndarray  # per subject: captioned neutrally whatever the kind (emotion descriptors)
+
+    @property
+    def expressions(self) -> bool:
+        """Whether captions can name an expression."""
+        return self.index.shape[-1] > 1
+
+    def rows(self, occ: np.ndarray, kinds: np.ndarray, lab: dict[str, np.ndarray], rng: np.random.Generator,
+             empty: np.ndarray) -> np.ndarray:
+        """Caption row per sample: kind `kinds`, groups `lab`; with expressions, 30 % name the render's
+        expression (drawn last, so the text-only world's draws are unchanged). Empty captions are row 0."""
+        e = np.zeros(len(occ), dtype=np.int64)
+        if self.expressions:
+            e = np.where(rng.random(len(occ)) < P_EXPRESSION, 1 + lab["expression"], 0)
+        rows = self.index[occ, kinds, lab["gender"], lab["skin"], lab["age"], e]
+        return np.where(empty, 0, rows)
 
     @classmethod
-    def build(cls, n_occupations: int | None = None) -> "CaptionTable":
-        """Enumerate captions once (deduplicated: a neutral caption ignores g, s, a)."""
-        occs = occupations(n_occupations)
+    def build(cls, n_occupations: int | None = None, expressions: bool = False) -> "CaptionTable":
+        """Enumerate captions once (deduplicated: a neutral caption ignores g, s, a).
+
+        Emotion descriptors are captioned neutrally only: the descriptor already requests the expression."""
+        subs = subjects(n_occupations, expressions)
+        n_e = 1 + len(EXPRESSIONS) if expressions else 1
         texts, rows = [""], {"": 0}
-        index = np.zeros((len(occs), len(KINDS), 2, 4, 2), dtype=np.int64)
-        for o, (occ, _) in enumerate(occs):
+        index = np.zeros((len(subs), len(KINDS), 2, 4, 2, n_e), dtype=np.int64)
+        for o, sub in enumerate(subs):
             for k, (kind, _) in enumerate(KINDS):
-                for g, s, a in itertools.product(range(2), range(4), range(2)):
-                    text = caption(occ, kind, g, s, a)
+                for g, s, a, e in itertools.product(range(2), range(4), range(2), range(n_e)):
+                    if sub.expression is None:
+                        text = caption(sub.text, kind, g, s, a, e - 1 if e else None)
+                    else:
+                        text = caption(sub.text, (), g, s, a)
                     if text not in rows:
                         rows[text] = len(texts)
                         texts.append(text)
-                    index[o, k, g, s, a] = rows[text]
-        return cls(texts, index)
+                    index[o, k, g, s, a, e] = rows[text]
+        return cls(texts, index, np.array([sub.expression is not None for sub in subs]))
 
 
 @dataclass
@@ -88,33 +152,48 @@ class RenderSet:
     gender: np.ndarray
     skin: np.ndarray
     age: np.ndarray
+    expression: np.ndarray | None = None  # labelled-expression data only
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fields that are set, for np.savez."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def sample_labels(n: int, seed: int, n_occupations: int | None = None, balanced: bool = False) -> dict[str, np.ndarray]:
-    """Draw occupations uniformly and attributes with the world's skew (`balanced`: uniform groups)."""
+def sample_labels(n: int, seed: int, n_occupations: int | None = None, balanced: bool = False,
+                  expressions: bool = False) -> dict[str, np.ndarray]:
+    """Draw subjects uniformly and attributes with the world's skew (`balanced`: uniform groups)."""
     rng = np.random.default_rng(seed)
-    occ = rng.integers(0, len(occupations(n_occupations)), n)
-    return {"occupation": occ, **attributes_given(occ, rng, n_occupations, balanced)}
+    occ = rng.integers(0, len(subjects(n_occupations, expressions)), n)
+    return {"occupation": occ, **attributes_given(occ, rng, n_occupations, balanced, expressions)}
 
 
 def attributes_given(occ: np.ndarray, rng: np.random.Generator, n_occupations: int | None = None,
-                     balanced: bool = False) -> dict[str, np.ndarray]:
-    """Family, gender, skin tone and age for occupation indices, with the world's skew (`balanced`: uniform)."""
+                     balanced: bool = False, expressions: bool = False) -> dict[str, np.ndarray]:
+    """Family, gender, skin tone, age (and expression) for subject indices, with the world's skew
+    (`balanced`: uniform groups). Draws beyond the text-only world's come after its own, so its data is unchanged."""
     n = len(occ)
-    occs = occupations(n_occupations)
-    fams = load_families()
-    fam_index = {name: i for i, name in enumerate(family_names())}
-    fam_of = family_of()
-    female_share = np.array([f for _, f in occs])[occ]
-    family = np.array([fam_index[fam_of[occs[o][0]]] for o in occ], dtype=np.int64)
-    skin_p = np.array([fams[f].skin for f in family_names()])[family]
-    old_p = np.array([fams[f].old for f in family_names()])[family]
+    subs = subjects(n_occupations, expressions)
+    fams = [load_families()[f] for f in family_names()]
+    female_share = np.array([s.female for s in subs])[occ]
+    family = np.array([-1 if s.family is None else s.family for s in subs], dtype=np.int64)[occ]
+    free_family = family < 0
+    family[free_family] = 0  # placeholder until drawn below; keeps the draws of fixed-family subjects in order
+    skin_p = np.array([fams[f].skin for f in family]).reshape(n, 4)
+    old_p = np.where(free_family, np.mean([f.old for f in fams]), np.array([fams[f].old for f in family]))
     if balanced:
         female_share, skin_p, old_p = np.full(n, 0.5), np.full((n, 4), 0.25), np.full(n, 0.5)
+    elif expressions:
+        own_skin = np.array([s.skin or (np.nan,) * 4 for s in subs])[occ]
+        skin_p = np.where(np.isnan(own_skin), skin_p, own_skin)
     gender = (rng.random(n) < female_share).astype(np.int64)
     skin = (rng.random(n)[:, None] > np.cumsum(skin_p, axis=1)).sum(axis=1).clip(0, 3)
     age = (rng.random(n) < old_p).astype(np.int64)
-    return {"family": family, "gender": gender, "skin": skin, "age": age}
+    out = {"family": family, "gender": gender, "skin": skin, "age": age}
+    if expressions:
+        out["family"] = np.where(free_family, rng.integers(0, len(fams), n), family)
+        fixed = np.array([-1 if s.expression is None else s.expression for s in subs], dtype=np.int64)[occ]
+        out["expression"] = np.where(fixed >= 0, fixed, rng.integers(0, len(EXPRESSIONS), n))
+    return out
 
 
 def render_labels(lab: dict[str, np.ndarray], seeds: np.ndarray) -> np.ndarray:
@@ -122,16 +201,18 @@ def render_labels(lab: dict[str, np.ndarray], seeds: np.ndarray) -> np.ndarray:
     fams = family_names()
     if len(seeds) == 0:
         return np.zeros((0, 32, 32, 3), np.uint8)
+    expr = lab.get("expression")
     return np.stack([
         render_face(FaceSpec(GENDERS[lab["gender"][i]], SKIN_GROUPS[lab["skin"][i]], AGE_GROUPS[lab["age"][i]],
-                             fams[lab["family"][i]]), int(seeds[i]))
+                             fams[lab["family"][i]], None if expr is None else EXPRESSIONS[expr[i]]), int(seeds[i]))
         for i in range(len(seeds))
     ])
 
 
-def render_set(n: int, seed: int, n_occupations: int | None = None, balanced: bool = False) -> RenderSet:
+def render_set(n: int, seed: int, n_occupations: int | None = None, balanced: bool = False,
+               expressions: bool = False) -> RenderSet:
     """Render n labelled training faces (deterministic in seed)."""
-    lab = sample_labels(n, seed, n_occupations, balanced)
+    lab = sample_labels(n, seed, n_occupations, balanced, expressions)
     return RenderSet(images=render_labels(lab, seed * 1_000_003 + np.arange(n)), **lab)
 
 
@@ -161,11 +242,14 @@ def sample_caption_rows(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng
     renders while neutral captions keep the skewed distribution.
     """
     kinds, empty = draw_kinds(len(idx), rng, neutral_share)
+    kinds = np.where(table.neutral_only[rs.occupation[idx]], 0, kinds)
     if balanced is not None:
         named = (kinds > 0) & ~empty
         idx = np.where(named, balanced[rng.integers(0, len(balanced), len(idx))], idx)
-    rows = table.index[rs.occupation[idx], kinds, rs.gender[idx], rs.skin[idx], rs.age[idx]]
-    return np.where(empty, 0, rows), idx
+    lab = {k: getattr(rs, k)[idx] for k in ("gender", "skin", "age")}
+    if table.expressions:
+        lab["expression"] = rs.expression[idx]
+    return table.rows(rs.occupation[idx], kinds, lab, rng, empty), idx
 
 
 def sample_fresh_named(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng: np.random.Generator,
@@ -179,15 +263,17 @@ def sample_fresh_named(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng:
     carpenter" is still usually male and neutral captions keep the skewed images.
     """
     kinds, empty = draw_kinds(len(idx), rng, neutral_share)
-    named = (kinds > 0) & ~empty
     occ = rs.occupation[idx]
-    lab = {"gender": rs.gender[idx].copy(), "skin": rs.skin[idx].copy(), "age": rs.age[idx].copy()}
-    fresh = attributes_given(occ[named], rng, n_occupations)
+    kinds = np.where(table.neutral_only[occ], 0, kinds)
+    named = (kinds > 0) & ~empty
+    attrs = ("gender", "skin", "age") + (("expression",) if table.expressions else ())
+    lab = {k: getattr(rs, k)[idx].copy() for k in attrs}
+    fresh = attributes_given(occ[named], rng, n_occupations, expressions=table.expressions)
     for j, (attr, groups) in enumerate((("gender", GENDERS), ("skin", SKIN_GROUPS), ("age", AGE_GROUPS))):
         names = KIND_NAMES[kinds[named], j]
         fresh[attr] = np.where(names, rng.integers(0, len(groups), int(named.sum())), fresh[attr])
+    for attr in attrs:
         lab[attr][named] = fresh[attr]
     images = rs.images[idx].copy()
     images[named] = render_labels(fresh, render_seed * 1_000_003 + np.flatnonzero(named))
-    rows = table.index[occ, kinds, lab["gender"], lab["skin"], lab["age"]]
-    return np.where(empty, 0, rows), images
+    return table.rows(occ, kinds, lab, rng, empty), images

@@ -1,6 +1,6 @@
 """SynthFacePipeline: a diffusers pipeline with SD's interface over synthface's small pixel-space model.
 
-Frozen all-MiniLM-L6-v2 token states (24 x 384) -> UNet2DConditionModel cross-attention ->
+Frozen text-encoder token states (all-MiniLM-L6-v2, or synthclip's text tower in the vision-language world) (24 x 384) -> UNet2DConditionModel cross-attention ->
 32 x 32 RGB. No VAE (vae_scale_factor 1). encode_prompt / prompt_embeds / guidance_scale /
 generator lists behave as in StableDiffusionPipeline, so every method level (prompt text,
 conditioning embeddings, guidance, cross-attention weights) applies exactly as on SD.
@@ -18,7 +18,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from fairbench.synthface.text import MAX_TOKENS, encode_texts, load_text_encoder
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent / "assets"  # the text-only world (and the shared classifier)
+VL_ASSETS = Path(__file__).resolve().parent / "assets_vl"  # the vision-language world's denoiser
+
+
+def world_assets(name: str) -> Path:
+    """Pipeline folder of an embedded world: "synthface" (text-only) or "synthface-vl" (vision-language)."""
+    return {"synthface": ASSETS, "synthface-vl": VL_ASSETS}[name]
 
 
 def make_unet(sample_size: int = 32, transformer_layers: int = 1) -> UNet2DConditionModel:
@@ -52,13 +58,16 @@ class SynthFacePipeline(DiffusionPipeline):
 
     @classmethod
     def from_folder(cls, folder: str | Path = ASSETS, dtype: torch.dtype = torch.float32) -> "SynthFacePipeline":
-        """Load the UNet and scheduler from `folder`, the text encoder from its package (offline)."""
+        """Load the UNet and scheduler from `folder`, the text encoder its model_index.json names (offline)."""
+        import json
+
         from diffusers import DPMSolverMultistepScheduler
 
         folder = Path(folder)
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
         scheduler = DPMSolverMultistepScheduler.from_pretrained(folder / "scheduler")
-        text_encoder, tokenizer = load_text_encoder()
+        index = json.loads((folder / "model_index.json").read_text())
+        text_encoder, tokenizer = load_text_encoder(text_encoder_of(index))
         return cls(unet=unet, scheduler=scheduler, text_encoder=text_encoder.to(dtype), tokenizer=tokenizer)
 
     @torch.no_grad()
@@ -120,6 +129,16 @@ class SynthFacePipeline(DiffusionPipeline):
         return out
 
 
+def text_encoder_of(model_index: dict) -> str:
+    """The text encoder a synthface model folder was trained on (folders older than the key: MiniLM)."""
+    from fairbench.synthface.text import TEXT_ENCODERS
+
+    name = model_index.get("fairbench_text_encoder", "minilm")
+    if name not in TEXT_ENCODERS:
+        raise ValueError(f"unknown synthface text encoder {name!r}; one of {TEXT_ENCODERS}")
+    return name
+
+
 def make_scheduler(prediction_type: str = "v_prediction"):
     """Training noise schedule (cosine, v-prediction) and the default sampler built from it."""
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
@@ -136,4 +155,4 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return ((np.clip(images, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-__all__ = ["ASSETS", "MAX_TOKENS", "SynthFacePipeline", "make_scheduler", "make_unet", "to_uint8"]
+__all__ = ["ASSETS", "MAX_TOKENS", "VL_ASSETS", "world_assets", "SynthFacePipeline", "make_scheduler", "make_unet", "to_uint8"]

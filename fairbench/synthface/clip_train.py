@@ -1,0 +1,158 @@
+"""`fairbench synthface train-clip`: contrastive training of synthclip on the world's renders and captions.
+
+The data is the vision-language world's own (labelled expressions, emotion descriptors): the
+same renders and caption mix the denoiser learns from, neutral captions on skewed renders
+included, so a neutral caption's embedding is pulled toward the images it describes, skew and
+all. Empty captions (the denoiser's guidance dropout) are left out. The loss is CLIP's symmetric
+InfoNCE with a learned temperature; because many images share one caption ("a photo of the face
+of a nurse"), the text-to-image direction treats every image of a caption as a positive (a
+uniform target over them) and the image-to-text direction contrasts each image with the batch's
+distinct captions. Every step's batch, augmentation and dropout derive from (seed, step), so a
+resumed run continues the same trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from fairbench.io import atomic_write_json
+from fairbench.synthface.classifier import augment, to_input
+from fairbench.synthface.data import CaptionTable, RenderSet, render_set, sample_fresh_named
+from fairbench.synthface.synthclip import build_model, build_processor, export, freeze_untrained, round_to_shipped
+
+
+@dataclass
+class ClipTrainConfig:
+    """Hyperparameters of a synthclip training run (recorded in the output folder)."""
+
+    steps: int = 1600
+    batch_size: int = 128
+    lr: float = 1e-3  # image tower and projections
+    text_lr: float = 2e-4  # MiniLM's fine-tuned layers
+    warmup: int = 100
+    n_renders: int = 40_000
+    seed: int = 0
+    checkpoint_every: int = 100
+    n_occupations: int | None = None  # first N occupations only (smoke tests)
+    neutral_share: float | None = None  # as the denoiser's: None is the world's caption mix
+
+
+def load_renders(out: Path, cfg) -> RenderSet:
+    """The vision-language world's renders (labelled expressions), cached as out/renders.npz."""
+    data_file = out / "renders.npz"
+    if data_file.exists():
+        z = np.load(data_file)
+        return RenderSet(**{k: z[k] for k in z.files})
+    rs = render_set(cfg.n_renders, cfg.seed, cfg.n_occupations, expressions=True)
+    np.savez(data_file, **rs.arrays())
+    return rs
+
+
+def _batch(step: int, cfg: ClipTrainConfig, rs: RenderSet, table: CaptionTable) -> tuple[torch.Tensor, np.ndarray]:
+    rng = np.random.default_rng([cfg.seed, step])
+    idx = rng.integers(0, len(rs.images), cfg.batch_size)
+    rows, images = sample_fresh_named(table, rs, idx, rng, 10_000 * (cfg.seed + 1) + step, cfg.neutral_share,
+                                      cfg.n_occupations)
+    keep = rows > 0  # the empty caption is guidance dropout, not a description
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    return augment(to_input(images[keep]), gen), rows[keep]
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, rows: np.ndarray, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between images and the batch's distinct captions (`rows`: each image's caption id).
+
+    img: (B, D) normalised; txt: (U, D) normalised, one per distinct caption in sorted order of np.unique."""
+    _, inverse = np.unique(rows, return_inverse=True)
+    target = torch.from_numpy(inverse)
+    logits = scale * img @ txt.T  # (B, U)
+    i2t = torch.nn.functional.cross_entropy(logits, target)
+    positives = torch.nn.functional.one_hot(target, txt.shape[0]).T.float()  # (U, B)
+    t2i = -(positives / positives.sum(1, keepdim=True) * torch.log_softmax(logits.T, dim=1)).sum(1).mean()
+    return (i2t + t2i) / 2
+
+
+def _save_checkpoint(out: Path, step: int, model, opt) -> None:
+    tmp = out / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()
+               if not k.startswith("text_model.embeddings.")}, str(tmp / "model.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    final = out / "checkpoint"
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None = None, progress: bool = True) -> int:
+    """Train (or resume) synthclip up to cfg.steps; returns the step reached. Exports to out/final at the end."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "train_config.json", asdict(cfg))
+    torch.manual_seed(cfg.seed)
+    rs = load_renders(out, cfg)
+    table = CaptionTable.build(cfg.n_occupations, expressions=True)
+    tok = build_processor().tokenizer(table.texts, padding="max_length", truncation=True, return_tensors="pt")
+    model = build_model()
+    freeze_untrained(model)
+    text_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("text_model.")]
+    ids = {id(p) for p in text_params}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    opt = torch.optim.AdamW([{"params": rest, "base_lr": cfg.lr, "weight_decay": 0.05},
+                             {"params": text_params, "base_lr": cfg.text_lr, "weight_decay": 0.01}])
+    step = 0
+    if (out / "checkpoint" / "state.json").exists():
+        model.load_state_dict(load_file(out / "checkpoint" / "model.safetensors"), strict=False)
+        opt.load_state_dict(torch.load(out / "checkpoint" / "optimizer.pt", weights_only=True))
+        step = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
+    start = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="synthclip train", disable=not progress)
+    log = open(out / "train_log.jsonl", "a")
+    model.train()
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, reproducible on resume
+        pixels, rows = _batch(step, cfg, rs, table)
+        uniq = np.unique(rows)
+        width = int(tok["attention_mask"][uniq].sum(1).max())  # trim padding shared by the whole batch
+        img = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        txt = model.get_text_features(input_ids=tok["input_ids"][uniq, :width],
+                                      attention_mask=tok["attention_mask"][uniq, :width],
+                                      token_type_ids=tok["token_type_ids"][uniq, :width]).pooler_output
+        txt = torch.nn.functional.normalize(txt, dim=-1)
+        loss = contrastive_loss(img, txt, rows, model.logit_scale.exp().clamp(max=100))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+        if step % 25 == 0:
+            log.write(json.dumps({"step": step, "loss": loss.item(), "logit_scale": model.logit_scale.exp().item(),
+                                  "elapsed_s": round(time.time() - start, 1)}) + "\n")
+            log.flush()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _save_checkpoint(out, step, model, opt)
+        if max_minutes is not None and time.time() - start > 60 * max_minutes:
+            _save_checkpoint(out, step, model, opt)
+            break
+    bar.close()
+    log.close()
+    if step >= cfg.steps:
+        model.eval()
+        round_to_shipped(model)
+        export(model, out / "final")
+    return step

