@@ -14,6 +14,11 @@ from typing import Any, Iterable, Iterator
 from fairbench.errors import UserError
 
 
+def cache_root() -> Path:
+    """fairbench's cache folder: $FAIRBENCH_CACHE, else ~/.cache/fairbench."""
+    return Path(os.environ.get("FAIRBENCH_CACHE", Path.home() / ".cache" / "fairbench"))
+
+
 def file_mode() -> int:
     """The mode open() gives a new file under the current umask (mkstemp's 0600 would hide results)."""
     try:  # Linux reports the umask without changing it (os.umask would, racing other threads)

@@ -1,8 +1,10 @@
 """Print how closely a synthface vanilla run reproduces SD 1.5's measured gender skew.
 
 Usage: python scripts/synthface_check.py RUN_DIR [EXPLICIT_RUN_DIR]
+       python scripts/synthface_check.py --adherence-only RUN_DIR
 RUN_DIR: `fairbench run --method vanilla --split all --n 40` (all 153 occupations);
 EXPLICIT_RUN_DIR: `fairbench run --method vanilla --suite explicit --n 10`.
+--adherence-only: print the adherence of a run whose prompts request groups (e.g. the emotions suite).
 """
 
 import json
@@ -39,13 +41,21 @@ def main(run_dir: str, explicit_dir: str | None = None) -> None:
     if skin:
         print("overall skin-tone shares: " + ", ".join(f"{k} {v:.3f}" for k, v in skin["overall_shares"].items()))
     if explicit_dir:
-        em = json.loads((Path(explicit_dir) / "metrics.json").read_text())
-        for attr, a in em.get("adherence", {}).items():
-            groups = ", ".join(f"{g} {v:.3f}" for g, v in a["per_group"].items())
-            print(f"explicit {attr}: {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] over {a['n']} faces "
-                  f"of {a['n_prompts']} prompts ({groups})")
-        print(f"explicit-suite face rate: {1 - em['no_face_rate']:.3f}")
+        print_adherence(explicit_dir)
+
+
+def print_adherence(run_dir: str) -> None:
+    """Adherence per requested attribute of a run, and its face rate."""
+    em = json.loads((Path(run_dir) / "metrics.json").read_text())
+    for attr, a in em.get("adherence", {}).items():
+        groups = ", ".join(f"{g} {v:.3f}" for g, v in a["per_group"].items())
+        print(f"explicit {attr}: {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] over {a['n']} faces "
+              f"of {a['n_prompts']} prompts ({groups})")
+    print(f"face rate: {1 - em['no_face_rate']:.3f}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1:2] == ["--adherence-only"]:
+        print_adherence(sys.argv[2])
+    else:
+        main(*sys.argv[1:])

@@ -4,6 +4,7 @@ the classifier's expression head, and the registered names that load offline."""
 from __future__ import annotations
 
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -144,3 +145,40 @@ def test_the_expression_head_leaves_every_other_head_bit_identical(tmp_path):
     assert new_meta["groups"]["expression"] == ["neutral", "smiling", "sad", "angry", "surprised"]
     assert meta["heldout"]["gender"] == json.loads((ASSETS / "classifier.json").read_text())["heldout"]["gender"]
     assert meta["heldout_expressions"]["expression"]["n"] == 40
+
+
+def test_the_registered_worlds_and_synthclip_load_offline(capsys):
+    from fairbench.cli.main import main
+    from fairbench.models import load_backend
+    from fairbench.models.dual_encoder import DualEncoder
+    from fairbench.io import cache_root
+    from fairbench.synthface.synthclip import ASSETS, DELTA
+
+    vl, text = load_backend("synthface-vl"), load_backend("synthface")
+    clip = DualEncoder("synthclip")
+    assert str(cache_root()).startswith(tempfile.gettempdir())  # the assembled folder lands in the test cache
+    assert clip.dim == 256 and clip.image_size == 32 and clip.logit_scale > 1
+    # the world's text encoder is synthclip's text tower, exactly (not MiniLM's)
+    a = dict(vl.pipe.text_encoder.named_parameters())["encoder.layer.5.output.dense.weight"]
+    b = dict(clip.model.named_parameters())["text_model.encoder.layer.5.output.dense.weight"]
+    assert torch.equal(a, b) and not torch.equal(a, dict(text.pipe.text_encoder.named_parameters())[
+        "encoder.layer.5.output.dense.weight"])
+    assert vl.fingerprint != text.fingerprint and (ASSETS / DELTA).stat().st_size < 20e6
+    assert main(["ls", "models"]) == 0
+    listed = capsys.readouterr().out
+    assert "synthface-vl" in listed and "vision-language" in listed and "text-only" in listed
+
+
+def test_clip_frechet_distance_on_synthclip_is_near_zero_for_two_halves_and_grows_with_a_shift():
+    from fairbench.metrics.features import build_extractor
+    from fairbench.metrics.quality import frechet_distance
+    from fairbench.synthface.data import render_set
+
+    ext = build_extractor("clip", {"model": "synthclip"})
+    x = torch.from_numpy(render_set(600, 11, expressions=True).images).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        a, b = ext(x[:300]), ext(x[300:])
+        fds = [frechet_distance(a, ext((x[300:].float() * f).round().to(torch.uint8))) for f in (0.85, 0.7, 0.5)]
+    same = frechet_distance(a, b)
+    assert same < fds[0] / 3  # two halves of one set: sampling noise only
+    assert fds[0] < fds[1] < fds[2]  # a darker second half moves further with the shift

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from fairbench.errors import UserError
-from fairbench.io import read_jsonl, sha256_file
+from fairbench.io import cache_root, read_jsonl, sha256_file
 from fairbench.metrics.features import FeatureExtractor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -62,8 +62,8 @@ def image_batches(paths: list[Path], size: int, batch_size: int) -> Iterator[tor
 
 
 def cache_dir() -> Path:
-    """Where reference statistics are cached ($FAIRBENCH_CACHE or ~/.cache/fairbench)."""
-    return Path(os.environ.get("FAIRBENCH_CACHE", Path.home() / ".cache" / "fairbench")) / "reference-stats"
+    """Where reference statistics are cached (under fairbench.io.cache_root())."""
+    return cache_root() / "reference-stats"
 
 
 def cache_key(extractor: FeatureExtractor, content_hash: str) -> str:

@@ -1,7 +1,7 @@
 """SynthFacePipeline: a diffusers pipeline with SD's interface over synthface's small pixel-space model.
 
-Frozen text-encoder token states (all-MiniLM-L6-v2, or synthclip's text tower in the vision-language world) (24 x 384) -> UNet2DConditionModel cross-attention ->
-32 x 32 RGB. No VAE (vae_scale_factor 1). encode_prompt / prompt_embeds / guidance_scale /
+Frozen text-encoder token states (24 x 384: all-MiniLM-L6-v2 in the text-only world, synthclip's
+text tower in the vision-language world) -> UNet2DConditionModel cross-attention -> 32 x 32 RGB. No VAE (vae_scale_factor 1). encode_prompt / prompt_embeds / guidance_scale /
 generator lists behave as in StableDiffusionPipeline, so every method level (prompt text,
 conditioning embeddings, guidance, cross-attention weights) applies exactly as on SD.
 """

@@ -24,16 +24,11 @@ from pathlib import Path
 import torch
 
 from fairbench.errors import UserError
-from fairbench.io import atomic_write_json, sha256_file
+from fairbench.io import atomic_write_json, cache_root, sha256_file
 
 ASSETS = Path(__file__).resolve().parent / "assets_synthclip"
 TRAINED_TEXT_LAYERS = 3  # top BERT layers of MiniLM that are fine-tuned (of 6)
 DELTA = "synthclip_delta.safetensors"
-
-
-def cache_root() -> Path:
-    """fairbench's cache folder ($FAIRBENCH_CACHE or ~/.cache/fairbench)."""
-    return Path(os.environ.get("FAIRBENCH_CACHE", Path.home() / ".cache" / "fairbench"))
 
 
 def build_model(projection_dim: int = 256):
@@ -46,8 +41,7 @@ def build_model(projection_dim: int = 256):
     vision = CLIPVisionConfig(image_size=32, patch_size=4, hidden_size=160, intermediate_size=640,
                               num_hidden_layers=4, num_attention_heads=4, hidden_act="gelu")
     config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text.config, projection_dim=projection_dim)
-    model = VisionTextDualEncoderModel(config=config, text_model=text)
-    return model
+    return VisionTextDualEncoderModel(config=config, text_model=text)
 
 
 def build_processor():
@@ -99,14 +93,12 @@ def export(model, dest: Path) -> Path:
 def assemble(source: Path, dest: Path) -> Path:
     """Full from_pretrained folder from a shipped one: MiniLM's weights + the shipped tensors."""
     from safetensors.torch import load_file
-    from transformers import VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+    from transformers import AutoModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
 
     from fairbench.synthface.text import minilm_path
 
     delta = load_file(source / DELTA)
     config = VisionTextDualEncoderConfig.from_pretrained(source)
-    from transformers import AutoModel
-
     model = VisionTextDualEncoderModel(config=config, text_model=AutoModel.from_pretrained(minilm_path()))
     missing = set(trained_names(model)) - set(delta)
     if missing or set(delta) - set(trained_names(model)):
@@ -123,7 +115,8 @@ def assemble(source: Path, dest: Path) -> Path:
             if f.name != DELTA and not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
         atomic_write_json(tmp / "fairbench_source.json", {"delta_sha256": sha256_file(source / DELTA)})
-        os.replace(tmp, dest) if not dest.exists() else shutil.rmtree(tmp)
+        if not dest.exists():  # another process may have assembled it meanwhile: keep the first
+            os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
