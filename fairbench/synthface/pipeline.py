@@ -1,9 +1,10 @@
 """SynthFacePipeline: a diffusers pipeline with SD's interface over synthface's small pixel-space model.
 
 Frozen text-encoder token states (24 x 384: all-MiniLM-L6-v2 in the text-only world, synthclip's
-text tower in the vision-language world) -> UNet2DConditionModel cross-attention -> 32 x 32 RGB. No VAE (vae_scale_factor 1). encode_prompt / prompt_embeds / guidance_scale /
-generator lists behave as in StableDiffusionPipeline, so every method level (prompt text,
-conditioning embeddings, guidance, cross-attention weights) applies exactly as on SD.
+text tower in the vision-language world) -> UNet2DConditionModel cross-attention -> 32 x 32 RGB.
+No VAE (vae_scale_factor 1). encode_prompt / prompt_embeds / guidance_scale / generator lists
+behave as in StableDiffusionPipeline, so every method level (prompt text, conditioning
+embeddings, guidance, cross-attention weights) applies exactly as on SD.
 """
 
 from __future__ import annotations
