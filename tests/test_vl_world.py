@@ -182,3 +182,22 @@ def test_clip_frechet_distance_on_synthclip_is_near_zero_for_two_halves_and_grow
     same = frechet_distance(a, b)
     assert same < fds[0] / 3  # two halves of one set: sampling noise only
     assert fds[0] < fds[1] < fds[2]  # a darker second half moves further with the shift
+
+
+def test_hard_negatives_change_one_named_group_and_only_add_image_to_text_columns():
+    from fairbench.synthface.clip_train import contrastive_loss
+
+    table = CaptionTable.build(2, expressions=True)
+    cf = table.counterfactuals()
+    row = table.texts.index("a photo of the face of a smiling old female accountant")
+    assert {table.texts[r] for r in cf[row]} == {
+        "a photo of the face of a smiling old male accountant", "a photo of the face of a smiling young female accountant",
+        *(f"a photo of the face of {w} old female accountant" for w in ("a calm", "a sad", "an angry", "a surprised"))}
+    assert len(cf[table.texts.index("a photo of the face of a sad person")]) == 0  # descriptors: neutral only
+    assert len(cf[table.texts.index("a photo of the face of an accountant")]) == 0
+    img = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    rows = np.array([4, 9, 4])
+    base = contrastive_loss(img, txt[:2], rows, torch.tensor(3.0))
+    with_hard = contrastive_loss(img, txt, rows, torch.tensor(3.0))
+    assert with_hard > base  # an extra negative column only raises the image-to-text loss

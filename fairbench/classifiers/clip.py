@@ -17,7 +17,7 @@ from PIL import Image
 
 from fairbench.classifiers.base import AttributeClassifier, softmax
 from fairbench.errors import UserError
-from fairbench.prompts import attribute
+from fairbench.prompts import attribute, load_attributes
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # ITI-GEN's classifier (ViT-B/32)
 
@@ -30,9 +30,12 @@ def load_class_texts(attrs: tuple[str, ...], templates: str | None) -> dict[str,
             override = yaml.safe_load(Path(templates).read_text())
         except (OSError, yaml.YAMLError) as exc:
             raise UserError(f"cannot read CLIP templates {templates}: {exc}") from None
+        known = load_attributes()
         for a, mapping in (override or {}).items():
-            if a not in texts:
-                raise UserError(f"CLIP templates name attribute {a!r}, not one of {list(texts)}")
+            if a not in known:
+                raise UserError(f"CLIP templates name attribute {a!r}, not one of {list(known)}")
+            if a not in texts:  # a templates file may cover more attributes than one run asks for
+                continue
             names = attribute(a).group_names
             unknown = set(mapping) - set(names)
             if unknown:

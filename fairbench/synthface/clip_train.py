@@ -7,8 +7,13 @@ all. Empty captions (the denoiser's guidance dropout) are left out. The loss is 
 InfoNCE with a learned temperature; because many images share one caption ("a photo of the face
 of a nurse"), the text-to-image direction treats every image of a caption as a positive (a
 uniform target over them) and the image-to-text direction contrasts each image with the batch's
-distinct captions. Every step's batch, augmentation and dropout derive from (seed, step), so a
-resumed run continues the same trajectory.
+distinct captions. Every group-naming caption also brings a hard negative: the same caption with
+one named group changed ("a female nurse" for a male nurse's image; NegCLIP's counterfactual
+captions, Yuksekgonul et al. 2023), used in the image-to-text direction only. Without them the
+captions of one family differ mostly in occupation, which the images cannot show, and a first
+run learned the family (zero-shot 1.00) while "a male person" and "a female person" embedded
+identically (cosine 1.000, gender at chance after 400 steps). Every step's batch, augmentation
+and dropout derive from (seed, step), so a resumed run continues the same trajectory.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from fairbench.synthface.synthclip import build_model, build_processor, export, 
 class ClipTrainConfig:
     """Hyperparameters of a synthclip training run (recorded in the output folder)."""
 
-    steps: int = 1600
+    steps: int = 1200
     batch_size: int = 128
     lr: float = 1e-3  # image tower and projections
     text_lr: float = 2e-4  # MiniLM's fine-tuned layers
@@ -44,7 +49,8 @@ class ClipTrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     n_occupations: int | None = None  # first N occupations only (smoke tests)
-    neutral_share: float | None = None  # as the denoiser's: None is the world's caption mix
+    neutral_share: float | None = 0.2  # share of non-empty captions naming no group: the vision-language denoiser's
+    hard_negatives: bool = True  # each group-naming caption brings its counterfactual as an extra negative
 
 
 def load_renders(out: Path, cfg) -> RenderSet:
@@ -58,26 +64,35 @@ def load_renders(out: Path, cfg) -> RenderSet:
     return rs
 
 
-def _batch(step: int, cfg: ClipTrainConfig, rs: RenderSet, table: CaptionTable) -> tuple[torch.Tensor, np.ndarray]:
+def _batch(step: int, cfg: ClipTrainConfig, rs: RenderSet, table: CaptionTable,
+           counterfactuals: list[np.ndarray] | None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Augmented images, their caption rows, and the hard-negative rows (not already among the captions)."""
     rng = np.random.default_rng([cfg.seed, step])
     idx = rng.integers(0, len(rs.images), cfg.batch_size)
     rows, images = sample_fresh_named(table, rs, idx, rng, 10_000 * (cfg.seed + 1) + step, cfg.neutral_share,
                                       cfg.n_occupations)
     keep = rows > 0  # the empty caption is guidance dropout, not a description
+    rows, images = rows[keep], images[keep]
+    hard = np.zeros(0, dtype=np.int64)
+    if counterfactuals is not None:
+        hard = np.array([c[rng.integers(len(c))] for c in (counterfactuals[r] for r in rows) if len(c)], dtype=np.int64)
+        hard = np.setdiff1d(hard, rows)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    return augment(to_input(images[keep]), gen), rows[keep]
+    return augment(to_input(images), gen), rows, hard
 
 
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, rows: np.ndarray, scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE between images and the batch's distinct captions (`rows`: each image's caption id).
 
-    img: (B, D) normalised; txt: (U, D) normalised, one per distinct caption in sorted order of np.unique."""
+    img: (B, D) normalised; txt: (U + H, D) normalised, one per distinct caption in sorted order of
+    np.unique, then H hard negatives that no image is paired with (image-to-text direction only)."""
     _, inverse = np.unique(rows, return_inverse=True)
+    n_pos = int(inverse.max()) + 1
     target = torch.from_numpy(inverse)
-    logits = scale * img @ txt.T  # (B, U)
+    logits = scale * img @ txt.T  # (B, U + H)
     i2t = torch.nn.functional.cross_entropy(logits, target)
-    positives = torch.nn.functional.one_hot(target, txt.shape[0]).T.float()  # (U, B)
-    t2i = -(positives / positives.sum(1, keepdim=True) * torch.log_softmax(logits.T, dim=1)).sum(1).mean()
+    positives = torch.nn.functional.one_hot(target, n_pos).T.float()  # (U, B)
+    t2i = -(positives / positives.sum(1, keepdim=True) * torch.log_softmax(logits[:, :n_pos].T, dim=1)).sum(1).mean()
     return (i2t + t2i) / 2
 
 
@@ -103,6 +118,7 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None 
     torch.manual_seed(cfg.seed)
     rs = load_renders(out, cfg)
     table = CaptionTable.build(cfg.n_occupations, expressions=True)
+    counterfactuals = table.counterfactuals() if cfg.hard_negatives else None
     tok = build_processor().tokenizer(table.texts, padding="max_length", truncation=True, return_tensors="pt")
     model = build_model()
     freeze_untrained(model)
@@ -124,8 +140,8 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None 
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, reproducible on resume
-        pixels, rows = _batch(step, cfg, rs, table)
-        uniq = np.unique(rows)
+        pixels, rows, hard = _batch(step, cfg, rs, table, counterfactuals)
+        uniq = np.concatenate([np.unique(rows), hard])
         width = int(tok["attention_mask"][uniq].sum(1).max())  # trim padding shared by the whole batch
         img = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
         txt = model.get_text_features(input_ids=tok["input_ids"][uniq, :width],

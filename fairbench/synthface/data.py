@@ -141,6 +141,28 @@ class CaptionTable:
                     index[o, k, g, s, a, e] = rows[text]
         return cls(texts, index, np.array([sub.expression is not None for sub in subs]))
 
+    def counterfactuals(self) -> list[np.ndarray]:
+        """Per caption row, the rows of the captions that name one of its named groups differently
+        ("a female nurse" -> "a male nurse"; "a smiling nurse" -> "a sad nurse"): hard negatives."""
+        out: list[set[int]] = [set() for _ in self.texts]
+        n_groups = {"gender": 2, "skin": 4, "age": 2}
+        axis = {"gender": 2, "skin": 3, "age": 4}
+        for pos in itertools.product(*(range(n) for n in self.index.shape)):
+            o, k, e = pos[0], pos[1], pos[5]
+            if self.neutral_only[o]:
+                continue
+            row = int(self.index[pos])
+            for attr in KINDS[k][0]:
+                for other in range(n_groups[attr]):
+                    if other != pos[axis[attr]]:
+                        swapped = list(pos)
+                        swapped[axis[attr]] = other
+                        out[row].add(int(self.index[tuple(swapped)]))
+            if e > 0:
+                out[row].update(int(self.index[(*pos[:5], other)]) for other in range(1, self.index.shape[5])
+                                if other != e)
+        return [np.array(sorted(r), dtype=np.int64) for r in out]
+
 
 @dataclass
 class RenderSet:
