@@ -9,7 +9,7 @@ On a labelled run of occupation prompts (e.g. `fairbench run --method vanilla --
   with the prompt of an occupation from another family (the next occupation in suite order whose
   family differs): the share of images whose own prompt scores higher.
 
-Usage: python scripts/clip_paths.py RUN_DIR --out FILE.json [--model synthclip]
+Usage: python scripts/clip_paths.py RUN_DIR --out FILE.json [--model synthclip] [--max-samples 16]
          [--templates prompts/clip_templates/synthclip.yaml]
 """
 
@@ -43,10 +43,11 @@ def other_family_prompt(suite) -> dict[str, str]:
     return out
 
 
-def measure(run_dir: Path, model: str, templates: str | None) -> dict:
-    """Both comparisons on the run's images."""
+def measure(run_dir: Path, model: str, templates: str | None, max_samples: int | None = None) -> dict:
+    """Both comparisons on the run's images (the first `max_samples` of each prompt)."""
     labels = pd.read_parquet(run_dir / LABELS)
-    labels = labels[labels["face"]].reset_index(drop=True)
+    keep = labels["face"] & (labels["sample_idx"] < (max_samples if max_samples is not None else np.inf))
+    labels = labels[keep].reset_index(drop=True)
     images = [Image.open(run_dir / p).convert("RGB") for p in labels["image"]]
     clf = build_classifier("clip", {"model": model, "attributes": "gender", "templates": templates})
     groups = np.array(attribute("gender").group_names)
@@ -74,8 +75,9 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--model", default="synthclip")
     ap.add_argument("--templates", default="prompts/clip_templates/synthclip.yaml")
+    ap.add_argument("--max-samples", type=int, default=None, help="use each prompt's first N images only")
     args = ap.parse_args()
-    res = measure(Path(args.run_dir), args.model, args.templates)
+    res = measure(Path(args.run_dir), args.model, args.templates, args.max_samples)
     Path(args.out).write_text(json.dumps(res, indent=1))
     print(f"{res['images']} faces of {res['occupations']} occupations: per-occupation female share, clip ({args.model}) "
           f"vs synthface classifier: mean |difference| {res['female_share_mean_abs_diff']:.4f} "

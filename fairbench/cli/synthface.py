@@ -44,7 +44,7 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-progress", action="store_true")
     k = ss.add_parser("train-clip", help="train synthclip, the vision-language world's CLIP (resumes)")
     k.add_argument("--out", default=".cache/synthclip-train")
-    k.add_argument("--steps", type=positive_int, default=1600)
+    k.add_argument("--steps", type=positive_int, default=1400)
     k.add_argument("--batch-size", type=positive_int, default=128)
     k.add_argument("--n-renders", type=positive_int, default=40_000)
     k.add_argument("--seed", type=int, default=0)

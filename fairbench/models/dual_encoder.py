@@ -24,6 +24,7 @@ DUAL_ENCODERS.add("clip-l14", "openai/clip-vit-large-patch14", notes="CLIP ViT-L
 
 
 def _synthclip_folder() -> str:
+    # importing synthclip registers its image tower (fairbench/synthface/vision.py) with transformers' Auto classes
     from fairbench.synthface.synthclip import synthclip_folder
 
     return synthclip_folder()

@@ -40,7 +40,7 @@ from fairbench.synthface.synthclip import build_model, build_processor, export, 
 class ClipTrainConfig:
     """Hyperparameters of a synthclip training run (recorded in the output folder)."""
 
-    steps: int = 1200
+    steps: int = 1400
     batch_size: int = 128
     lr: float = 1e-3  # image tower and projections
     text_lr: float = 2e-4  # MiniLM's fine-tuned layers

