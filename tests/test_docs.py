@@ -61,7 +61,7 @@ def test_architecture_table_matches_the_methods():
             assert cell == ("runs" if arch_of[col] in cls.architectures else "refuses"), (row[0], col)
 
 
-@pytest.mark.parametrize("page", ["README.md"])
+@pytest.mark.parametrize("page", ["README.md", "docs/worlds.md"])
 def test_readme_commands_parse(page):
     from fairbench.cli.main import build_parser
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+import fairbench.synthface.vision  # noqa: F401  (synthclip's image tower, registered with transformers' Auto classes)
 from fairbench.errors import UserError
 from fairbench.hub import from_pretrained
 from fairbench.registry import Registry
@@ -24,7 +25,6 @@ DUAL_ENCODERS.add("clip-l14", "openai/clip-vit-large-patch14", notes="CLIP ViT-L
 
 
 def _synthclip_folder() -> str:
-    # importing synthclip registers its image tower (fairbench/synthface/vision.py) with transformers' Auto classes
     from fairbench.synthface.synthclip import synthclip_folder
 
     return synthclip_folder()
