@@ -202,3 +202,17 @@ def test_hard_negatives_change_one_named_group_and_only_add_image_to_text_column
     base = contrastive_loss(img, txt[:2], rows, torch.tensor(3.0))
     with_hard = contrastive_loss(img, txt, rows, torch.tensor(3.0))
     assert with_hard > base  # an extra negative column only raises the image-to-text loss
+
+
+def test_a_leaderboard_over_both_worlds_shows_the_model_column():
+    import pandas as pd
+
+    from fairbench.outputs.leaderboard import markdown_table
+
+    row = {"attribute": "gender", "method": "vanilla", "method_level": "none", "n_faces": 10, "n_images": 10,
+           "bias_gap": 0.5, "bias_gap_ci_low": 0.4, "bias_gap_ci_high": 0.6}
+    one = pd.DataFrame([{**row, "model": "synthface"}, {**row, "model": "synthface", "method": "fairmap"}])
+    both = pd.DataFrame([{**row, "model": "synthface"}, {**row, "model": "synthface-vl"}])
+    assert "model" not in markdown_table(one, ("bias_gap",)).splitlines()[0]
+    table = markdown_table(both, ("bias_gap",)).splitlines()
+    assert table[0].split("|")[1].strip() == "model" and "synthface-vl" in table[3]

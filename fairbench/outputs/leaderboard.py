@@ -115,6 +115,8 @@ def _interval(df: pd.DataFrame, col: str) -> pd.Series:
 def markdown_table(df: pd.DataFrame, metrics: tuple[str, ...] = ("bias_gap", "kl")) -> str:
     """A compact markdown view of a leaderboard: fairness with intervals, faces, alignment, FD, adherence."""
     view = pd.DataFrame({"attribute": df["attribute"], "method": df["method"], "level": df["method_level"]})
+    if df["model"].nunique() > 1:  # a leaderboard over several worlds or models
+        view.insert(0, "model", df["model"])
     for m in metrics:
         view[m] = _interval(df, m)
     view["faces / images"] = [f"{int(f)} / {int(n)}" for f, n in zip(df["n_faces"], df["n_images"])]
