@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from fairbench.io import atomic_write_json
 from fairbench.synthface.classifier import augment, to_input
 from fairbench.synthface.data import CaptionTable, RenderSet, render_set, sample_fresh_named
 from fairbench.synthface.synthclip import build_model, build_processor, export, freeze_untrained, round_to_shipped
+from fairbench.synthface.train import save_checkpoint
 
 
 @dataclass
@@ -96,18 +96,10 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, rows: np.ndarray, sca
     return (i2t + t2i) / 2
 
 
-def _save_checkpoint(out: Path, step: int, model, opt) -> None:
-    tmp = out / "checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()
-               if not k.startswith("text_model.embeddings.")}, str(tmp / "model.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
-    final = out / "checkpoint"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+def _checkpoint(out: Path, step: int, model, opt) -> None:
+    # MiniLM's embeddings never change; they come from its package on resume
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("text_model.embeddings.")}
+    save_checkpoint(out, step, {"model": state}, opt)
 
 
 def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None = None, progress: bool = True) -> int:
@@ -161,9 +153,9 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None 
                                   "elapsed_s": round(time.time() - start, 1)}) + "\n")
             log.flush()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_checkpoint(out, step, model, opt)
+            _checkpoint(out, step, model, opt)
         if max_minutes is not None and time.time() - start > 60 * max_minutes:
-            _save_checkpoint(out, step, model, opt)
+            _checkpoint(out, step, model, opt)
             break
     bar.close()
     log.close()

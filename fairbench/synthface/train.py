@@ -127,12 +127,13 @@ def param_groups(unet, text_lr_scale: float) -> list[dict]:
     return [{"params": rest, "lr_scale": 1.0}, {"params": text, "lr_scale": text_lr_scale}]
 
 
-def _save_checkpoint(out: Path, step: int, unet, ema: dict, opt) -> None:
+def save_checkpoint(out: Path, step: int, files: dict[str, dict[str, torch.Tensor]], opt) -> None:
+    """Replace out/checkpoint as a whole: each {name: tensors} as name.safetensors, the optimizer, the step."""
     tmp = out / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp / "unet.safetensors"))
-    save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    for name, tensors in files.items():
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step}))
     final = out / "checkpoint"
@@ -198,9 +199,9 @@ def train_unet(out: str | Path, cfg: TrainConfig, max_minutes: float | None = No
             log.write(json.dumps({"step": step, "loss": loss.item(), "elapsed_s": round(time.time() - start, 1)}) + "\n")
             log.flush()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_checkpoint(out, step, unet, ema, opt)
+            save_checkpoint(out, step, {"unet": unet.state_dict(), "ema": ema}, opt)
         if max_minutes is not None and time.time() - start > 60 * max_minutes:
-            _save_checkpoint(out, step, unet, ema, opt)
+            save_checkpoint(out, step, {"unet": unet.state_dict(), "ema": ema}, opt)
             break
     bar.close()
     log.close()
