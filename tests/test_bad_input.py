@@ -82,6 +82,12 @@ CASES = {
     "synthface grid of a missing model": lambda t: ["synthface", "grid", "--model", str(t / "nope"),
                                                     "--out", str(t / "g.png")],
     "synthface subcommand typo": lambda t: ["synthface", "trian"],
+    "synthface train expression share 1.5": lambda t: ["synthface", "train", "--expressions", "--expression-share",
+                                                       "1.5", "--out", str(t / "u")],
+    "synthface train-clip from a missing folder": lambda t: ["synthface", "train-clip", "--init-from", str(t / "nope"),
+                                                             "--out", str(t / "c")],
+    "synthface train-clip negative hard negatives": lambda t: ["synthface", "train-clip", "--hard-negatives", "-1",
+                                                               "--out", str(t / "c")],
     # plans, references, weights
     "plan is a list": lambda t: ["plan", _config(t, b"[1, 2]")],
     "plan key typo": lambda t: ["plan", _plan(t, models="modles")],

@@ -104,6 +104,76 @@ def test_a_few_synthclip_steps_run_and_resume_to_the_same_weights(tiny_clip_run)
     assert any(k.startswith("text_model.encoder.layer.5.") for k in a) and "logit_scale" in a
 
 
+def test_a_locked_text_stage_keeps_the_text_side_and_resumes(tiny_clip_run):
+    """The second stage (--init-from, --freeze-text): the whole text side is bit-identical, so the denoiser's
+    token states and the text lean do not move; the image side trains; a split run equals a whole one."""
+    from safetensors.torch import load_file
+
+    from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+    from fairbench.synthface.synthclip import DELTA
+
+    out, first = tiny_clip_run
+    cfg = ClipTrainConfig(**{**first.__dict__, "steps": 3, "init_from": str(out / "whole" / "final"),
+                             "freeze_text": True, "hard_negatives": 9, "expression_share": 1.0})
+    assert train_clip(out / "stage2", cfg, progress=False) == 3
+    train_clip(out / "stage2-split", cfg, max_minutes=0, progress=False)
+    assert train_clip(out / "stage2-split", cfg, progress=False) == 3
+    before = load_file(out / "whole" / "final" / DELTA)
+    after = load_file(out / "stage2" / "final" / DELTA)
+    split = load_file(out / "stage2-split" / "final" / DELTA)
+    assert all(torch.equal(after[k], split[k]) for k in after)
+    text = [k for k in after if k.startswith(("text_model.", "text_projection."))]
+    assert len(text) > 40 and all(torch.equal(before[k], after[k]) for k in text)
+    for prefix in ("vision_model.", "visual_projection.", "logit_scale"):
+        assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
+
+
+def test_cached_caption_features_are_the_text_towers():
+    from fairbench.synthface.clip_train import caption_features, text_features
+    from fairbench.synthface.synthclip import build_model, build_processor
+
+    model = build_model()
+    tok = build_processor().tokenizer(["a photo of the face of a smiling nurse", "a photo of the face of a person",
+                                       "a photo of the face of a sad elderly dark-skinned female nurse"],
+                                      padding="max_length", truncation=True, return_tensors="pt")
+    cached = caption_features(model, tok)
+    assert model.training  # handed back in training mode
+    model.eval()
+    with torch.no_grad():
+        full = text_features(model, tok, np.array([2, 0]), None)
+    assert torch.allclose(text_features(model, tok, np.array([2, 0]), cached), full, atol=1e-6)
+
+
+def test_hard_negatives_pick_k_counterfactuals_or_all_of_them():
+    from fairbench.synthface.clip_train import _pick
+
+    rows = np.arange(10, 15)
+    rng = np.random.default_rng(0)
+    assert _pick(rows, 1, np.random.default_rng(3)) == rows[np.random.default_rng(3).integers(5)]
+    got = _pick(rows, 3, rng)
+    assert len(got) == 3 and len(set(got)) == 3 and set(got) <= set(rows)
+    assert list(_pick(rows, 9, rng)) == list(rows) and len(_pick(rows[:0], 4, rng)) == 0
+
+
+def test_the_expression_share_sets_how_often_a_caption_names_the_expression():
+    from fairbench.prompts import attribute
+    from fairbench.synthface.data import render_set, sample_caption_rows
+
+    table = CaptionTable.build(3, expressions=True)
+    rs = render_set(3000, 0, 3, expressions=True)
+    words = [f" {g.adjective} " for g in attribute("expression").groups]
+    for share, low, high in ((0.0, 0.0, 0.0), (0.3, 0.25, 0.35), (1.0, 1.0, 1.0)):
+        rows, idx = sample_caption_rows(table, rs, np.arange(3000), np.random.default_rng(1), expression_share=share)
+        texts = [table.texts[r] for r, o in zip(rows, rs.occupation[idx]) if r and o < 3]  # occupations' captions
+        expr = [t for t in texts if any(w in t for w in words)]
+        got = len(expr) / len(texts)
+        assert low <= got <= high, (share, got)
+        for t in expr:  # the expression named is the render's own
+            r = table.texts.index(t)
+            k = list(rows).index(r)
+            assert words[rs.expression[idx[k]]] in t
+
+
 def test_the_shipped_form_assembles_into_a_from_pretrained_folder_that_equals_the_trained_model(
         tiny_clip_run, tmp_path):
     from transformers import AutoModel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fairbench.cli.argtypes import positive_int
+from fairbench.cli.argtypes import positive_int, share
 from fairbench.errors import UserError
 
 
@@ -41,6 +41,8 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--expressions", action="store_true",
                    help="the vision-language world's data: labelled expressions, emotion descriptors, captions "
                         "that name the expression")
+    t.add_argument("--expression-share", type=share, default=0.3,
+                   help="with --expressions: share of occupation captions that name the render's expression")
     t.add_argument("--no-progress", action="store_true")
     k = ss.add_parser("train-clip", help="train synthclip, the vision-language world's CLIP (resumes)")
     k.add_argument("--out", default=".cache/synthclip-train")
@@ -49,6 +51,16 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--n-renders", type=positive_int, default=40_000)
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--max-minutes", type=float, help="checkpoint and stop after this long (resume later)")
+    k.add_argument("--lr", type=float, default=1e-3, help="image tower, projections and temperature")
+    k.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay")
+    k.add_argument("--hard-negatives", type=int, default=1,
+                   help="counterfactual captions each group-naming caption brings as negatives (0: none)")
+    k.add_argument("--expression-share", type=share, default=0.3,
+                   help="share of occupation captions that name the render's expression")
+    k.add_argument("--init-from", help="a trained synthclip folder (train-clip's OUT/final) to continue from")
+    k.add_argument("--freeze-text", action="store_true",
+                   help="lock the text side (encoder, pooler, projection): only the image tower, its projection "
+                        "and the temperature train, so the token states the denoiser reads stay as they are")
     k.add_argument("--no-progress", action="store_true")
     x = ss.add_parser("train-expression-head",
                       help="add the expression head to a trained classifier (its other heads unchanged)")
@@ -94,7 +106,7 @@ def run_synthface(args: argparse.Namespace) -> int:
                           balanced_renders=args.balanced_renders, transformer_layers=args.transformer_layers,
                           text_lr_scale=args.text_lr_scale, timestep_power=args.timestep_power,
                           fresh_named=args.fresh_named, text_encoder=args.text_encoder,
-                          expressions=args.expressions)
+                          expressions=args.expressions, expression_share=args.expression_share)
         step = train_unet(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
         done = "finished; EMA model in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")
@@ -109,10 +121,18 @@ def run_synthface(args: argparse.Namespace) -> int:
         print(sample_grid(args.out, args.model, args.n))
     elif args.synthface_command == "train-clip":
         from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+        from fairbench.synthface.synthclip import DELTA
 
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise UserError(f"--out {args.out} is a file, not a training folder")
-        cfg = ClipTrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed)
+        if args.init_from and not (Path(args.init_from) / DELTA).is_file():
+            raise UserError(f"--init-from {args.init_from}: not a trained synthclip folder (no {DELTA})")
+        if args.hard_negatives < 0:
+            raise UserError(f"--hard-negatives {args.hard_negatives}: give 0 or more")
+        cfg = ClipTrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed,
+                              lr=args.lr, warmup=args.warmup, hard_negatives=args.hard_negatives,
+                              expression_share=args.expression_share, init_from=args.init_from,
+                              freeze_text=args.freeze_text)
         step = train_clip(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
         done = "finished; synthclip in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")

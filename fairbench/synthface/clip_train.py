@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from fairbench.io import atomic_write_json
 from fairbench.synthface.classifier import augment, to_input
-from fairbench.synthface.data import CaptionTable, RenderSet, render_set, sample_fresh_named
-from fairbench.synthface.synthclip import build_model, build_processor, export, freeze_untrained, round_to_shipped
+from fairbench.synthface.data import P_EXPRESSION, CaptionTable, RenderSet, render_set, sample_fresh_named
+from fairbench.synthface.synthclip import (build_model, build_processor, export, freeze_untrained, load_shipped,
+                                           round_to_shipped)
 from fairbench.synthface.train import save_checkpoint
 
 
@@ -50,7 +51,10 @@ class ClipTrainConfig:
     checkpoint_every: int = 100
     n_occupations: int | None = None  # first N occupations only (smoke tests)
     neutral_share: float | None = 0.2  # share of non-empty captions naming no group: the vision-language denoiser's
-    hard_negatives: bool = True  # each group-naming caption brings its counterfactual as an extra negative
+    hard_negatives: int = 1  # counterfactual captions each group-naming caption brings as extra negatives (0: none)
+    expression_share: float = P_EXPRESSION  # share of occupation captions naming the expression
+    init_from: str | None = None  # a shipped synthclip folder to continue from (a second stage)
+    freeze_text: bool = False  # lock the text side (encoder, pooler, projection): only the image side trains
 
 
 def load_renders(out: Path, cfg) -> RenderSet:
@@ -70,15 +74,47 @@ def _batch(step: int, cfg: ClipTrainConfig, rs: RenderSet, table: CaptionTable,
     rng = np.random.default_rng([cfg.seed, step])
     idx = rng.integers(0, len(rs.images), cfg.batch_size)
     rows, images = sample_fresh_named(table, rs, idx, rng, 10_000 * (cfg.seed + 1) + step, cfg.neutral_share,
-                                      cfg.n_occupations)
+                                      cfg.n_occupations, cfg.expression_share)
     keep = rows > 0  # the empty caption is guidance dropout, not a description
     rows, images = rows[keep], images[keep]
     hard = np.zeros(0, dtype=np.int64)
     if counterfactuals is not None:
-        hard = np.array([c[rng.integers(len(c))] for c in (counterfactuals[r] for r in rows) if len(c)], dtype=np.int64)
+        hard = np.concatenate([_pick(c, cfg.hard_negatives, rng) for c in (counterfactuals[r] for r in rows)]
+                              + [hard]).astype(np.int64)
         hard = np.setdiff1d(hard, rows)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     return augment(to_input(images), gen), rows, hard
+
+
+def _pick(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k of a caption's counterfactual rows at random (all of them when it has no more than k)."""
+    if len(rows) == 0:
+        return rows
+    if k == 1:  # one draw, as the first stage's shipped training made it
+        return rows[rng.integers(len(rows))][None]
+    return rows if len(rows) <= k else rng.choice(rows, size=k, replace=False)
+
+
+def caption_features(model, tok) -> torch.Tensor:
+    """Normalised joint-space features of every caption row, computed once (the text side frozen, no dropout)."""
+    feats = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(tok["input_ids"]), 512):
+            feats.append(text_features(model, tok, np.arange(i, min(i + 512, len(tok["input_ids"]))), None))
+    model.train()
+    return torch.cat(feats)
+
+
+def text_features(model, tok, uniq: np.ndarray, cached: torch.Tensor | None) -> torch.Tensor:
+    """Normalised joint-space features of caption rows `uniq` (looked up when the text side is frozen)."""
+    if cached is not None:
+        return cached[uniq]
+    width = int(tok["attention_mask"][uniq].sum(1).max())  # trim padding shared by the whole batch
+    txt = model.get_text_features(input_ids=tok["input_ids"][uniq, :width],
+                                  attention_mask=tok["attention_mask"][uniq, :width],
+                                  token_type_ids=tok["token_type_ids"][uniq, :width]).pooler_output
+    return torch.nn.functional.normalize(txt, dim=-1)
 
 
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, rows: np.ndarray, scale: torch.Tensor) -> torch.Tensor:
@@ -113,7 +149,14 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None 
     counterfactuals = table.counterfactuals() if cfg.hard_negatives else None
     tok = build_processor().tokenizer(table.texts, padding="max_length", truncation=True, return_tensors="pt")
     model = build_model()
+    if cfg.init_from:
+        load_shipped(model, Path(cfg.init_from))
     freeze_untrained(model)
+    cached = None
+    if cfg.freeze_text:  # a locked text side (LiT, roles swapped): its caption features are computed once
+        for p in [*model.text_model.parameters(), *model.text_projection.parameters()]:
+            p.requires_grad_(False)
+        cached = caption_features(model, tok)
     text_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("text_model.")]
     ids = {id(p) for p in text_params}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
@@ -134,12 +177,8 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None 
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, reproducible on resume
         pixels, rows, hard = _batch(step, cfg, rs, table, counterfactuals)
         uniq = np.concatenate([np.unique(rows), hard])
-        width = int(tok["attention_mask"][uniq].sum(1).max())  # trim padding shared by the whole batch
         img = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-        txt = model.get_text_features(input_ids=tok["input_ids"][uniq, :width],
-                                      attention_mask=tok["attention_mask"][uniq, :width],
-                                      token_type_ids=tok["token_type_ids"][uniq, :width]).pooler_output
-        txt = torch.nn.functional.normalize(txt, dim=-1)
+        txt = text_features(model, tok, uniq, cached)
         loss = contrastive_loss(img, txt, rows, model.logit_scale.exp().clamp(max=100))
         opt.zero_grad(set_to_none=True)
         loss.backward()

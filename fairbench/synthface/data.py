@@ -110,12 +110,13 @@ class CaptionTable:
         return self.index.shape[-1] > 1
 
     def rows(self, occ: np.ndarray, kinds: np.ndarray, lab: dict[str, np.ndarray], rng: np.random.Generator,
-             empty: np.ndarray) -> np.ndarray:
-        """Caption row per sample: kind `kinds`, groups `lab`; with expressions, 30 % name the render's
-        expression (drawn last, so the text-only world's draws are unchanged). Empty captions are row 0."""
+             empty: np.ndarray, expression_share: float = P_EXPRESSION) -> np.ndarray:
+        """Caption row per sample: kind `kinds`, groups `lab`; with expressions, `expression_share` of them
+        name the render's expression (drawn last, so the text-only world's draws are unchanged). Empty
+        captions are row 0."""
         e = np.zeros(len(occ), dtype=np.int64)
         if self.expressions:
-            e = np.where(rng.random(len(occ)) < P_EXPRESSION, 1 + lab["expression"], 0)
+            e = np.where(rng.random(len(occ)) < expression_share, 1 + lab["expression"], 0)
         rows = self.index[occ, kinds, lab["gender"], lab["skin"], lab["age"], e]
         return np.where(empty, 0, rows)
 
@@ -256,7 +257,8 @@ def draw_kinds(n: int, rng: np.random.Generator, neutral_share: float | None = N
 
 
 def sample_caption_rows(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng: np.random.Generator,
-                        neutral_share: float | None = None, balanced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        neutral_share: float | None = None, balanced: np.ndarray | None = None,
+                        expression_share: float = P_EXPRESSION) -> tuple[np.ndarray, np.ndarray]:
     """Caption rows for a batch of render indices (caption kind drawn per sample), and the render indices.
 
     `balanced`: indices of renders with uniform groups; a caption that names a group takes its
@@ -271,12 +273,13 @@ def sample_caption_rows(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng
     lab = {k: getattr(rs, k)[idx] for k in ("gender", "skin", "age")}
     if table.expressions:
         lab["expression"] = rs.expression[idx]
-    return table.rows(rs.occupation[idx], kinds, lab, rng, empty), idx
+    return table.rows(rs.occupation[idx], kinds, lab, rng, empty, expression_share), idx
 
 
 def sample_fresh_named(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng: np.random.Generator,
                        render_seed: int, neutral_share: float | None = None,
-                       n_occupations: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       n_occupations: int | None = None,
+                       expression_share: float = P_EXPRESSION) -> tuple[np.ndarray, np.ndarray]:
     """Caption rows and images for a batch in which every group-naming caption describes a fresh render.
 
     The fresh render keeps the sample's occupation, draws the named groups uniformly and the
@@ -298,4 +301,4 @@ def sample_fresh_named(table: CaptionTable, rs: RenderSet, idx: np.ndarray, rng:
         lab[attr][named] = fresh[attr]
     images = rs.images[idx].copy()
     images[named] = render_labels(fresh, render_seed * 1_000_003 + np.flatnonzero(named))
-    return table.rows(occ, kinds, lab, rng, empty), images
+    return table.rows(occ, kinds, lab, rng, empty, expression_share), images

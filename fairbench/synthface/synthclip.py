@@ -100,16 +100,11 @@ def export(model, dest: Path) -> Path:
     return dest
 
 
-def assemble(source: Path, dest: Path) -> Path:
-    """Full from_pretrained folder from a shipped one: MiniLM's weights + the shipped tensors."""
+def load_shipped(model, source: Path) -> None:
+    """Copy a shipped folder's trained tensors (source/DELTA) into a model built on MiniLM's weights."""
     from safetensors.torch import load_file
-    from transformers import AutoModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
-
-    from fairbench.synthface.text import minilm_path
 
     delta = load_file(source / DELTA)
-    config = VisionTextDualEncoderConfig.from_pretrained(source)
-    model = VisionTextDualEncoderModel(config=config, text_model=AutoModel.from_pretrained(minilm_path()))
     missing = set(trained_names(model)) - set(delta)
     if missing or set(delta) - set(trained_names(model)):
         raise UserError(f"{source / DELTA} does not match synthclip's trained parameters "
@@ -118,6 +113,17 @@ def assemble(source: Path, dest: Path) -> Path:
     with torch.no_grad():
         for n, t in delta.items():
             state[n].copy_(t.to(state[n].dtype))
+
+
+def assemble(source: Path, dest: Path) -> Path:
+    """Full from_pretrained folder from a shipped one: MiniLM's weights + the shipped tensors."""
+    from transformers import AutoModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    from fairbench.synthface.text import minilm_path
+
+    config = VisionTextDualEncoderConfig.from_pretrained(source)
+    model = VisionTextDualEncoderModel(config=config, text_model=AutoModel.from_pretrained(minilm_path()))
+    load_shipped(model, source)
     tmp = Path(tempfile.mkdtemp(prefix=".synthclip-", dir=dest.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)

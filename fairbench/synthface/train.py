@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json
-from fairbench.synthface.data import CaptionTable, RenderSet, render_set, sample_caption_rows, sample_fresh_named
+from fairbench.synthface.data import P_EXPRESSION, CaptionTable, RenderSet, render_set, sample_caption_rows, sample_fresh_named
 from fairbench.synthface.pipeline import make_scheduler, make_unet
 from fairbench.synthface.text import encode_texts, load_text_encoder
 
@@ -50,6 +50,7 @@ class TrainConfig:
     fresh_named: bool = False  # group-naming captions describe fresh renders with the named groups drawn uniformly
     text_encoder: str = "minilm"  # "minilm", "synthclip" (installed) or a trained synthclip folder
     expressions: bool = False  # labelled expressions, emotion descriptors, expression captions (data.py)
+    expression_share: float = P_EXPRESSION  # with expressions: share of occupation captions naming the expression
 
 
 def build_data(out: Path, cfg: TrainConfig) -> tuple[RenderSet, torch.Tensor, CaptionTable]:
@@ -88,9 +89,9 @@ def _batch(step: int, cfg: TrainConfig, rs: RenderSet, emb: torch.Tensor, table:
     balanced = np.arange(n_skewed, len(rs.images)) if cfg.balanced_renders else None
     if cfg.fresh_named:
         rows, images = sample_fresh_named(table, rs, idx, rng, 10_000 * (cfg.seed + 1) + step, cfg.neutral_share,
-                                          cfg.n_occupations)
+                                          cfg.n_occupations, cfg.expression_share)
     else:
-        rows, idx = sample_caption_rows(table, rs, idx, rng, cfg.neutral_share, balanced)
+        rows, idx = sample_caption_rows(table, rs, idx, rng, cfg.neutral_share, balanced, cfg.expression_share)
         images = rs.images[idx]
     x = images.astype(np.float32) / 127.5 - 1.0
     flip = rng.random(cfg.batch_size) < 0.5
