@@ -57,8 +57,9 @@ synthface-vl: $(STAMP)
 	$(SF) install --world synthface-vl --model-dir .cache/synthface-vl-train/final \
 		--synthclip-dir .cache/synthclip-train/final --classifier-dir .cache/synthface-classifier-expression
 
-# results/leaderboard.csv: vanilla, fairmap and the five baselines on synthface, from the plan file
-# prompts/plans/leaderboard.yaml (every run resumes; about an hour on 2 CPU cores from scratch).
+# results/leaderboard.csv: vanilla, fairmap and the five baselines on both embedded worlds (synthface and
+# synthface-vl), from the plan file prompts/plans/leaderboard.yaml (every run resumes; about 50 minutes
+# per world on 2 CPU cores from scratch).
 leaderboard: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fairbench plan prompts/plans/leaderboard.yaml --no-progress
 
