@@ -8,13 +8,17 @@ occupation's neutral prompt retrieves its nearest image, a hit when that image s
 occupation's family (R@1), and the same with the 5 nearest (R@5, any hit).
 
 Usage: python scripts/synthclip_eval.py --out FILE.json [--n 4000] [--seed 777]
-         [--templates prompts/clip_templates/synthclip.yaml] [--model synthclip]
+         [--templates prompts/clip_templates/synthclip.yaml] [--model synthclip | --checkpoint TRAIN_DIR]
+
+`--checkpoint`: a `synthface train-clip` folder's last checkpoint (a run in progress or stopped),
+assembled over the installed synthclip into a temporary folder and measured the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +60,22 @@ def evaluate(model: str, n: int, seed: int, templates: str | None) -> dict:
     return out
 
 
+def checkpoint_folder(train_dir: Path, dest: Path) -> tuple[str, int]:
+    """A from_pretrained folder of a train-clip checkpoint (over the installed synthclip), and its step."""
+    from safetensors.torch import load_file
+
+    from fairbench.synthface.synthclip import ASSETS, assemble, build_model, export, load_shipped, round_to_shipped
+
+    model = build_model()
+    load_shipped(model, ASSETS)  # MiniLM's embeddings are not in a checkpoint
+    model.load_state_dict(load_file(train_dir / "checkpoint" / "model.safetensors"), strict=False)
+    model.eval()
+    round_to_shipped(model)
+    export(model, dest / "shipped")
+    step = json.loads((train_dir / "checkpoint" / "state.json").read_text())["step"]
+    return str(assemble(dest / "shipped", dest / "full")), step
+
+
 def main() -> None:
     """Print and write the evaluation."""
     ap = argparse.ArgumentParser()
@@ -64,8 +84,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=777, help="render seed (training used 0 and its fresh renders)")
     ap.add_argument("--templates", default=None, help="class texts YAML (default: prompts/attributes.yaml's)")
+    ap.add_argument("--checkpoint", type=Path, help="a train-clip folder: measure its last checkpoint instead")
     args = ap.parse_args()
-    res = evaluate(args.model, args.n, args.seed, args.templates)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, step = args.model, None
+        if args.checkpoint:
+            model, step = checkpoint_folder(args.checkpoint, Path(tmp))
+        res = evaluate(model, args.n, args.seed, args.templates)
+    if step is not None:
+        res.update(model=f"{args.checkpoint} (checkpoint, step {step})", step=step)
     Path(args.out).write_text(json.dumps(res, indent=1))
     for attr in ATTRS:
         print(f"{attr}: zero-shot accuracy {res[attr]['accuracy']:.4f} on {res['n']} renders")
