@@ -11,7 +11,7 @@ Usage: python scripts/synthclip_eval.py --out FILE.json [--n 4000] [--seed 777]
          [--templates prompts/clip_templates/synthclip.yaml] [--model synthclip | --checkpoint TRAIN_DIR]
 
 `--checkpoint`: a `synthface train-clip` folder's last checkpoint (a run in progress or stopped),
-assembled over the installed synthclip into a temporary folder and measured the same way.
+assembled into a temporary folder in its shipping form and measured the same way.
 """
 
 from __future__ import annotations
@@ -61,13 +61,12 @@ def evaluate(model: str, n: int, seed: int, templates: str | None) -> dict:
 
 
 def checkpoint_folder(train_dir: Path, dest: Path) -> tuple[str, int]:
-    """A from_pretrained folder of a train-clip checkpoint (over the installed synthclip), and its step."""
+    """A from_pretrained folder of a train-clip checkpoint (in its shipping form), and its step."""
     from safetensors.torch import load_file
 
-    from fairbench.synthface.synthclip import ASSETS, assemble, build_model, export, load_shipped, round_to_shipped
+    from fairbench.synthface.synthclip import assemble, build_model, export, round_to_shipped
 
-    model = build_model()
-    load_shipped(model, ASSETS)  # MiniLM's embeddings are not in a checkpoint
+    model = build_model()  # MiniLM's embeddings, the one part a checkpoint leaves out
     model.load_state_dict(load_file(train_dir / "checkpoint" / "model.safetensors"), strict=False)
     model.eval()
     round_to_shipped(model)
@@ -86,6 +85,8 @@ def main() -> None:
     ap.add_argument("--templates", default=None, help="class texts YAML (default: prompts/attributes.yaml's)")
     ap.add_argument("--checkpoint", type=Path, help="a train-clip folder: measure its last checkpoint instead")
     args = ap.parse_args()
+    if args.checkpoint and not (args.checkpoint / "checkpoint" / "state.json").is_file():
+        ap.error(f"--checkpoint {args.checkpoint}: no train-clip checkpoint there")
     with tempfile.TemporaryDirectory() as tmp:
         model, step = args.model, None
         if args.checkpoint:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fairbench.cli.argtypes import positive_int, share
+from fairbench.cli.argtypes import nonnegative_int, positive_int, share
 from fairbench.errors import UserError
 
 
@@ -53,7 +53,7 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--max-minutes", type=float, help="checkpoint and stop after this long (resume later)")
     k.add_argument("--lr", type=float, default=1e-3, help="image tower, projections and temperature")
     k.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay")
-    k.add_argument("--hard-negatives", type=int, default=1,
+    k.add_argument("--hard-negatives", type=nonnegative_int, default=1,
                    help="counterfactual captions each group-naming caption brings as negatives (0: none)")
     k.add_argument("--expression-share", type=share, default=0.3,
                    help="share of occupation captions that name the render's expression")
@@ -127,8 +127,6 @@ def run_synthface(args: argparse.Namespace) -> int:
             raise UserError(f"--out {args.out} is a file, not a training folder")
         if args.init_from and not (Path(args.init_from) / DELTA).is_file():
             raise UserError(f"--init-from {args.init_from}: not a trained synthclip folder (no {DELTA})")
-        if args.hard_negatives < 0:
-            raise UserError(f"--hard-negatives {args.hard_negatives}: give 0 or more")
         cfg = ClipTrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed,
                               lr=args.lr, warmup=args.warmup, hard_negatives=args.hard_negatives,
                               expression_share=args.expression_share, init_from=args.init_from,

@@ -79,9 +79,8 @@ def _batch(step: int, cfg: ClipTrainConfig, rs: RenderSet, table: CaptionTable,
     rows, images = rows[keep], images[keep]
     hard = np.zeros(0, dtype=np.int64)
     if counterfactuals is not None:
-        hard = np.concatenate([_pick(c, cfg.hard_negatives, rng) for c in (counterfactuals[r] for r in rows)]
-                              + [hard]).astype(np.int64)
-        hard = np.setdiff1d(hard, rows)
+        picks = [_pick(counterfactuals[r], cfg.hard_negatives, rng) for r in rows]
+        hard = np.setdiff1d(np.concatenate([hard, *picks]), rows)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     return augment(to_input(images), gen), rows, hard
 

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json
-from fairbench.synthface.data import P_EXPRESSION, CaptionTable, RenderSet, render_set, sample_caption_rows, sample_fresh_named
+from fairbench.synthface.data import (P_EXPRESSION, CaptionTable, RenderSet, render_set, sample_caption_rows,
+                                      sample_fresh_named)
 from fairbench.synthface.pipeline import make_scheduler, make_unet
 from fairbench.synthface.text import encode_texts, load_text_encoder
 
