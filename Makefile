@@ -43,17 +43,18 @@ synthface: $(STAMP)
 	$(SF) train-classifier --out .cache/synthface-classifier
 	$(SF) install --model-dir .cache/synthface-text/final --classifier-dir .cache/synthface-classifier
 
-# Rebuild the vision-language world (synthclip, then the denoiser on its token states from the text-only
-# world's weights, then the classifier's expression head; every stage resumes). See
-# fairbench/synthface/assets_vl/MODEL_CARD.md for the measured time.
+# Rebuild the vision-language world (the classifier's expression head, then synthclip with its image tower
+# seeded by that head's body, then the denoiser on synthclip's token states from the text-only world's
+# weights; every stage resumes). See fairbench/synthface/assets_vl/MODEL_CARD.md for the measured time.
 synthface-vl: $(STAMP)
-	$(SF) train-clip --out .cache/synthclip-train --steps 1400
+	test -f .cache/synthface-classifier-expression/classifier.json || \
+		$(SF) train-expression-head --out .cache/synthface-classifier-expression
+	$(SF) train-clip --out .cache/synthclip-train --steps 1400 --image-init .cache/synthface-classifier-expression
 	mkdir -p .cache/synthface-vl-train
 	cp .cache/synthclip-train/renders.npz .cache/synthface-vl-train/
 	$(SF) train --out .cache/synthface-vl-train --steps 1200 --init-from fairbench/synthface/assets/unet \
 		--text-encoder .cache/synthclip-train/final --expressions --neutral-share 0.2 --lr 2e-4 \
 		--transformer-layers 3 --text-lr-scale 10 --timestep-power 0.5 --fresh-named
-	$(SF) train-expression-head --out .cache/synthface-classifier-expression
 	$(SF) install --world synthface-vl --model-dir .cache/synthface-vl-train/final \
 		--synthclip-dir .cache/synthclip-train/final --classifier-dir .cache/synthface-classifier-expression
 

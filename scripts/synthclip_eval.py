@@ -66,7 +66,8 @@ def checkpoint_folder(train_dir: Path, dest: Path) -> tuple[str, int]:
 
     from fairbench.synthface.synthclip import assemble, build_model, export, round_to_shipped
 
-    model = build_model()  # MiniLM's embeddings, the one part a checkpoint leaves out
+    width = json.loads((train_dir / "train_config.json").read_text()).get("vision_width", 40)
+    model = build_model(vision_width=width)  # MiniLM's embeddings, the one part a checkpoint leaves out
     model.load_state_dict(load_file(train_dir / "checkpoint" / "model.safetensors"), strict=False)
     model.eval()
     round_to_shipped(model)

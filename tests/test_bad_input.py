@@ -88,6 +88,8 @@ CASES = {
                                                              "--out", str(t / "c")],
     "synthface train-clip negative hard negatives": lambda t: ["synthface", "train-clip", "--hard-negatives", "-1",
                                                                "--out", str(t / "c")],
+    "synthface train-clip image tower from a missing classifier": lambda t: [
+        "synthface", "train-clip", "--image-init", str(t / "nope"), "--out", str(t / "c")],
     # plans, references, weights
     "plan is a list": lambda t: ["plan", _config(t, b"[1, 2]")],
     "plan key typo": lambda t: ["plan", _plan(t, models="modles")],

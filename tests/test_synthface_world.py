@@ -222,3 +222,23 @@ def test_unlabelled_renders_are_unchanged_and_expressions_are_exact():
         assert np.abs(f[24:].astype(int) - faces["neutral"][24:].astype(int)).max() <= 40
     with pytest.raises(ValueError, match="unknown expression"):
         FaceSpec("male", "light", "young", "office", "bored")
+
+
+def test_labelled_expressions_are_drawn_boldly_enough_to_read_at_32_px():
+    """Every pair of labelled expressions differs, on average over 48 faces of every gender, skin tone
+    and age, in at least 12 pixels by more than 60 (RGB sum). Measured: 14.6 (neutral / sad) to 39.1;
+    the first, thin mouths read 5.0 (neutral / smiling), 8.0 and 10.1, and neither a denoiser nor
+    synthclip's image tower learned them."""
+    import itertools
+
+    from fairbench.synthface.render import AGE_GROUPS, EXPRESSIONS, GENDERS
+
+    fams = list(load_families())
+    diff = {pair: [] for pair in itertools.combinations(EXPRESSIONS, 2)}
+    for seed in range(48):
+        spec = (GENDERS[seed % 2], SKIN_GROUPS[(seed // 2) % 4], AGE_GROUPS[(seed // 8) % 2], fams[seed % 6])
+        faces = {e: render_face(FaceSpec(*spec, e), seed).astype(int) for e in EXPRESSIONS}
+        for a, b in diff:
+            diff[(a, b)].append(int((np.abs(faces[a] - faces[b]).sum(-1) > 60).sum()))
+    means = {pair: np.mean(v) for pair, v in diff.items()}
+    assert min(means.values()) >= 12, means

@@ -218,6 +218,37 @@ def test_the_expression_head_leaves_every_other_head_bit_identical(tmp_path):
     assert meta["heldout_expressions"]["expression"]["n"] == 40
 
 
+def test_image_init_seeds_the_image_tower_with_the_expression_body(tmp_path):
+    """--image-init: synthclip's image tower starts as the classifier's expression body, at its width;
+    a classifier without an expression head is a user error."""
+    from safetensors.torch import save_file
+
+    from fairbench.errors import UserError
+    from fairbench.synthface.classifier import load_classifier, train_expression_head
+    from fairbench.synthface.clip_train import init_image_tower
+    from fairbench.synthface.pipeline import ASSETS
+    from fairbench.synthface.synthclip import build_model
+
+    train_expression_head(ASSETS, tmp_path / "clf", steps=2, progress=False, n_renders=32, n_heldout=20)
+    net, meta = load_classifier(str(tmp_path / "clf"))
+    model = build_model(vision_width=meta["width"])
+    init_image_tower(model, tmp_path / "clf")
+    got, want = model.vision_model.body.state_dict(), net.expression_body.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.vision_model(pixel_values=x).pooler_output, net.expression_body(x))
+    plain = tmp_path / "plain"  # the classifier as it was before its expression head
+    plain.mkdir()
+    save_file({k: v for k, v in net.state_dict().items() if not k.startswith("expression_")},
+              str(plain / "classifier.safetensors"))
+    groups = {k: v for k, v in meta["groups"].items() if k != "expression"}
+    (plain / "classifier.json").write_text(json.dumps({**meta, "groups": groups}))
+    with pytest.raises(UserError, match="no expression head"):
+        init_image_tower(build_model(vision_width=meta["width"]), plain)
+
+
 def test_the_registered_worlds_and_synthclip_load_offline(capsys):
     from fairbench.cli.main import main
     from fairbench.models import load_backend

@@ -61,6 +61,8 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--freeze-text", action="store_true",
                    help="lock the text side (encoder, pooler, projection): only the image tower, its projection "
                         "and the temperature train, so the token states the denoiser reads stay as they are")
+    k.add_argument("--image-init", help="a classifier folder with an expression head (train-expression-head's "
+                                        "OUT): its expression body seeds the image tower")
     k.add_argument("--no-progress", action="store_true")
     x = ss.add_parser("train-expression-head",
                       help="add the expression head to a trained classifier (its other heads unchanged)")
@@ -127,10 +129,12 @@ def run_synthface(args: argparse.Namespace) -> int:
             raise UserError(f"--out {args.out} is a file, not a training folder")
         if args.init_from and not (Path(args.init_from) / DELTA).is_file():
             raise UserError(f"--init-from {args.init_from}: not a trained synthclip folder (no {DELTA})")
+        if args.image_init and not (Path(args.image_init) / "classifier.json").is_file():
+            raise UserError(f"--image-init {args.image_init}: not a classifier folder (no classifier.json)")
         cfg = ClipTrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed,
                               lr=args.lr, warmup=args.warmup, hard_negatives=args.hard_negatives,
                               expression_share=args.expression_share, init_from=args.init_from,
-                              freeze_text=args.freeze_text)
+                              freeze_text=args.freeze_text, image_init=args.image_init)
         step = train_clip(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
         done = "finished; synthclip in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")

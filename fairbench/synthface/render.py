@@ -192,26 +192,38 @@ def _headwear(d: ImageDraw.ImageDraw, kind: str, rng, cx: int, top: int, rx: int
 
 def _brow_ends(expression: str) -> tuple[int, int]:
     """Heights (pixels above the resting line) of a brow's outer and inner end for a labelled expression."""
-    return {"sad": (-1, 3),  # inner ends raised
-            "angry": (2, -3),  # inner ends pulled down: a V
-            "surprised": (4, 4)}.get(expression, (0, 0))
+    return {"sad": (-2, 4),  # inner ends raised
+            "angry": (3, -4),  # inner ends pulled down: a V
+            "surprised": (5, 5)}.get(expression, (0, 0))
 
 
 def _mouth(d: ImageDraw.ImageDraw, expression: str, ex: int, mouth_y: int, lip) -> None:
-    """The mouth of one expression ("open": the unlabelled world's third mouth)."""
+    """The mouth of a labelled expression.
+
+    Labelled mouths are drawn wide and thick (about 6 x 3 pixels after the 3x box filter), each
+    with its own light-dark pattern, so that a 32-pixel denoiser can draw them and an image tower
+    can tell them apart; the unlabelled "smiling" and "neutral" mouths keep their old strokes."""
+    if expression == "smiling":  # an open smile: a white crescent of teeth, corners up
+        d.chord([ex - 10, mouth_y - 9, ex + 10, mouth_y + 8], 0, 180, fill=(250, 250, 245), outline=lip, width=2)
+    elif expression == "neutral":
+        d.line([ex - 8, mouth_y, ex + 8, mouth_y], fill=lip, width=4)
+    elif expression == "sad":  # corners well down
+        d.arc([ex - 9, mouth_y, ex + 9, mouth_y + 12], 200, 340, fill=lip, width=4)
+    elif expression == "angry":  # bared, clenched teeth
+        d.rectangle([ex - 7, mouth_y - 2, ex + 7, mouth_y + 4], fill=(235, 235, 225), outline=lip, width=1)
+        d.line([ex - 6, mouth_y + 1, ex + 6, mouth_y + 1], fill=(40, 30, 30), width=2)
+    else:  # surprised: a large, round, dark open mouth
+        d.ellipse([ex - 5, mouth_y - 5, ex + 5, mouth_y + 8], fill=(45, 15, 20), outline=lip, width=2)
+
+
+def _mouth_unlabelled(d: ImageDraw.ImageDraw, expression: str, ex: int, mouth_y: int, lip) -> None:
+    """The text-only world's mouths, exactly as they were drawn before expressions were labelled."""
     if expression == "smiling":
         d.arc([ex - 7, mouth_y - 6, ex + 7, mouth_y + 3], 20, 160, fill=lip, width=3)
     elif expression == "neutral":
         d.line([ex - 6, mouth_y, ex + 6, mouth_y], fill=lip, width=3)
-    elif expression == "open":
+    else:
         d.ellipse([ex - 4, mouth_y - 2, ex + 4, mouth_y + 3], fill=lip)
-    elif expression == "sad":
-        d.arc([ex - 7, mouth_y, ex + 7, mouth_y + 8], 200, 340, fill=lip, width=3)  # corners down
-    elif expression == "angry":  # bared teeth
-        d.rectangle([ex - 6, mouth_y - 2, ex + 6, mouth_y + 3], fill=(235, 235, 225), outline=lip, width=2)
-        d.line([ex - 5, mouth_y, ex + 5, mouth_y], fill=(120, 110, 100), width=1)
-    else:  # surprised: a round, dark open mouth
-        d.ellipse([ex - 4, mouth_y - 4, ex + 4, mouth_y + 6], fill=(60, 20, 25), outline=lip, width=2)
 
 
 def render_face(spec: FaceSpec, seed: int) -> np.ndarray:
@@ -257,7 +269,8 @@ def render_face(spec: FaceSpec, seed: int) -> np.ndarray:
     eye_y = cy - 2
     ex = cx + yaw
     expression = spec.expression
-    open_eye = 3 if expression == "surprised" else 2  # wide eyes
+    # wide eyes when surprised, narrowed by a smile's cheeks; 2: the unlabelled world's eyes
+    open_eye = {"surprised": 4, "smiling": 1}.get(expression, 2)
     for sx in (-7, 7):
         d.ellipse([ex + sx - 3, eye_y - open_eye, ex + sx + 3, eye_y + open_eye], fill=(250, 250, 250))
         d.ellipse([ex + sx - 1, eye_y - 2, ex + sx + 2, eye_y + 2], fill=(30, 25, 20))
@@ -268,7 +281,7 @@ def render_face(spec: FaceSpec, seed: int) -> np.ndarray:
             continue
         outer, inner = _brow_ends(expression)
         x_out, x_in = (ex + sx - 4, ex + sx + 4) if sx < 0 else (ex + sx + 4, ex + sx - 4)
-        d.line([x_out, eye_y - 6 - outer, x_in, eye_y - 6 - inner], fill=brow, width=2 if female else 3)
+        d.line([x_out, eye_y - 6 - outer, x_in, eye_y - 6 - inner], fill=brow, width=3)
     if rng.random() < 0.15:  # glasses
         for sx in (-7, 7):
             d.ellipse([ex + sx - 5, eye_y - 4, ex + sx + 5, eye_y + 4], outline=(30, 30, 30), width=1)
@@ -277,13 +290,12 @@ def render_face(spec: FaceSpec, seed: int) -> np.ndarray:
     lip = (190, 50, 70) if female else _shade(skin, 0.6)
     expr = rng.integers(3)  # drawn for every spec, so a labelled expression leaves the other draws alone
     if expression is None:
-        expression = ("smiling", "neutral", "open")[int(expr)]
-    elif not female:  # a labelled mouth must read at 32 px on every skin tone
-        lip = (150, 55, 60)
-    _mouth(d, expression, ex, mouth_y, lip)
+        _mouth_unlabelled(d, ("smiling", "neutral", "open")[int(expr)], ex, mouth_y, lip)
     if not female and rng.random() < 0.4:  # stubble / beard
         beard = _shade(hair, 0.9) if not old else (180, 180, 180)
         d.chord([cx - rx + 2, cy - 2, cx + rx - 2, cy + ry + 1], 20, 160, outline=beard, width=4)
+    if expression is not None:  # over the beard's edge, which crosses the mouth; a fixed lip reads on every skin
+        _mouth(d, expression, ex, mouth_y, lip if female else (150, 55, 60))
     if old:  # wrinkles: forehead lines and nasolabial folds
         wr = _shade(skin, 0.7)
         for k in (0, 4):

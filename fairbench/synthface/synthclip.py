@@ -32,7 +32,7 @@ TRAINED_TEXT_LAYERS = 3  # top BERT layers of MiniLM that are fine-tuned (of 6)
 DELTA = "synthclip_delta.safetensors"
 
 
-def build_model(projection_dim: int = 256):
+def build_model(projection_dim: int = 256, vision_width: int = 40):
     """A fresh synthclip: MiniLM's weights in the text tower, a random CNN image tower."""
     from transformers import AutoModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
 
@@ -40,7 +40,7 @@ def build_model(projection_dim: int = 256):
     from fairbench.synthface.vision import SynthFaceVisionConfig
 
     text = AutoModel.from_pretrained(minilm_path())
-    vision = SynthFaceVisionConfig(width=40, image_size=32)
+    vision = SynthFaceVisionConfig(width=vision_width, image_size=32)
     config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text.config, projection_dim=projection_dim)
     return VisionTextDualEncoderModel(config=config, text_model=text)
 
