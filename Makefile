@@ -43,20 +43,26 @@ synthface: $(STAMP)
 	$(SF) train-classifier --out .cache/synthface-classifier
 	$(SF) install --model-dir .cache/synthface-text/final --classifier-dir .cache/synthface-classifier
 
-# Rebuild the vision-language world (the classifier's expression head, then synthclip with its image tower
-# seeded by that head's body, then the denoiser on synthclip's token states from the text-only world's
-# weights; every stage resumes). See fairbench/synthface/assets_vl/MODEL_CARD.md for the measured time.
+# Rebuild the vision-language world; every stage resumes. (1) The classifier's expression head. (2) synthclip,
+# its image tower seeded by that head's body, so the text side learns the expression words. (3) synthclip's
+# image side again with the text side locked (bit-identical): the classifier's two bodies side by side. (4)
+# The denoiser on the (unchanged) token states, from the text-only world's weights. See
+# fairbench/synthface/assets_vl/MODEL_CARD.md for the measured time.
 synthface-vl: $(STAMP)
 	test -f .cache/synthface-classifier-expression/classifier.json || \
 		$(SF) train-expression-head --out .cache/synthface-classifier-expression
 	$(SF) train-clip --out .cache/synthclip-train --steps 1400 --image-init .cache/synthface-classifier-expression
-	mkdir -p .cache/synthface-vl-train
+	mkdir -p .cache/synthclip-stage2 .cache/synthface-vl-train
+	cp .cache/synthclip-train/renders.npz .cache/synthclip-stage2/
+	$(SF) train-clip --out .cache/synthclip-stage2 --steps 800 --warmup 50 --hard-negatives 9 --freeze-text \
+		--init-from .cache/synthclip-train/final --image-init .cache/synthface-classifier-expression \
+		--image-bodies body,expression_body
 	cp .cache/synthclip-train/renders.npz .cache/synthface-vl-train/
 	$(SF) train --out .cache/synthface-vl-train --steps 1200 --init-from fairbench/synthface/assets/unet \
-		--text-encoder .cache/synthclip-train/final --expressions --neutral-share 0.2 --lr 2e-4 \
+		--text-encoder .cache/synthclip-stage2/final --expressions --neutral-share 0.2 --lr 2e-4 \
 		--transformer-layers 3 --text-lr-scale 10 --timestep-power 0.5 --fresh-named
 	$(SF) install --world synthface-vl --model-dir .cache/synthface-vl-train/final \
-		--synthclip-dir .cache/synthclip-train/final --classifier-dir .cache/synthface-classifier-expression
+		--synthclip-dir .cache/synthclip-stage2/final --classifier-dir .cache/synthface-classifier-expression
 
 # results/leaderboard.csv: vanilla, fairmap and the five baselines on both embedded worlds (synthface and
 # synthface-vl), from the plan file prompts/plans/leaderboard.yaml (every run resumes; about 50 minutes

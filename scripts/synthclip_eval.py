@@ -66,8 +66,10 @@ def checkpoint_folder(train_dir: Path, dest: Path) -> tuple[str, int]:
 
     from fairbench.synthface.synthclip import assemble, build_model, export, round_to_shipped
 
-    width = json.loads((train_dir / "train_config.json").read_text()).get("vision_width", 40)
-    model = build_model(vision_width=width)  # MiniLM's embeddings, the one part a checkpoint leaves out
+    cfg = json.loads((train_dir / "train_config.json").read_text())
+    bodies = len(cfg["image_bodies"]) if cfg.get("image_init") else 1
+    # MiniLM's embeddings, the one part a checkpoint leaves out
+    model = build_model(vision_width=cfg.get("vision_width", 40), vision_bodies=bodies)
     model.load_state_dict(load_file(train_dir / "checkpoint" / "model.safetensors"), strict=False)
     model.eval()
     round_to_shipped(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fairbench.cli.argtypes import nonnegative_int, positive_int, share
+from fairbench.cli.argtypes import body_list, nonnegative_int, positive_int, share
 from fairbench.errors import UserError
 
 
@@ -62,7 +62,11 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
                    help="lock the text side (encoder, pooler, projection): only the image tower, its projection "
                         "and the temperature train, so the token states the denoiser reads stay as they are")
     k.add_argument("--image-init", help="a classifier folder with an expression head (train-expression-head's "
-                                        "OUT): its expression body seeds the image tower")
+                                        "OUT): its bodies (--image-bodies) seed the image tower; with --init-from, "
+                                        "only the text side continues")
+    k.add_argument("--image-bodies", type=body_list, default=("expression_body",),
+                   help="with --image-init: the classifier's bodies the image tower starts from, comma-separated "
+                        "(body: gender, skin tone, age, family; expression_body)")
     k.add_argument("--no-progress", action="store_true")
     x = ss.add_parser("train-expression-head",
                       help="add the expression head to a trained classifier (its other heads unchanged)")
@@ -129,12 +133,15 @@ def run_synthface(args: argparse.Namespace) -> int:
             raise UserError(f"--out {args.out} is a file, not a training folder")
         if args.init_from and not (Path(args.init_from) / DELTA).is_file():
             raise UserError(f"--init-from {args.init_from}: not a trained synthclip folder (no {DELTA})")
+        if args.image_bodies != ("expression_body",) and not args.image_init:
+            raise UserError("--image-bodies needs --image-init (the classifier folder the bodies come from)")
         if args.image_init and not (Path(args.image_init) / "classifier.json").is_file():
             raise UserError(f"--image-init {args.image_init}: not a classifier folder (no classifier.json)")
         cfg = ClipTrainConfig(steps=args.steps, batch_size=args.batch_size, n_renders=args.n_renders, seed=args.seed,
                               lr=args.lr, warmup=args.warmup, hard_negatives=args.hard_negatives,
                               expression_share=args.expression_share, init_from=args.init_from,
-                              freeze_text=args.freeze_text, image_init=args.image_init)
+                              freeze_text=args.freeze_text, image_init=args.image_init,
+                              image_bodies=args.image_bodies)
         step = train_clip(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
         done = "finished; synthclip in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,8 @@ from fairbench.errors import UserError
 from fairbench.io import atomic_write_json
 from fairbench.synthface.classifier import augment, to_input
 from fairbench.synthface.data import P_EXPRESSION, CaptionTable, RenderSet, render_set, sample_fresh_named
-from fairbench.synthface.synthclip import (build_model, build_processor, export, freeze_untrained, load_shipped,
-                                           round_to_shipped)
+from fairbench.synthface.synthclip import (TEXT_SIDE, build_model, build_processor, export, freeze_untrained,
+                                           load_shipped, round_to_shipped)
 from fairbench.synthface.train import save_checkpoint
 
 
@@ -58,12 +58,14 @@ class ClipTrainConfig:
     expression_share: float = P_EXPRESSION  # share of occupation captions naming the expression
     init_from: str | None = None  # a shipped synthclip folder to continue from (a second stage)
     freeze_text: bool = False  # lock the text side (encoder, pooler, projection): only the image side trains
-    image_init: str | None = None  # a classifier folder whose expression body seeds the image tower
+    image_init: str | None = None  # a classifier folder whose bodies (image_bodies) seed the image tower
+    image_bodies: tuple[str, ...] = ("expression_body",)  # with image_init: the classifier's bodies, in tower order
     vision_width: int = 40  # the image tower's width (set to the classifier's with image_init)
 
 
-def init_image_tower(model, classifier_dir: Path) -> None:
-    """Copy a synthface classifier's expression body (supervised on labelled renders) into the image tower.
+def init_image_tower(model, classifier_dir: Path, bodies: tuple[str, ...] = ("expression_body",)) -> None:
+    """Copy a synthface classifier's bodies (supervised on labelled renders; `body`: gender, skin tone, age,
+    family; `expression_body`: expression) into the image tower's, in order.
 
     Contrastive training from a random tower never finds expression: the mouth is a few pixels, the
     other attributes explain the batch first, and the text side then learns to ignore the expression
@@ -73,9 +75,11 @@ def init_image_tower(model, classifier_dir: Path) -> None:
     from fairbench.synthface.classifier import load_classifier
 
     net, _ = load_classifier(str(classifier_dir))
-    if not hasattr(net, "expression_body"):
-        raise UserError(f"--image-init {classifier_dir}: the classifier has no expression head")
-    model.vision_model.body.load_state_dict(net.expression_body.state_dict())
+    for name, tower_body in zip(bodies, model.vision_model.bodies(), strict=True):
+        if not hasattr(net, name):
+            hint = " (no expression head; train-expression-head adds one)" if name == "expression_body" else ""
+            raise UserError(f"--image-init {classifier_dir}: the classifier has no {name}{hint}")
+        tower_body.load_state_dict(getattr(net, name).state_dict())
 
 
 def load_renders(out: Path, cfg) -> RenderSet:
@@ -162,7 +166,10 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None 
     """Train (or resume) synthclip up to cfg.steps; returns the step reached. Exports to out/final at the end."""
     out = Path(out)
     if cfg.image_init:
-        cfg.vision_width = int(json.loads((Path(cfg.image_init) / "classifier.json").read_text())["width"])
+        cfg = replace(cfg, vision_width=int(json.loads((Path(cfg.image_init) / "classifier.json").read_text())["width"]))
+    elif cfg.init_from:  # the width the continued model was trained at
+        vision = json.loads((Path(cfg.init_from) / "config.json").read_text())["vision_config"]
+        cfg = replace(cfg, vision_width=int(vision["width"]))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "train_config.json", asdict(cfg))
     torch.manual_seed(cfg.seed)
@@ -170,11 +177,11 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None 
     table = CaptionTable.build(cfg.n_occupations, expressions=True)
     counterfactuals = table.counterfactuals() if cfg.hard_negatives else None
     tok = build_processor().tokenizer(table.texts, padding="max_length", truncation=True, return_tensors="pt")
-    model = build_model(vision_width=cfg.vision_width)
+    model = build_model(vision_width=cfg.vision_width, vision_bodies=len(cfg.image_bodies) if cfg.image_init else 1)
     if cfg.image_init:
-        init_image_tower(model, Path(cfg.image_init))
-    if cfg.init_from:
-        load_shipped(model, Path(cfg.init_from))
+        init_image_tower(model, Path(cfg.image_init), tuple(cfg.image_bodies))
+    if cfg.init_from:  # with a re-seeded image tower, only the text side continues
+        load_shipped(model, Path(cfg.init_from), TEXT_SIDE if cfg.image_init else None)
     freeze_untrained(model)
     cached = None
     if cfg.freeze_text:  # a locked text side (LiT, roles swapped): its caption features are computed once

@@ -32,7 +32,7 @@ TRAINED_TEXT_LAYERS = 3  # top BERT layers of MiniLM that are fine-tuned (of 6)
 DELTA = "synthclip_delta.safetensors"
 
 
-def build_model(projection_dim: int = 256, vision_width: int = 40):
+def build_model(projection_dim: int = 256, vision_width: int = 40, vision_bodies: int = 1):
     """A fresh synthclip: MiniLM's weights in the text tower, a random CNN image tower."""
     from transformers import AutoModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
 
@@ -40,7 +40,7 @@ def build_model(projection_dim: int = 256, vision_width: int = 40):
     from fairbench.synthface.vision import SynthFaceVisionConfig
 
     text = AutoModel.from_pretrained(minilm_path())
-    vision = SynthFaceVisionConfig(width=vision_width, image_size=32)
+    vision = SynthFaceVisionConfig(width=vision_width, image_size=32, n_bodies=vision_bodies)
     config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text.config, projection_dim=projection_dim)
     return VisionTextDualEncoderModel(config=config, text_model=text)
 
@@ -100,13 +100,21 @@ def export(model, dest: Path) -> Path:
     return dest
 
 
-def load_shipped(model, source: Path) -> None:
-    """Copy a shipped folder's trained tensors (source/DELTA) into a model built on MiniLM's weights."""
+TEXT_SIDE = ("text_model.", "text_projection.", "logit_scale")
+
+
+def load_shipped(model, source: Path, prefixes: tuple[str, ...] | None = None) -> None:
+    """Copy a shipped folder's trained tensors (source/DELTA) into a model built on MiniLM's weights;
+    with `prefixes` (e.g. TEXT_SIDE), only the tensors whose names start with one of them."""
     from safetensors.torch import load_file
 
     delta = load_file(source / DELTA)
-    missing = set(trained_names(model)) - set(delta)
-    if missing or set(delta) - set(trained_names(model)):
+    names = set(trained_names(model))
+    if prefixes is not None:
+        delta = {n: t for n, t in delta.items() if n.startswith(prefixes)}
+        names = {n for n in names if n.startswith(prefixes)}
+    missing = names - set(delta)
+    if missing or set(delta) - names:
         raise UserError(f"{source / DELTA} does not match synthclip's trained parameters "
                         f"({len(missing)} missing); reinstall fairbench")
     state = model.state_dict()

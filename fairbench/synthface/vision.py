@@ -19,18 +19,22 @@ MODEL_TYPE = "synthface_cnn"
 
 
 class SynthFaceVisionConfig(PretrainedConfig):
-    """Width of the CNN (its pooled output is 4 x width), input size and channels."""
+    """Width of the CNN (its pooled output is 4 x width per body), number of parallel bodies, input size and
+    channels."""
 
     model_type = MODEL_TYPE
 
-    def __init__(self, width: int = 48, image_size: int = 32, num_channels: int = 3, **kwargs) -> None:
+    def __init__(self, width: int = 48, image_size: int = 32, num_channels: int = 3, n_bodies: int = 1,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        self.width, self.image_size, self.num_channels = width, image_size, num_channels
-        self.hidden_size = 4 * width  # what VisionTextDualEncoderModel projects from
+        self.width, self.image_size, self.num_channels, self.n_bodies = width, image_size, num_channels, n_bodies
+        self.hidden_size = 4 * width * n_bodies  # what VisionTextDualEncoderModel projects from
 
 
 class SynthFaceVisionModel(PreTrainedModel):
-    """Six conv-BN-ReLU layers (32 -> 4 px, the synthface classifier's body) and global average pooling."""
+    """Six conv-BN-ReLU layers (32 -> 4 px, the synthface classifier's body) and global average pooling;
+    with n_bodies > 1, that many such bodies side by side, their pooled outputs concatenated (the
+    classifier's two bodies: attributes and expression)."""
 
     config_class = SynthFaceVisionConfig
     main_input_name = "pixel_values"
@@ -41,7 +45,12 @@ class SynthFaceVisionModel(PreTrainedModel):
         from fairbench.synthface.classifier import _body
 
         self.body = _body(config.width)
+        self.extra_bodies = nn.ModuleList(_body(config.width) for _ in range(config.n_bodies - 1))
         self.post_init()
+
+    def bodies(self) -> list[nn.Module]:
+        """The parallel CNN bodies, in the order their outputs are concatenated."""
+        return [self.body, *self.extra_bodies]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -52,7 +61,7 @@ class SynthFaceVisionModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
     def forward(self, pixel_values: torch.Tensor, return_dict: bool = True, **_) -> BaseModelOutputWithPooling:
-        pooled = self.body(pixel_values)
+        pooled = torch.cat([b(pixel_values) for b in self.bodies()], dim=1)
         return BaseModelOutputWithPooling(last_hidden_state=pooled[:, None, :], pooler_output=pooled)
 
 
