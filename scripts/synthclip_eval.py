@@ -64,12 +64,12 @@ def checkpoint_folder(train_dir: Path, dest: Path) -> tuple[str, int]:
     """A from_pretrained folder of a train-clip checkpoint (in its shipping form), and its step."""
     from safetensors.torch import load_file
 
-    from fairbench.synthface.synthclip import assemble, build_model, export, round_to_shipped
+    from fairbench.synthface.clip_train import ClipTrainConfig, build_for
+    from fairbench.synthface.synthclip import assemble, export, round_to_shipped
 
-    cfg = json.loads((train_dir / "train_config.json").read_text())
-    bodies = len(cfg["image_bodies"]) if cfg.get("image_init") else 1
-    # MiniLM's embeddings, the one part a checkpoint leaves out
-    model = build_model(vision_width=cfg.get("vision_width", 40), vision_bodies=bodies)
+    # the run's recorded config gives the model's shape; MiniLM's embeddings, the one part a checkpoint
+    # leaves out, come from build_for
+    model = build_for(ClipTrainConfig(**json.loads((train_dir / "train_config.json").read_text())))
     model.load_state_dict(load_file(train_dir / "checkpoint" / "model.safetensors"), strict=False)
     model.eval()
     round_to_shipped(model)

@@ -63,6 +63,11 @@ class ClipTrainConfig:
     vision_width: int = 40  # the image tower's width (set to the classifier's with image_init)
 
 
+def build_for(cfg: ClipTrainConfig):
+    """A fresh synthclip shaped as `cfg` trains it (its image tower's width and number of bodies)."""
+    return build_model(vision_width=cfg.vision_width, vision_bodies=len(cfg.image_bodies) if cfg.image_init else 1)
+
+
 def init_image_tower(model, classifier_dir: Path, bodies: tuple[str, ...] = ("expression_body",)) -> None:
     """Copy a synthface classifier's bodies (supervised on labelled renders; `body`: gender, skin tone, age,
     family; `expression_body`: expression) into the image tower's, in order.
@@ -177,7 +182,7 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None 
     table = CaptionTable.build(cfg.n_occupations, expressions=True)
     counterfactuals = table.counterfactuals() if cfg.hard_negatives else None
     tok = build_processor().tokenizer(table.texts, padding="max_length", truncation=True, return_tensors="pt")
-    model = build_model(vision_width=cfg.vision_width, vision_bodies=len(cfg.image_bodies) if cfg.image_init else 1)
+    model = build_for(cfg)
     if cfg.image_init:
         init_image_tower(model, Path(cfg.image_init), tuple(cfg.image_bodies))
     if cfg.init_from:  # with a re-seeded image tower, only the text side continues
