@@ -45,8 +45,9 @@ synthface: $(STAMP)
 
 # Rebuild the vision-language world; every stage resumes. (1) The classifier's expression head. (2) synthclip,
 # its image tower seeded by that head's body, so the text side learns the expression words. (3) synthclip's
-# image side again with the text side locked (bit-identical): the classifier's two bodies side by side. (4)
-# The denoiser on the (unchanged) token states, from the text-only world's weights. See
+# second stage: the text encoder locked (bit-identical token states); the image tower starts again as the
+# classifier's two bodies side by side, and the text pooler and both projections train. (4) The denoiser on
+# the (unchanged) token states, from the text-only world's weights. See
 # fairbench/synthface/assets_vl/MODEL_CARD.md for the measured time.
 synthface-vl: $(STAMP)
 	test -f .cache/synthface-classifier-expression/classifier.json || \

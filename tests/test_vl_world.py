@@ -105,8 +105,9 @@ def test_a_few_synthclip_steps_run_and_resume_to_the_same_weights(tiny_clip_run)
 
 
 def test_a_locked_text_stage_keeps_the_text_side_and_resumes(tiny_clip_run):
-    """The second stage (--init-from, --freeze-text): the whole text side is bit-identical, so the denoiser's
-    token states and the text lean do not move; the image side trains; a split run equals a whole one."""
+    """The second stage (--init-from, --freeze-text): the text encoder is bit-identical, so the denoiser's
+    token states and their lean do not move; the pooler, both projections and the image side train; a split
+    run equals a whole one."""
     from safetensors.torch import load_file
 
     from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
@@ -122,15 +123,15 @@ def test_a_locked_text_stage_keeps_the_text_side_and_resumes(tiny_clip_run):
     after = load_file(out / "stage2" / "final" / DELTA)
     split = load_file(out / "stage2-split" / "final" / DELTA)
     assert all(torch.equal(after[k], split[k]) for k in after)
-    text = [k for k in after if k.startswith(("text_model.", "text_projection."))]
-    assert len(text) > 40 and all(torch.equal(before[k], after[k]) for k in text)
-    for prefix in ("vision_model.", "visual_projection.", "logit_scale"):
+    encoder = [k for k in after if k.startswith("text_model.encoder.")]
+    assert len(encoder) > 40 and all(torch.equal(before[k], after[k]) for k in encoder)
+    for prefix in ("text_model.pooler.", "text_projection.", "vision_model.", "visual_projection.", "logit_scale"):
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
 
 
 def test_a_reseeded_image_tower_stage_keeps_the_text_side(tiny_clip_run):
-    """--init-from with --image-init and --freeze-text: the text side is the first stage's bit for bit, the
-    image tower has the classifier's two bodies side by side (256-d pooled) and trains."""
+    """--init-from with --image-init and --freeze-text: the text encoder is the first stage's bit for bit,
+    the image tower has the classifier's two bodies side by side (256-d pooled) and trains."""
     from safetensors.torch import load_file
 
     from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
@@ -142,23 +143,24 @@ def test_a_reseeded_image_tower_stage_keeps_the_text_side(tiny_clip_run):
                              "freeze_text": True, "image_init": str(ASSETS), "image_bodies": ("body", "expression_body")})
     assert train_clip(out / "reseeded", cfg, progress=False) == 2
     before, after = load_file(out / "whole" / "final" / DELTA), load_file(out / "reseeded" / "final" / DELTA)
-    text = [k for k in before if k.startswith(("text_model.", "text_projection."))]
-    assert len(text) > 40 and all(torch.equal(before[k], after[k]) for k in text)
+    encoder = [k for k in before if k.startswith("text_model.encoder.")]
+    assert len(encoder) > 40 and all(torch.equal(before[k], after[k]) for k in encoder)
     assert after["visual_projection.weight"].shape == (256, 2 * 4 * 32)  # the classifier's width, two bodies
     assert any(k.startswith("vision_model.extra_bodies.0.") for k in after)
     config = json.loads((out / "reseeded" / "final" / "config.json").read_text())["vision_config"]
     assert (config["n_bodies"], config["width"]) == (2, 32)
 
 
-def test_cached_caption_features_are_the_text_towers():
-    from fairbench.synthface.clip_train import caption_features, text_features
+def test_cached_caption_states_give_the_text_towers_features():
+    from fairbench.synthface.clip_train import caption_states, text_features
     from fairbench.synthface.synthclip import build_model, build_processor
 
     model = build_model()
     tok = build_processor().tokenizer(["a photo of the face of a smiling nurse", "a photo of the face of a person",
                                        "a photo of the face of a sad elderly dark-skinned female nurse"],
                                       padding="max_length", truncation=True, return_tensors="pt")
-    cached = caption_features(model, tok)
+    cached = caption_states(model, tok)
+    assert cached.shape == (3, 384)
     assert model.training  # handed back in training mode
     model.eval()
     with torch.no_grad():
@@ -309,7 +311,7 @@ def test_clip_frechet_distance_on_synthclip_is_near_zero_for_two_halves_and_grow
     with torch.no_grad():
         a, b = ext(x[:300]), ext(x[300:])
         fds = [frechet_distance(a, ext((x[300:].float() * f).round().to(torch.uint8))) for f in (0.85, 0.7, 0.5, 0.3)]
-    same = frechet_distance(a, b)  # measured 1.74; darkened by 0.85 / 0.7 / 0.5 / 0.3: 2.5 / 10.4 / 41.7 / 70.4
+    same = frechet_distance(a, b)  # measured 1.55; darkened by 0.85 / 0.7 / 0.5 / 0.3: 2.4 / 11.1 / 39.0 / 61.8
     assert same < fds[0] < fds[1] < fds[2] < fds[3]  # grows with the injected shift
     assert fds[1] > 5 * same and fds[3] > 30 * same  # two halves of one set: sampling noise only
 

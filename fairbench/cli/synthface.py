@@ -59,8 +59,8 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
                    help="share of occupation captions that name the render's expression")
     k.add_argument("--init-from", help="a trained synthclip folder (train-clip's OUT/final) to continue from")
     k.add_argument("--freeze-text", action="store_true",
-                   help="lock the text side (encoder, pooler, projection): only the image tower, its projection "
-                        "and the temperature train, so the token states the denoiser reads stay as they are")
+                   help="lock the text encoder, so the token states the denoiser reads stay as they are; its pooler, "
+                        "the projections, the image tower and the temperature train")
     k.add_argument("--image-init", help="a classifier folder with an expression head (train-expression-head's "
                                         "OUT): its bodies (--image-bodies) seed the image tower; with --init-from, "
                                         "only the text side continues")

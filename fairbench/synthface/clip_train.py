@@ -57,7 +57,7 @@ class ClipTrainConfig:
     hard_negatives: int = 1  # counterfactual captions each group-naming caption brings as extra negatives (0: none)
     expression_share: float = P_EXPRESSION  # share of occupation captions naming the expression
     init_from: str | None = None  # a shipped synthclip folder to continue from (a second stage)
-    freeze_text: bool = False  # lock the text side (encoder, pooler, projection): only the image side trains
+    freeze_text: bool = False  # lock the text encoder (the token states the denoiser reads); its pooler and projection train
     image_init: str | None = None  # a classifier folder whose bodies (image_bodies) seed the image tower
     image_bodies: tuple[str, ...] = ("expression_body",)  # with image_init: the classifier's bodies, in tower order
     vision_width: int = 40  # the image tower's width (set to the classifier's with image_init)
@@ -124,25 +124,30 @@ def _pick(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return rows if len(rows) <= k else rng.choice(rows, size=k, replace=False)
 
 
-def caption_features(model, tok) -> torch.Tensor:
-    """Normalised joint-space features of every caption row, computed once (the text side frozen, no dropout)."""
-    feats = []
+def caption_states(model, tok) -> torch.Tensor:
+    """Every caption row's last-layer state of its first ([CLS]) token, the pooler's input, computed once
+    (the text encoder locked, no dropout)."""
+    states = []
     model.eval()
     with torch.no_grad():
         for i in range(0, len(tok["input_ids"]), 512):
-            feats.append(text_features(model, tok, np.arange(i, min(i + 512, len(tok["input_ids"]))), None))
+            rows = slice(i, i + 512)
+            states.append(model.text_model(input_ids=tok["input_ids"][rows], attention_mask=tok["attention_mask"][rows],
+                                           token_type_ids=tok["token_type_ids"][rows]).last_hidden_state[:, 0])
     model.train()
-    return torch.cat(feats)
+    return torch.cat(states)
 
 
 def text_features(model, tok, uniq: np.ndarray, cached: torch.Tensor | None) -> torch.Tensor:
-    """Normalised joint-space features of caption rows `uniq` (looked up when the text side is frozen)."""
+    """Normalised joint-space features of caption rows `uniq` (from their cached states when the encoder is
+    locked: the pooler and the projection still train)."""
     if cached is not None:
-        return cached[uniq]
-    width = int(tok["attention_mask"][uniq].sum(1).max())  # trim padding shared by the whole batch
-    txt = model.get_text_features(input_ids=tok["input_ids"][uniq, :width],
-                                  attention_mask=tok["attention_mask"][uniq, :width],
-                                  token_type_ids=tok["token_type_ids"][uniq, :width]).pooler_output
+        txt = model.text_projection(model.text_model.pooler(cached[uniq][:, None]))
+    else:
+        width = int(tok["attention_mask"][uniq].sum(1).max())  # trim padding shared by the whole batch
+        txt = model.get_text_features(input_ids=tok["input_ids"][uniq, :width],
+                                      attention_mask=tok["attention_mask"][uniq, :width],
+                                      token_type_ids=tok["token_type_ids"][uniq, :width]).pooler_output
     return torch.nn.functional.normalize(txt, dim=-1)
 
 
@@ -189,10 +194,10 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None 
         load_shipped(model, Path(cfg.init_from), TEXT_SIDE if cfg.image_init else None)
     freeze_untrained(model)
     cached = None
-    if cfg.freeze_text:  # a locked text side (LiT, roles swapped): its caption features are computed once
-        for p in [*model.text_model.parameters(), *model.text_projection.parameters()]:
+    if cfg.freeze_text:  # a locked text encoder (LiT, roles swapped): its caption states are computed once
+        for p in [*model.text_model.embeddings.parameters(), *model.text_model.encoder.parameters()]:
             p.requires_grad_(False)
-        cached = caption_features(model, tok)
+        cached = caption_states(model, tok)
     text_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("text_model.")]
     ids = {id(p) for p in text_params}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
