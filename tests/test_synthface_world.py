@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +91,18 @@ def test_short_training_run_resumes_to_the_same_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     initial = load_file(paused / "checkpoint" / "unet.safetensors")
     assert any(not torch.equal(initial[k], a[k]) for k in a)  # EMA differs from the raw weights
+
+
+def test_a_paused_training_run_refuses_other_settings(tmp_path):
+    from fairbench.errors import UserError
+    from fairbench.synthface.train import TrainConfig, train_unet
+
+    cfg = TrainConfig(steps=3, batch_size=2, n_renders=8, n_occupations=1)
+    assert train_unet(tmp_path, cfg, max_minutes=0, progress=False) == 1
+    with pytest.raises(UserError, match=r"other settings \(steps 3 -> 6\)"):
+        train_unet(tmp_path, TrainConfig(**{**cfg.__dict__, "steps": 6}), progress=False)
+    assert json.loads((tmp_path / "train_config.json").read_text())["steps"] == 3
+    assert train_unet(tmp_path, cfg, progress=False) == 3
 
 
 def test_exported_folder_loads_as_a_backend(tmp_path):

@@ -104,6 +104,20 @@ def test_a_few_synthclip_steps_run_and_resume_to_the_same_weights(tiny_clip_run)
     assert any(k.startswith("text_model.encoder.layer.5.") for k in a) and "logit_scale" in a
 
 
+def test_a_checkpoint_resumes_only_under_its_own_settings(tiny_clip_run):
+    """Every step derives from the settings: a resume under others is refused, and the record is kept."""
+    from fairbench.errors import UserError
+    from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+
+    out, cfg = tiny_clip_run
+    record = (out / "whole" / "train_config.json").read_bytes()
+    for change in ({"steps": 6}, {"freeze_text": True}, {"seed": 1}):
+        with pytest.raises(UserError, match=f"other settings \\({next(iter(change))} "):
+            train_clip(out / "whole", ClipTrainConfig(**{**cfg.__dict__, **change}), progress=False)
+        assert (out / "whole" / "train_config.json").read_bytes() == record
+    assert train_clip(out / "whole", cfg, progress=False) == 4  # the same settings: nothing left to do
+
+
 def test_a_locked_text_stage_keeps_the_text_side_and_resumes(tiny_clip_run):
     """The second stage (--init-from, --freeze-text): the text encoder is bit-identical, so the denoiser's
     token states and their lean do not move; the pooler, both projections and the image side train; a split

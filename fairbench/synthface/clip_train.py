@@ -32,12 +32,11 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from fairbench.errors import UserError
-from fairbench.io import atomic_write_json
 from fairbench.synthface.classifier import augment, to_input
 from fairbench.synthface.data import P_EXPRESSION, CaptionTable, RenderSet, render_set, sample_fresh_named
 from fairbench.synthface.synthclip import (TEXT_SIDE, build_model, build_processor, export, freeze_untrained,
                                            load_shipped, round_to_shipped)
-from fairbench.synthface.train import save_checkpoint
+from fairbench.synthface.train import record_config, save_checkpoint
 
 
 @dataclass
@@ -181,7 +180,7 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig, max_minutes: float | None 
         vision = json.loads((Path(cfg.init_from) / "config.json").read_text())["vision_config"]
         cfg = replace(cfg, vision_width=int(vision["width"]))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "train_config.json", asdict(cfg))
+    record_config(out, asdict(cfg))
     torch.manual_seed(cfg.seed)
     rs = load_renders(out, cfg)
     table = CaptionTable.build(cfg.n_occupations, expressions=True)

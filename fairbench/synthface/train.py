@@ -129,6 +129,22 @@ def param_groups(unet, text_lr_scale: float) -> list[dict]:
     return [{"params": rest, "lr_scale": 1.0}, {"params": text, "lr_scale": text_lr_scale}]
 
 
+def record_config(out: Path, config: dict) -> None:
+    """Write out/train_config.json, refusing a folder whose checkpoint was trained with other settings.
+
+    Every step's batch, noise and learning rate derive from the settings (a changed --steps bends the
+    cosine schedule), so a resume under other settings would silently leave both trajectories."""
+    path = out / "train_config.json"
+    config = json.loads(json.dumps(config))  # as recorded: tuples become lists
+    if (out / "checkpoint" / "state.json").exists() and path.exists():
+        old = json.loads(path.read_text())
+        changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in config.items() if old.get(k) != v]
+        if changed:
+            raise UserError(f"{out} holds a checkpoint trained with other settings ({'; '.join(changed)}): "
+                            "resume with the same settings, or train into a new --out")
+    atomic_write_json(path, config)
+
+
 def save_checkpoint(out: Path, step: int, files: dict[str, dict[str, torch.Tensor]], opt) -> None:
     """Replace out/checkpoint as a whole: each {name: tensors} as name.safetensors, the optimizer, the step."""
     tmp = out / "checkpoint.tmp"
@@ -150,7 +166,7 @@ def train_unet(out: str | Path, cfg: TrainConfig, max_minutes: float | None = No
         raise UserError("--fresh-named and --balanced-renders both choose the images of group-naming captions; pick one")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "train_config.json", asdict(cfg))
+    record_config(out, asdict(cfg))
     torch.manual_seed(cfg.seed)
     rs, emb, table = build_data(out, cfg)
     train_sched, sampler = make_scheduler(cfg.prediction_type)
