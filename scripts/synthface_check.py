@@ -7,8 +7,8 @@ EXPLICIT_RUN_DIR: `fairbench run --method vanilla --suite explicit --n 10`.
 --adherence-only: print the adherence of a run whose prompts request groups (e.g. the emotions suite).
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,15 @@ def print_adherence(run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--adherence-only"]:
-        print_adherence(sys.argv[2])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir", help="a finished vanilla run (metrics.json)")
+    ap.add_argument("explicit_dir", nargs="?", help="a finished run of the explicit suite")
+    ap.add_argument("--adherence-only", action="store_true", help="print only RUN_DIR's adherence")
+    args = ap.parse_args()
+    for d in filter(None, (args.run_dir, args.explicit_dir)):
+        if not (Path(d) / "metrics.json").is_file():
+            ap.error(f"{d}: no metrics.json (not a finished run)")
+    if args.adherence_only:
+        print_adherence(args.run_dir)
     else:
-        main(*sys.argv[1:])
+        main(args.run_dir, args.explicit_dir)
