@@ -94,6 +94,8 @@ CASES = {
         "synthface", "train-clip", "--image-bodies", "body,head", "--out", str(t / "c")],
     "synthface train-clip bodies without a classifier": lambda t: [
         "synthface", "train-clip", "--image-bodies", "body,expression_body", "--out", str(t / "c")],
+    "synthface train-clip the default body named without a classifier": lambda t: [
+        "synthface", "train-clip", "--image-bodies", "expression_body", "--out", str(t / "c")],
     # plans, references, weights
     "plan is a list": lambda t: ["plan", _config(t, b"[1, 2]")],
     "plan key typo": lambda t: ["plan", _plan(t, models="modles")],

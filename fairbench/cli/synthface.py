@@ -64,9 +64,9 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--image-init", help="a classifier folder with an expression head (train-expression-head's "
                                         "OUT): its bodies (--image-bodies) seed the image tower; with --init-from, "
                                         "only the text side continues")
-    k.add_argument("--image-bodies", type=body_list, default=("expression_body",),
+    k.add_argument("--image-bodies", type=body_list,
                    help="with --image-init: the classifier's bodies the image tower starts from, comma-separated "
-                        "(body: gender, skin tone, age, family; expression_body)")
+                        "(body: gender, skin tone, age, family; expression_body, the default)")
     k.add_argument("--no-progress", action="store_true")
     x = ss.add_parser("train-expression-head",
                       help="add the expression head to a trained classifier (its other heads unchanged)")
@@ -126,14 +126,14 @@ def run_synthface(args: argparse.Namespace) -> int:
         check_writable_target(out.parent if str(out.parent) else Path("."))  # before minutes of sampling
         print(sample_grid(args.out, args.model, args.n))
     elif args.synthface_command == "train-clip":
-        from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+        from fairbench.synthface.clip_train import IMAGE_BODIES, ClipTrainConfig, train_clip
         from fairbench.synthface.synthclip import DELTA
 
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise UserError(f"--out {args.out} is a file, not a training folder")
         if args.init_from and not (Path(args.init_from) / DELTA).is_file():
             raise UserError(f"--init-from {args.init_from}: not a trained synthclip folder (no {DELTA})")
-        if args.image_bodies != ("expression_body",) and not args.image_init:
+        if args.image_bodies and not args.image_init:
             raise UserError("--image-bodies needs --image-init (the classifier folder the bodies come from)")
         if args.image_init and not (Path(args.image_init) / "classifier.json").is_file():
             raise UserError(f"--image-init {args.image_init}: not a classifier folder (no classifier.json)")
@@ -141,7 +141,7 @@ def run_synthface(args: argparse.Namespace) -> int:
                               lr=args.lr, warmup=args.warmup, hard_negatives=args.hard_negatives,
                               expression_share=args.expression_share, init_from=args.init_from,
                               freeze_text=args.freeze_text, image_init=args.image_init,
-                              image_bodies=args.image_bodies)
+                              image_bodies=args.image_bodies or IMAGE_BODIES)
         step = train_clip(Path(args.out), cfg, args.max_minutes, progress=not args.no_progress)
         done = "finished; synthclip in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")

@@ -39,6 +39,9 @@ from fairbench.synthface.synthclip import (TEXT_SIDE, build_model, build_process
 from fairbench.synthface.train import record_config, save_checkpoint
 
 
+IMAGE_BODIES = ("expression_body",)  # the classifier body that seeds a one-body image tower
+
+
 @dataclass
 class ClipTrainConfig:
     """Hyperparameters of a synthclip training run (recorded in the output folder)."""
@@ -58,7 +61,7 @@ class ClipTrainConfig:
     init_from: str | None = None  # a shipped synthclip folder to continue from (a second stage)
     freeze_text: bool = False  # lock the text encoder (the token states the denoiser reads); its pooler and projection train
     image_init: str | None = None  # a classifier folder whose bodies (image_bodies) seed the image tower
-    image_bodies: tuple[str, ...] = ("expression_body",)  # with image_init: the classifier's bodies, in tower order
+    image_bodies: tuple[str, ...] = IMAGE_BODIES  # with image_init: the classifier's bodies, in tower order
     vision_width: int = 40  # the image tower's width (set to the classifier's with image_init)
 
 
@@ -67,7 +70,7 @@ def build_for(cfg: ClipTrainConfig):
     return build_model(vision_width=cfg.vision_width, vision_bodies=len(cfg.image_bodies) if cfg.image_init else 1)
 
 
-def init_image_tower(model, classifier_dir: Path, bodies: tuple[str, ...] = ("expression_body",)) -> None:
+def init_image_tower(model, classifier_dir: Path, bodies: tuple[str, ...] = IMAGE_BODIES) -> None:
     """Copy a synthface classifier's bodies (supervised on labelled renders; `body`: gender, skin tone, age,
     family; `expression_body`: expression) into the image tower's, in order.
 
@@ -130,9 +133,7 @@ def caption_states(model, tok) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         for i in range(0, len(tok["input_ids"]), 512):
-            rows = slice(i, i + 512)
-            states.append(model.text_model(input_ids=tok["input_ids"][rows], attention_mask=tok["attention_mask"][rows],
-                                           token_type_ids=tok["token_type_ids"][rows]).last_hidden_state[:, 0])
+            states.append(model.text_model(**{k: v[i:i + 512] for k, v in tok.items()}).last_hidden_state[:, 0])
     model.train()
     return torch.cat(states)
 
@@ -144,9 +145,7 @@ def text_features(model, tok, uniq: np.ndarray, cached: torch.Tensor | None) -> 
         txt = model.text_projection(model.text_model.pooler(cached[uniq][:, None]))
     else:
         width = int(tok["attention_mask"][uniq].sum(1).max())  # trim padding shared by the whole batch
-        txt = model.get_text_features(input_ids=tok["input_ids"][uniq, :width],
-                                      attention_mask=tok["attention_mask"][uniq, :width],
-                                      token_type_ids=tok["token_type_ids"][uniq, :width]).pooler_output
+        txt = model.get_text_features(**{k: v[uniq, :width] for k, v in tok.items()}).pooler_output
     return torch.nn.functional.normalize(txt, dim=-1)
 
 
