@@ -61,6 +61,19 @@ def test_kid_is_unbiased_on_equal_distributions():
     assert shifted > 20 * se
 
 
+def test_kid_has_no_spread_when_a_subset_holds_every_image():
+    from fairbench.outputs.tables import kid_text
+
+    rng = np.random.default_rng(5)
+    x, y = torch.from_numpy(rng.normal(size=(50, 8))), torch.from_numpy(rng.normal(size=(50, 8)) + 0.5)
+    mean, std = kernel_distance(x, y, subsets=10, subset_size=1000)
+    assert std is None  # every subset is the same 50 + 50 images: a spread of 0 would claim certainty
+    assert kid_text({"kid": mean, "kid_std": std}) == f"KID {mean:.5f}, no spread: one subset holds all images"
+    assert mean == pytest.approx(kernel_distance(x, y, subsets=1, subset_size=50)[0])
+    _, std = kernel_distance(torch.cat([x, x + 0.1]), y, subsets=10, subset_size=1000)
+    assert std is not None and std > 0  # the larger set is subsampled, so subsets differ
+
+
 def test_clip_score_equals_hand_computation(tiny_clip):
     from fairbench.metrics.clipscore import CLIPScorer
 

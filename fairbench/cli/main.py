@@ -217,6 +217,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
     """fairbench quality RUN_DIR --reference SRC."""
     from pathlib import Path
 
+    from fairbench.outputs.tables import kid_text
     from fairbench.runner import quality_run
 
     if not args.reference and not args.clip_model:
@@ -225,7 +226,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
                     _key_values(args.extractor_arg, "--extractor-arg"), args.clip_model, args.clip_revision,
                     args.batch_size)
     for name, q in m.get("quality", {}).items():
-        print(f"{name}: {q['fd']:.4f}  KID {q['kid']:.5f} +- {q['kid_std']:.5f}  "
+        print(f"{name}: {q['fd']:.4f}  {kid_text(q)}  "
               f"({q['n_generated']} vs {q['n_reference']} images, {q['extractor']})")
     if "clip_score" in m.get("alignment", {}):
         c = m["alignment"]["clip_score"]

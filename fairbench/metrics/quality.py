@@ -117,8 +117,11 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 
 def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
-                    seed: int = 0) -> tuple[float, float]:
-    """torchmetrics' KID (unbiased MMD^2, cubic polynomial kernel): mean and std over subsets."""
+                    seed: int = 0) -> tuple[float, float | None]:
+    """torchmetrics' KID (unbiased MMD^2, cubic polynomial kernel): mean and std over subsets.
+
+    The std is None when a subset holds every image of both sets: then every subset is the same
+    draw and its spread (0) says nothing about uncertainty."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = min(subset_size, len(real), len(fake))
@@ -130,7 +133,8 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, 
     metric.update(fake, real=False)
     torch.manual_seed(seed)  # torchmetrics draws subsets with the global generator
     mean, std = metric.compute()
-    return float(mean), float(std)
+    return float(mean), (None if size == len(real) == len(fake) else float(std))
+
 
 
 def quality(run_dir: str | Path, reference: str | Path, extractor: FeatureExtractor, batch_size: int = 64,

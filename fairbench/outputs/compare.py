@@ -21,6 +21,7 @@ from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majori
 from fairbench.outputs.pairing import (ADHERENCE, FACE, FAMILY, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align, differences,
                                        run_side)
 from fairbench.outputs.rundir import RUN_JSON, read_json
+from fairbench.outputs.tables import kid_text, terminal_console
 
 COMPARE_JSON = "compare.json"
 COMPARE_SCHEMA = 1
@@ -198,7 +199,7 @@ def verdict_lines(result: dict[str, Any], metrics: tuple[str, ...] = VERDICT_MET
     for name, q in result.get("quality", {}).items():
         if name in ("skipped", "extractor"):
             continue
-        lines.append(f"  quality cost: {name} {max(q['fd'], 0.0):.3f}, KID {q['kid']:.4f} +- {q['kid_std']:.4f} "
+        lines.append(f"  quality cost: {name} {max(q['fd'], 0.0):.3f}, {kid_text(q, 4)} "
                      f"({result['method']}'s {q['n_generated']} images against {result['baseline_method']}'s "
                      f"{q['n_reference']})")
     if "skipped" in result.get("quality", {}):
@@ -212,8 +213,6 @@ def verdict_lines(result: dict[str, Any], metrics: tuple[str, ...] = VERDICT_MET
 def print_verdict(result: dict[str, Any], baseline_dir: Path | None = None) -> None:
     """The paired verdict on the terminal: before, after, change with its paired interval; flips; quality cost."""
     from rich.table import Table
-
-    from fairbench.outputs.tables import terminal_console
 
     console = terminal_console()
     head, *rest = verdict_lines(result)

@@ -8,6 +8,7 @@ from typing import Any
 from fairbench.io import atomic_write_text, check_writable_target, read_jsonl
 from fairbench.metrics.evaluate import per_prompt_table, summary_table
 from fairbench.outputs.plots import image_grid, plot_comparison, plot_shares
+from fairbench.outputs.tables import kid_text
 from fairbench.outputs.rundir import read_run
 
 REPORT = "report.md"
@@ -48,7 +49,7 @@ def _run_header(run: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
 def _quality_lines(metrics: dict[str, Any]) -> list[str]:
     lines = []
     for name, q in metrics.get("quality", {}).items():
-        lines.append(f"- {name}: {q['fd']:.4f}, KID {q['kid']:.5f} +- {q['kid_std']:.5f} "
+        lines.append(f"- {name}: {q['fd']:.4f}, {kid_text(q)} "
                      f"({q['n_generated']} vs {q['n_reference']} images; reference `{q['reference']}`; "
                      f"features {q['extractor']}, {q['resize']} to {q['input_size']} px)")
     for name, a in metrics.get("alignment", {}).items():

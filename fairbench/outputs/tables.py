@@ -41,6 +41,13 @@ def _fmt(est: dict[str, Any]) -> str:
     return f"{est['value']:.3f} [{est['ci_low']:.3f}, {est['ci_high']:.3f}]"
 
 
+def kid_text(q: dict[str, Any], digits: int = 5) -> str:
+    """'KID m +- s', or 'KID m, no spread: ...' where the subsets cannot vary."""
+    if q.get("kid_std") is None:
+        return f"KID {q['kid']:.{digits}f}, no spread: one subset holds all images"
+    return f"KID {q['kid']:.{digits}f} +- {q['kid_std']:.{digits}f}"
+
+
 def print_summary(metrics: dict[str, Any], title: str, console: Console | None = None) -> None:
     """Headline metrics per attribute, with intervals and sample sizes."""
     console = console or terminal_console()
