@@ -82,6 +82,7 @@ CASES = {
     "synthface grid of a missing model": lambda t: ["synthface", "grid", "--model", str(t / "nope"),
                                                     "--out", str(t / "g.png")],
     "synthface subcommand typo": lambda t: ["synthface", "trian"],
+    "synthface grid without --out": lambda t: ["synthface", "grid", "--n", "2"],
     "synthface train expression share 1.5": lambda t: ["synthface", "train", "--expressions", "--expression-share",
                                                        "1.5", "--out", str(t / "u")],
     "synthface train-clip from a missing folder": lambda t: ["synthface", "train-clip", "--init-from", str(t / "nope"),

@@ -84,7 +84,7 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
                            "record both reports in its classifier.json")
     v.add_argument("--dir", default=None, help="classifier folder (default: the shipped one)")
     g = ss.add_parser("grid", help="write a labelled sample grid PNG (one row per prompt)")
-    g.add_argument("--out", default="docs/synthface_grid.png")
+    g.add_argument("--out", required=True, help="image file to write (.png, .jpg, .webp)")
     g.add_argument("--model", default="synthface")
     g.add_argument("--n", type=positive_int, default=10)
     e = ss.add_parser("install", help="copy a trained model (and classifier, synthclip) into the package assets")
