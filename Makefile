@@ -47,8 +47,11 @@ synthface: $(STAMP)
 # its image tower seeded by that head's body, so the text side learns the expression words. (3) synthclip's
 # second stage: the text encoder locked (bit-identical token states); the image tower starts again as the
 # classifier's two bodies side by side, and the text pooler and both projections train. (4) The denoiser on
-# the (unchanged) token states, from the text-only world's weights. See
+# the (unchanged) token states, from the text-only world's weights, then two continuations (5, 6) that
+# train it longer, the last with more captions naming the expression. See
 # fairbench/synthface/assets_vl/MODEL_CARD.md for the measured time.
+VL_DENOISER = --text-encoder .cache/synthclip-stage2/final --expressions --neutral-share 0.2 --transformer-layers 3 \
+	--text-lr-scale 10 --timestep-power 0.5 --fresh-named
 synthface-vl: $(STAMP)
 	test -f .cache/synthface-classifier-expression/classifier.json || \
 		$(SF) train-expression-head --out .cache/synthface-classifier-expression
@@ -59,10 +62,16 @@ synthface-vl: $(STAMP)
 		--init-from .cache/synthclip-train/final --image-init .cache/synthface-classifier-expression \
 		--image-bodies body,expression_body
 	cp .cache/synthclip-train/renders.npz .cache/synthface-vl-train/
-	$(SF) train --out .cache/synthface-vl-train --steps 1200 --init-from fairbench/synthface/assets/unet \
-		--text-encoder .cache/synthclip-stage2/final --expressions --neutral-share 0.2 --lr 2e-4 \
-		--transformer-layers 3 --text-lr-scale 10 --timestep-power 0.5 --fresh-named
-	$(SF) install --world synthface-vl --model-dir .cache/synthface-vl-train/final \
+	$(SF) train --out .cache/synthface-vl-train --steps 1200 --lr 2e-4 \
+		--init-from fairbench/synthface/assets/unet $(VL_DENOISER)
+	mkdir -p .cache/synthface-vl-train2 .cache/synthface-vl-train3
+	cp .cache/synthface-vl-train/renders.npz .cache/synthface-vl-train/captions.safetensors .cache/synthface-vl-train2/
+	$(SF) train --out .cache/synthface-vl-train2 --steps 1200 --seed 1 --lr 1e-4 --warmup 100 \
+		--init-from .cache/synthface-vl-train/final/unet $(VL_DENOISER)
+	cp .cache/synthface-vl-train/renders.npz .cache/synthface-vl-train/captions.safetensors .cache/synthface-vl-train3/
+	$(SF) train --out .cache/synthface-vl-train3 --steps 2000 --seed 2 --lr 1.5e-4 --warmup 50 --expression-share 0.6 \
+		--init-from .cache/synthface-vl-train2/final/unet $(VL_DENOISER)
+	$(SF) install --world synthface-vl --model-dir .cache/synthface-vl-train3/final \
 		--synthclip-dir .cache/synthclip-stage2/final --classifier-dir .cache/synthface-classifier-expression
 
 # results/leaderboard.csv: vanilla, fairmap and the five baselines on both embedded worlds (synthface and
