@@ -136,7 +136,6 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, 
     return float(mean), (None if size == len(real) == len(fake) else float(std))
 
 
-
 def quality(run_dir: str | Path, reference: str | Path, extractor: FeatureExtractor, batch_size: int = 64,
             use_cache: bool = True) -> dict[str, Any]:
     """FD and KID of a run's images against a reference set."""

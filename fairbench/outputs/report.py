@@ -8,8 +8,8 @@ from typing import Any
 from fairbench.io import atomic_write_text, check_writable_target, read_jsonl
 from fairbench.metrics.evaluate import per_prompt_table, summary_table
 from fairbench.outputs.plots import image_grid, plot_comparison, plot_shares
-from fairbench.outputs.tables import kid_text
 from fairbench.outputs.rundir import read_run
+from fairbench.outputs.tables import kid_text
 
 REPORT = "report.md"
 RECONSTRUCTION_NOTE = ("> Fair Mapping's unpublished details (layers, loss form, lambda, word lists) are a documented "
