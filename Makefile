@@ -64,11 +64,10 @@ synthface-vl: $(STAMP)
 	cp .cache/synthclip-train/renders.npz .cache/synthface-vl-train/
 	$(SF) train --out .cache/synthface-vl-train --steps 1200 --lr 2e-4 \
 		--init-from fairbench/synthface/assets/unet $(VL_DENOISER)
-	mkdir -p .cache/synthface-vl-train2 .cache/synthface-vl-train3
-	cp .cache/synthface-vl-train/renders.npz .cache/synthface-vl-train/captions.safetensors .cache/synthface-vl-train2/
+	for d in .cache/synthface-vl-train2 .cache/synthface-vl-train3; do mkdir -p $$d && \
+		cp .cache/synthface-vl-train/renders.npz .cache/synthface-vl-train/captions.safetensors $$d/; done
 	$(SF) train --out .cache/synthface-vl-train2 --steps 1200 --seed 1 --lr 1e-4 --warmup 100 \
 		--init-from .cache/synthface-vl-train/final/unet $(VL_DENOISER)
-	cp .cache/synthface-vl-train/renders.npz .cache/synthface-vl-train/captions.safetensors .cache/synthface-vl-train3/
 	$(SF) train --out .cache/synthface-vl-train3 --steps 2000 --seed 2 --lr 1.5e-4 --warmup 50 --expression-share 0.6 \
 		--init-from .cache/synthface-vl-train2/final/unet $(VL_DENOISER)
 	$(SF) install --world synthface-vl --model-dir .cache/synthface-vl-train3/final \
