@@ -60,6 +60,8 @@ if __name__ == "__main__":
     ap.add_argument("explicit_dir", nargs="?", help="a finished run of the explicit suite")
     ap.add_argument("--adherence-only", action="store_true", help="print only RUN_DIR's adherence")
     args = ap.parse_args()
+    if args.adherence_only and args.explicit_dir:
+        ap.error("--adherence-only reads one run directory")
     for d in filter(None, (args.run_dir, args.explicit_dir)):
         if not (Path(d) / "metrics.json").is_file():
             ap.error(f"{d}: no metrics.json (not a finished run)")
