@@ -47,8 +47,10 @@ synthface: $(STAMP)
 # its image tower seeded by that head's body, so the text side learns the expression words. (3) synthclip's
 # second stage: the text encoder locked (bit-identical token states); the image tower starts again as the
 # classifier's two bodies side by side, and the text pooler and both projections train. (4) The denoiser on
-# the (unchanged) token states, from the text-only world's weights, then two continuations (5, 6) that
-# train it longer, the last with more captions naming the expression. See
+# the (unchanged) token states, from the text-only world's weights, then three continuations (5, 6, 7) that
+# train it longer: 6 with more captions naming the expression, 7 also with timesteps drawn uniformly
+# (its --timestep-power 1 overrides VL_DENOISER's 0.5), so the low-noise steps that draw mouths and
+# brows are trained as often as the rest. See
 # fairbench/synthface/assets_vl/MODEL_CARD.md for the measured time.
 VL_DENOISER = --text-encoder .cache/synthclip-stage2/final --expressions --neutral-share 0.2 --transformer-layers 3 \
 	--text-lr-scale 10 --timestep-power 0.5 --fresh-named
@@ -64,13 +66,15 @@ synthface-vl: $(STAMP)
 	cp .cache/synthclip-train/renders.npz .cache/synthface-vl-train/
 	$(SF) train --out .cache/synthface-vl-train --steps 1200 --lr 2e-4 \
 		--init-from fairbench/synthface/assets/unet $(VL_DENOISER)
-	for d in .cache/synthface-vl-train2 .cache/synthface-vl-train3; do mkdir -p $$d && \
+	for d in .cache/synthface-vl-train2 .cache/synthface-vl-train3 .cache/synthface-vl-train4; do mkdir -p $$d && \
 		cp .cache/synthface-vl-train/renders.npz .cache/synthface-vl-train/captions.safetensors $$d/; done
 	$(SF) train --out .cache/synthface-vl-train2 --steps 1200 --seed 1 --lr 1e-4 --warmup 100 \
 		--init-from .cache/synthface-vl-train/final/unet $(VL_DENOISER)
 	$(SF) train --out .cache/synthface-vl-train3 --steps 2000 --seed 2 --lr 1.5e-4 --warmup 50 --expression-share 0.6 \
 		--init-from .cache/synthface-vl-train2/final/unet $(VL_DENOISER)
-	$(SF) install --world synthface-vl --model-dir .cache/synthface-vl-train3/final \
+	$(SF) train --out .cache/synthface-vl-train4 --steps 1000 --seed 3 --lr 1e-4 --warmup 50 --expression-share 0.6 \
+		--init-from .cache/synthface-vl-train3/final/unet $(VL_DENOISER) --timestep-power 1
+	$(SF) install --world synthface-vl --model-dir .cache/synthface-vl-train4/final \
 		--synthclip-dir .cache/synthclip-stage2/final --classifier-dir .cache/synthface-classifier-expression
 
 # results/leaderboard.csv: vanilla, fairmap and the five baselines on both embedded worlds (synthface and
