@@ -49,11 +49,11 @@ synthface: $(STAMP)
 # classifier's two bodies side by side, and the text pooler and both projections train. (4) The denoiser on
 # the (unchanged) token states, from the text-only world's weights, then three continuations (5, 6, 7) that
 # train it longer: 6 with more captions naming the expression, 7 also with timesteps drawn uniformly
-# (its --timestep-power 1 overrides VL_DENOISER's 0.5), so the low-noise steps that draw mouths and
-# brows are trained as often as the rest. See
+# (--timestep-power 1 instead of 0.5), so the low-noise steps that draw mouths and brows are trained
+# as often as the rest. See
 # fairbench/synthface/assets_vl/MODEL_CARD.md for the measured time.
 VL_DENOISER = --text-encoder .cache/synthclip-stage2/final --expressions --neutral-share 0.2 --transformer-layers 3 \
-	--text-lr-scale 10 --timestep-power 0.5 --fresh-named
+	--text-lr-scale 10 --fresh-named
 synthface-vl: $(STAMP)
 	test -f .cache/synthface-classifier-expression/classifier.json || \
 		$(SF) train-expression-head --out .cache/synthface-classifier-expression
@@ -65,13 +65,13 @@ synthface-vl: $(STAMP)
 		--image-bodies body,expression_body
 	cp .cache/synthclip-train/renders.npz .cache/synthface-vl-train/
 	$(SF) train --out .cache/synthface-vl-train --steps 1200 --lr 2e-4 \
-		--init-from fairbench/synthface/assets/unet $(VL_DENOISER)
+		--init-from fairbench/synthface/assets/unet $(VL_DENOISER) --timestep-power 0.5
 	for d in .cache/synthface-vl-train2 .cache/synthface-vl-train3 .cache/synthface-vl-train4; do mkdir -p $$d && \
 		cp .cache/synthface-vl-train/renders.npz .cache/synthface-vl-train/captions.safetensors $$d/; done
 	$(SF) train --out .cache/synthface-vl-train2 --steps 1200 --seed 1 --lr 1e-4 --warmup 100 \
-		--init-from .cache/synthface-vl-train/final/unet $(VL_DENOISER)
+		--init-from .cache/synthface-vl-train/final/unet $(VL_DENOISER) --timestep-power 0.5
 	$(SF) train --out .cache/synthface-vl-train3 --steps 2000 --seed 2 --lr 1.5e-4 --warmup 50 --expression-share 0.6 \
-		--init-from .cache/synthface-vl-train2/final/unet $(VL_DENOISER)
+		--init-from .cache/synthface-vl-train2/final/unet $(VL_DENOISER) --timestep-power 0.5
 	$(SF) train --out .cache/synthface-vl-train4 --steps 1000 --seed 3 --lr 1e-4 --warmup 50 --expression-share 0.6 \
 		--init-from .cache/synthface-vl-train3/final/unet $(VL_DENOISER) --timestep-power 1
 	$(SF) install --world synthface-vl --model-dir .cache/synthface-vl-train4/final \
