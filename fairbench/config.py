@@ -24,7 +24,8 @@ IDENTITY_FIELDS = (
 class RunConfig(BaseModel):
     """Everything `fairbench run` needs. Field names are the YAML keys and the CLI flags."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # inf and NaN are refused everywhere: `--guidance-scale inf` would make NaN images with exit 0
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     method: str = "vanilla"
     method_args: dict[str, Any] = Field(default_factory=dict)
@@ -32,11 +33,11 @@ class RunConfig(BaseModel):
     suite: str = "occupations"
     split: Literal["train", "test", "all"] = "test"
     limit: int | None = Field(default=None, gt=0)
-    n: int = Field(default=16, gt=0, description="images per prompt")
+    n: int = Field(default=16, gt=0, le=1_000_000, description="images per prompt")
     seed: int = Field(default=0, ge=0)
-    batch_size: int | None = Field(default=None, gt=0, description="None: the model's default")
+    batch_size: int | None = Field(default=None, gt=0, le=65_536, description="None: the model's default")
     batch_invariant: bool = False
-    steps: int | None = Field(default=None, gt=0, description="None: the model's default")
+    steps: int | None = Field(default=None, gt=0, le=10_000, description="None: the model's default")
     guidance_scale: float | None = Field(default=None, ge=0, description="None: the model's default")
     height: int | None = Field(default=None, gt=0)
     width: int | None = Field(default=None, gt=0)
@@ -50,7 +51,7 @@ class RunConfig(BaseModel):
     detector: str | None = None
     face_margin: float | None = Field(default=None, ge=0, description="None: the classifier's own margin")
     low_confidence: float = Field(default=0.8, ge=0, le=1)
-    n_boot: int = Field(default=1000, gt=0)
+    n_boot: int = Field(default=1000, gt=0, le=1_000_000)
     ci_level: float = Field(default=0.95, gt=0, lt=1)
     reference: str | None = Field(default=None, description="image folder or run dir for FD/KID")
     extractor: str = "auto"

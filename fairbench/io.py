@@ -33,6 +33,7 @@ def file_mode() -> int:
 
 
 TMP_SUFFIX = ".tmp"
+LOCK = ".fairbench.lock"  # a run directory's lock file (run_lock)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -55,6 +56,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def png_bytes(image: Any) -> bytes:
+    """Deterministic PNG encoding of a PIL image (no timestamps or text chunks)."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False, compress_level=4)
+    return buf.getvalue()
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, Any]) -> None:
@@ -115,14 +125,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def remove_stale_temp_files(folder: Path) -> int:
-    """Delete temp files that atomic writes of a killed process left behind; returns how many."""
-    stale = [p for p in folder.rglob(f".*{TMP_SUFFIX}") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
-
-
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock: a second process writing the same run is refused.
@@ -131,7 +133,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """
     import fcntl
 
-    path = run_dir / ".fairbench.lock"
+    path = run_dir / LOCK
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
@@ -166,6 +168,17 @@ def check_writable_target(path: Path) -> None:
         raise UserError(f"output directory {str(path)!r} is a file, not a directory")
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"output directory {str(path)!r} is not writable ({str(probe)!r} is not a writable folder)")
+
+
+def check_writable_file(path: Path) -> None:
+    """Check, without creating anything, that a file can be written at `path` (its folder exists or can be
+    created, and `path` is not a folder)."""
+    if path.is_dir():
+        raise UserError(f"{str(path)!r} is a directory, not a file")
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"cannot write {str(path)!r}: {str(folder)!r} is a file, not a folder")
+    check_writable_target(folder)
 
 
 def ensure_writable_dir(path: Path) -> Path:

@@ -11,9 +11,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fairbench.classifiers.base import AttributeClassifier
+from fairbench.errors import UserError
 from fairbench.faces.base import FaceDetector, crop_face
+from fairbench.outputs.rundir import LABELS  # noqa: F401  (re-exported: the labels file of a run)
 
-LABELS = "labels.parquet"
 
 
 def prob_column(attr: str, group: str) -> str:
@@ -51,6 +52,20 @@ def label_batch(images: list[Image.Image], detector: FaceDetector, classifier: A
         j += d is not None
         records.append(rec)
     return records
+
+
+def read_labels(path: Path) -> pd.DataFrame:
+    """A run's labels.parquet, with a one-line error when it is not one."""
+    try:
+        labels = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: label the run with `fairbench classify`") from None
+    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise UserError(f"{path} is not a readable labels file ({type(exc).__name__}): label the run again with "
+                        "`fairbench classify`") from None
+    if not {"key", "image", "face"} <= set(labels.columns):
+        raise UserError(f"{path} lacks the columns key, image and face: label the run again with `fairbench classify`")
+    return labels
 
 
 def label_images(

@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fairbench.config import RunConfig, build_config
 from fairbench.errors import UserError, validation_message
-from fairbench.prompts import _load_yaml, fill_named, load_suite, prompts_dir
+from fairbench.prompts import SAFE_ID, _load_yaml, fill_named, load_suite, prompts_dir
 from fairbench.registry import Registry
 
+SAFE_NAME = f"^{SAFE_ID.pattern}$"  # a folder name, as prompt ids are: never `..`, `.` or a path
 PLANS: Registry[Path] = Registry("plan")
 for _p in sorted((prompts_dir() / "plans").glob("*.yaml")):
     PLANS.add(_p.stem, _p)
@@ -29,7 +30,7 @@ class SuiteEntry(BaseModel):
     """One suite of the plan: which prompts, how many images, and what the runs are for."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=SAFE_NAME)
     suite: str
     split: Literal["train", "test", "all"] = "test"
     limit: int | None = Field(default=None, gt=0)
@@ -42,7 +43,7 @@ class MethodEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     method: str
-    label: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$", description="run name (default: method)")
+    label: str | None = Field(default=None, pattern=SAFE_NAME, description="run name (default: method)")
     args: dict[str, Any] = Field(default_factory=dict)
     cost: float = Field(default=1.0, gt=0, description="relative cost per image, for cheapest-first ordering")
     per_suite: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -122,6 +123,15 @@ def _pending(cfg: RunConfig) -> tuple[int, int]:
     return max(total - done, 0), total
 
 
+def inside_out(template: str, name: str) -> str:
+    """A filled run_name, refused unless it is a relative path of plain folder names (it stays inside `out`)."""
+    parts = name.split("/")
+    if "\\" in name or any(p in ("", ".", "..") for p in parts) or any(len(p) > 255 for p in parts):
+        raise UserError(f"run_name {template!r} gives the run directory {name!r}, which is not a folder inside the "
+                        "plan's out: use plain folder names joined by '/'")
+    return name
+
+
 def cells(plan: Plan, progress: bool = True) -> list[Cell]:
     """Every run of the plan, vanilla runs first, then cheapest first (fewest weighted images to generate)."""
     from fairbench.methods import build_method
@@ -135,7 +145,7 @@ def cells(plan: Plan, progress: bool = True) -> list[Cell]:
             vanilla = None
             for m in sorted(plan.methods, key=lambda m: m.method != "vanilla"):
                 name = fill_named(plan.run_name, "run_name", model=slug(model), method=m.name, suite=s.name)
-                out = Path(plan.out) / name
+                out = Path(plan.out) / inside_out(plan.run_name, name)
                 if out in dirs:
                     raise UserError(f"run_name {plan.run_name!r} gives two runs the directory {out}")
                 dirs.add(out)
@@ -153,12 +163,15 @@ def cells(plan: Plan, progress: bool = True) -> list[Cell]:
 
 def run_plan(plan: Plan, progress: bool = True, dry_run: bool = False) -> list[Cell]:
     """Run or resume every cell, compare each method with its vanilla run, then write the leaderboard."""
-    from fairbench.io import atomic_write_text
+    from fairbench.io import atomic_write_text, check_writable_file
     from fairbench.outputs.compare import compare_runs
     from fairbench.outputs.leaderboard import build_leaderboard, markdown_table
     from fairbench.runner import run
 
     todo = cells(plan, progress)
+    for path in (plan.leaderboard, plan.markdown):  # refused now, not after every run has been made
+        if path:
+            check_writable_file(Path(path))
     for i, c in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {c.method.name} on {c.model}, {c.suite.name}: {c.config.out} "
               f"({c.pending} of {c.total} images to generate)", file=sys.stderr)

@@ -15,7 +15,7 @@ from fairbench.io import load_yaml_file
 from fairbench.registry import Registry
 
 Split = Literal["train", "test", "all"]
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class _Strict(BaseModel):
@@ -61,8 +61,8 @@ class PromptSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_id(self) -> "PromptSpec":
-        if not _SAFE_ID.fullmatch(self.id):  # fullmatch: "nurse\n" would pass match() with a $ anchor
-            raise ValueError(f"prompt id {self.id!r} must match {_SAFE_ID.pattern} (it names files)")
+        if not SAFE_ID.fullmatch(self.id):  # fullmatch: "nurse\n" would pass match() with a $ anchor
+            raise ValueError(f"prompt id {self.id!r} must match {SAFE_ID.pattern} (it names files)")
         return self
 
 

@@ -26,9 +26,9 @@ from fairbench.config import RunConfig
 from fairbench.errors import UserError
 from fairbench.faces import DETECTORS
 from fairbench.generation.engine import run_generation
-from fairbench.generation.manifest import MANIFEST, consolidate
+from fairbench.generation.manifest import MANIFEST, check_no_links, completed_rows, consolidate, finished_rows
 from fairbench.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable_target,
-                          ensure_writable_dir, read_jsonl, remove_stale_temp_files, run_lock, sha256_file)
+                          ensure_writable_dir, run_lock, sha256_file)
 from fairbench.labels import LABELS, label_images
 from fairbench.methods import build_method, check_architecture
 from fairbench.methods.base import MethodContext
@@ -36,8 +36,8 @@ from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
 from fairbench.models import load_backend, resolve_device
 from fairbench.models.backend import SamplingParams
-from fairbench.outputs.rundir import (METRICS_JSON, RUN_JSON, git_sha, hardware, library_versions, read_json,
-                                      write_run_json)
+from fairbench.outputs.rundir import (METRICS_JSON, RUN_JSON, RUN_SUITE, git_sha, hardware, library_versions,
+                                      read_json, remove_stale_temp_files, write_run_json)
 from fairbench.outputs.tables import write_tables
 from fairbench.prompts import SUITES, load_run_suite, load_suite
 from fairbench.units import make_units
@@ -139,10 +139,17 @@ def run(cfg: RunConfig) -> RunOutcome:
     """Run (or resume) a benchmark run; for a method other than vanilla, also its vanilla baseline
     (resumed, never regenerated) and the paired comparison of the two (unless cfg.baseline is off)."""
     cfg = cfg.with_model_defaults()
+    with_baseline = cfg.baseline and cfg.method != "vanilla" and not cfg.shard
+    base_cfg = baseline_config(cfg) if with_baseline else None
+    if base_cfg is not None:  # refused before the method's images are made, not after
+        out = Path(cfg.out) if cfg.out else default_out(cfg)
+        if Path(base_cfg.out).resolve() == out.resolve():
+            raise UserError(f"--baseline-out {base_cfg.out} is the method's --out: give the vanilla run its own folder")
+        check_writable_target(Path(base_cfg.out))
+        check_resume(Path(base_cfg.out), base_cfg)
     outcome = run_one(cfg)
-    if not cfg.baseline or cfg.method == "vanilla" or cfg.shard:
+    if base_cfg is None:
         return outcome
-    base_cfg = baseline_config(cfg)
     if cfg.progress and process_info()[0] == 0:
         print(f"vanilla baseline for the paired verdict: {base_cfg.out} (resumed where it exists)", file=sys.stderr)
     base = run_one(base_cfg)
@@ -161,14 +168,19 @@ def run_one(cfg: RunConfig) -> RunOutcome:
     if world > 1 and cfg.shard:
         raise UserError("use either --shard or `accelerate launch`, not both")
     suite = load_suite(cfg.suite)
-    if not suite.select(cfg.split, cfg.limit):
+    n_prompts = len(suite.select(cfg.split, cfg.limit))
+    if not n_prompts:
         raise UserError(f"suite {suite.name!r} has no prompts in split {cfg.split!r}")
+    if n_prompts * cfg.n > MAX_IMAGES:
+        raise UserError(f"{n_prompts} prompts x --n {cfg.n} is {n_prompts * cfg.n:,} images, more than one run holds "
+                        f"({MAX_IMAGES:,}): split the work with --limit, --split or a smaller --n")
     run_dir = Path(cfg.out) if cfg.out else default_out(cfg)
     # everything that can refuse the run happens before the run directory exists, so a refused
     # run leaves nothing behind, and a run that never made an image cannot block its --out
     check_writable_target(run_dir)
     check_resume(run_dir, cfg)
-    check_quality_settings(cfg, len(suite.select(cfg.split, cfg.limit)) * cfg.n)
+    check_no_links(run_dir)
+    check_quality_settings(cfg, n_prompts * cfg.n)
     device = resolve_device(cfg.device)
     method = build_method(cfg.method, cfg.method_args)
     detector, classifier = build_labellers(cfg, device)
@@ -184,9 +196,11 @@ def run_one(cfg: RunConfig) -> RunOutcome:
     units = make_units(suite, cfg.method, cfg.model, cfg.n, cfg.seed, cfg.split, cfg.limit)
     ensure_writable_dir(run_dir)
     with run_lock(run_dir) if rank == 0 else contextlib.nullcontext():
-        if rank == 0:
+        if rank == 0:  # again, now that no other process can write it; a refusal leaves run.json as it was
+            check_resume(run_dir, cfg)
+            check_no_links(run_dir)
+            done = completed_rows(run_dir, {u.key: u for u in units})
             remove_stale_temp_files(run_dir)
-            check_resume(run_dir, cfg)  # again, now that no other process can write it
         part = (rank, world) if world > 1 else cfg.shard_pair()
         spec = cfg.model_dump()
         record: dict[str, Any] = {
@@ -202,13 +216,13 @@ def run_one(cfg: RunConfig) -> RunOutcome:
             state.wait_for_everyone()
         stats = run_generation(run_dir, units, backend, method, params, cfg.batch_size, part,
                                separate_manifest=world > 1, batch_invariant=cfg.batch_invariant,
-                               progress=cfg.progress)
+                               progress=cfg.progress, done=done if rank == 0 else None)
         if state is not None:
             state.wait_for_everyone()
             if rank != 0:
                 return RunOutcome(run_dir, None)
         rows = consolidate(run_dir, [u.key for u in units], {u.key: u for u in units})
-        record["n_units"] = stats.total
+        record["n_units"] = stats.total if cfg.shard else len(units)
         record["generation"] = {"generated_now": stats.generated, "already_done": stats.already_done,
                                 "seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 3)}
         if cfg.shard:
@@ -225,6 +239,9 @@ def run_one(cfg: RunConfig) -> RunOutcome:
         return RunOutcome(run_dir, metrics)
 
 
+MAX_IMAGES = 1_000_000  # one run's units are built in memory; a larger job is several runs
+
+
 def provenance() -> dict[str, Any]:
     """The run.json fields that say what made a run: fairbench's version and commit, libraries, hardware."""
     return {"fairbench_version": __version__, "git_sha": git_sha(), "versions": library_versions(),
@@ -235,10 +252,13 @@ def check_quality_settings(cfg: RunConfig, n_images: int) -> None:
     """Refuse, before any image exists, quality settings that would fail once the images are made."""
     from fairbench.metrics.features import resolve_extractor
     from fairbench.metrics.quality import list_images
+    from fairbench.models.dual_encoder import check_dual_encoder
 
+    resolve_extractor(cfg.extractor, cfg.classifier)  # also the paired verdict's, with or without --reference
+    if cfg.clip_model:
+        check_dual_encoder(cfg.clip_model)
     if not cfg.reference:
         return
-    resolve_extractor(cfg.extractor, cfg.classifier)
     list_images(cfg.reference)
     if n_images < 2:
         raise UserError(f"--reference needs at least 2 images in the run for a distance; this run makes {n_images}")
@@ -317,23 +337,9 @@ def classify_run(run_dir: Path, classifier_name: str, classifier_args: dict[str,
                        "progress": progress}).with_model_defaults()
     labellers = build_labellers(cfg, resolve_device(device))
     with run_lock(run_dir):
-        rows = verified_rows(run_dir)
+        rows = finished_rows(run_dir, record.get("n_units"))
         record["spec"] = cfg.model_dump()
         return label_and_evaluate(run_dir, rows, record, cfg, *labellers)
-
-
-def verified_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The manifest's rows, one per unit, each image checked against its sha256 (a one-line refusal naming
-    the first image that is missing or differs: `fairbench run` with the run's settings regenerates it)."""
-    rows = list({r["key"]: r for r in reversed(read_jsonl(run_dir / MANIFEST)) if "key" in r}.values())[::-1]
-    if not rows:
-        raise UserError(f"{run_dir} has no generated images (empty manifest)")
-    for r in rows:
-        path = run_dir / r.get("image", "")
-        if not path.is_file() or sha256_file(path) != r.get("sha256"):
-            raise UserError(f"{path} is missing or does not match its manifest sha256: re-run `fairbench run` "
-                            "with this run's settings to regenerate it")
-    return rows
 
 
 def score_run(images_dir: Path, prompts_file: Path, cfg: RunConfig, suite: str | None = None,
@@ -342,8 +348,8 @@ def score_run(images_dir: Path, prompts_file: Path, cfg: RunConfig, suite: str |
     exactly like a generated run; a second call on the same folder resumes."""
     import yaml
 
-    from fairbench.generation.external import RUN_SUITE, imported_bytes, manifest_row, read_external
-    from fairbench.generation.manifest import Manifest, completed_rows
+    from fairbench.generation.external import imported_bytes, manifest_row, read_external
+    from fairbench.generation.manifest import Manifest
 
     found = read_external(images_dir, prompts_file, suite, model, method)
     cfg = cfg.model_copy(update={"model": found.model, "method": found.method, "suite": RUN_SUITE, "split": "all",
@@ -353,12 +359,14 @@ def score_run(images_dir: Path, prompts_file: Path, cfg: RunConfig, suite: str |
     check_writable_target(run_dir)
     check_resume(run_dir, cfg)
     check_same_suite(run_dir, suite_text)
+    check_no_links(run_dir)
     detector, classifier = build_labellers(cfg, resolve_device(cfg.device))
     ensure_writable_dir(run_dir)
     with run_lock(run_dir):
-        remove_stale_temp_files(run_dir)
         check_resume(run_dir, cfg)
         check_same_suite(run_dir, suite_text)
+        check_no_links(run_dir)
+        remove_stale_temp_files(run_dir)
         atomic_write_text(run_dir / RUN_SUITE, suite_text)
         record: dict[str, Any] = {
             **provenance(), "spec": cfg.model_dump(), "source": "external",
@@ -389,31 +397,30 @@ def score_run(images_dir: Path, prompts_file: Path, cfg: RunConfig, suite: str |
 
 def check_same_suite(run_dir: Path, suite_text: str) -> None:
     """Refuse to score other prompts into a folder that holds a scored run."""
-    from fairbench.generation.external import RUN_SUITE
-
     path = run_dir / RUN_SUITE
     if path.is_file() and any(run_dir.glob("manifest*.jsonl")) and path.read_text(encoding="utf-8") != suite_text:
         raise UserError(f"{run_dir} holds scored images of other prompts ({path} differs); choose another --out")
 
 
 def merge_run(shard_dirs: list[Path], out: Path, progress: bool = True) -> RunOutcome:
-    """Merge shard directories into `out`, then label and evaluate the whole run."""
-    from fairbench.generation.merge import merge_shards
+    """Merge shard directories into `out`, then label and evaluate the whole run; every check is made
+    before `out` is written."""
+    from fairbench.generation.merge import check_merge_target, check_shards, merged_order, write_merged
 
-    record, rows = merge_shards(shard_dirs, out)
-    with run_lock(out):
-        return _merge_locked(record, rows, out, progress)
-
-
-def _merge_locked(record: dict[str, Any], rows: list[dict[str, Any]], out: Path, progress: bool) -> RunOutcome:
-    from fairbench.generation.merge import write_merged_manifest
-
+    check_writable_target(out)
+    record, rows = check_shards(shard_dirs, out)
     cfg = RunConfig(**{**record["spec"], "progress": progress}).with_model_defaults()
-    suite = load_suite(cfg.suite)
-    order = [u.key for u in make_units(suite, cfg.method, cfg.model, cfg.n, cfg.seed,
-                                       cfg.split, cfg.limit)]
-    rows = write_merged_manifest(out, rows, order)
-    record["status"] = "labelling"
-    write_run_json(out, record)
-    metrics = label_and_evaluate(out, rows, record, cfg, *build_labellers(cfg, resolve_device(cfg.device)))
+    units = make_units(load_suite(cfg.suite), cfg.method, cfg.model, cfg.n, cfg.seed, cfg.split, cfg.limit)
+    ordered = merged_order(rows, [u.key for u in units])
+    labellers = build_labellers(cfg, resolve_device(cfg.device))
+    ensure_writable_dir(out)
+    with run_lock(out):
+        check_merge_target(out, record)  # again, now that no other process can write `out`
+        remove_stale_temp_files(out)
+        record["status"] = "merging"  # first, so that a merge killed midway is this run's to repeat
+        write_run_json(out, record)
+        rows = write_merged(out, ordered)
+        record["status"] = "labelling"
+        write_run_json(out, record)
+        metrics = label_and_evaluate(out, rows, record, cfg, *labellers)
     return RunOutcome(out, metrics)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 
+from fairbench.generation.manifest import unit_key
 from fairbench.prompts import SuiteSpec, Split
 
 
@@ -31,7 +32,7 @@ class WorkUnit:
     @property
     def key(self) -> str:
         """Unique key of the unit within a run; also its image file stem."""
-        return f"{self.prompt_id}/{self.sample_idx:05d}"
+        return unit_key(self.prompt_id, self.sample_idx)
 
     def to_dict(self) -> dict:
         """Plain dict for the manifest."""

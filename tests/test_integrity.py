@@ -95,7 +95,7 @@ def test_rows_of_another_seed_are_refused(copy, capsys):
 
 
 def test_stale_temp_files_are_removed_and_files_follow_the_umask(original, copy):
-    stale = copy / "images" / sorted(p.name for p in (copy / "images").iterdir())[0] / ".00000.png.abcd.tmp"
+    stale = copy / "images" / sorted(p.name for p in (copy / "images").iterdir())[0] / ".00000.png.k3j9x_2a.tmp"  # as mkstemp names it
     stale.write_bytes(b"half")
     old = os.umask(0o022)
     try:

@@ -134,9 +134,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     """fairbench leaderboard RUN_DIR... --out FILE.csv."""
     from pathlib import Path
 
-    from fairbench.io import atomic_write_text
+    from fairbench.io import atomic_write_text, check_writable_file
     from fairbench.outputs.leaderboard import build_leaderboard
 
+    for path in (args.out, args.markdown):  # both checked before either is written
+        if path:
+            check_writable_file(Path(path))
     attrs = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
     df = build_leaderboard([Path(d) for d in args.run_dirs], [Path(d) for d in args.explicit or []], attrs)
     atomic_write_text(Path(args.out), df.to_csv(index=False))

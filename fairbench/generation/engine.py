@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +11,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fairbench.generation.manifest import MANIFEST, Manifest, completed_rows, part_name
-from fairbench.io import atomic_write_bytes, sha256_bytes
+from fairbench.generation.manifest import MANIFEST, Manifest, completed_rows, part_name, unit_image
+from fairbench.io import atomic_write_bytes, png_bytes, sha256_bytes
 from fairbench.methods.base import Method
 from fairbench.models.backend import DiffusersBackend, SamplingParams
 from fairbench.units import WorkUnit
@@ -32,18 +31,6 @@ class GenerationStats:
     def images_per_second(self) -> float:
         """Throughput of this invocation."""
         return self.generated / self.seconds if self.seconds > 0 else 0.0
-
-
-def image_relpath(unit: WorkUnit) -> str:
-    """Where a unit's image lives inside the run directory (prompt ids are validated file-safe)."""
-    return f"images/{unit.prompt_id}/{unit.sample_idx:05d}.png"
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """Deterministic PNG encoding (no timestamps or text chunks)."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False, compress_level=4)
-    return buf.getvalue()
 
 
 def batches(units: list[WorkUnit], size: int) -> Iterator[list[WorkUnit]]:
@@ -86,15 +73,18 @@ def run_generation(
     separate_manifest: bool = False,
     batch_invariant: bool = False,
     progress: bool = True,
+    done: dict[str, dict] | None = None,
 ) -> GenerationStats:
     """Generate every unit of this part not yet in the run's manifest; safe to kill and re-run.
 
     `units` is the whole run in canonical order; `part` = (i, n) takes canonical batches
     i, i + n, ... (a shard, or a process under `accelerate launch`). With `batch_invariant`,
     each image is computed on its own, so its bits do not depend on the batch size either.
+    `done` is `completed_rows` of the run directory, where the caller has it already.
     """
     index, count = part
-    done = completed_rows(run_dir, {u.key: u for u in units})
+    if done is None:
+        done = completed_rows(run_dir, {u.key: u for u in units})
     mine = canonical_batches(units, batch_size)[index::count]
     pending = [b for b in mine if any(u.key not in done for u in b)]
     n_mine = sum(len(b) for b in mine)
@@ -112,7 +102,7 @@ def run_generation(
                 if unit.key in done:
                     continue  # finished before an interruption; identical bytes, keep the first
                 data = png_bytes(image)
-                rel = image_relpath(unit)
+                rel = unit_image(unit.key)
                 atomic_write_bytes(run_dir / rel, data)
                 rows.append({**unit.to_dict(), "key": unit.key, "prompt_used": text, "image": rel,
                              "sha256": sha256_bytes(data), "nsfw": flag})

@@ -19,13 +19,13 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
 from fairbench.errors import UserError, validation_message
+from fairbench.generation.manifest import IMAGE_SUFFIXES, unit_image, unit_key
 from fairbench.io import sha256_bytes
+from fairbench.outputs.rundir import RUN_SUITE
 from fairbench.prompts import PromptSpec, SuiteSpec, load_suite
 
-RUN_SUITE = "suite.yaml"  # a scored run's own suite: the prompts its images answer, inside the run directory
 REQUIRED = ("image", "prompt_id")
 OPTIONAL = ("prompt", "sample_idx", "model", "method")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,12 @@ class ExternalImage:
     @property
     def key(self) -> str:
         """The unit key a generated run would give it."""
-        return f"{self.prompt_id}/{self.sample_idx:05d}"
+        return unit_key(self.prompt_id, self.sample_idx)
 
     @property
     def image(self) -> str:
         """Its path inside the run directory (the generated layout, the original extension)."""
-        return f"images/{self.key}{self.source.suffix.lower()}"
+        return unit_image(self.key, self.source.suffix.lower())
 
 
 def read_prompt_table(path: Path) -> pd.DataFrame:

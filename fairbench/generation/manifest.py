@@ -1,4 +1,9 @@
-"""The append-only manifest: one JSON line per generated work unit."""
+"""The append-only manifest: one JSON line per generated work unit, each naming its unit's own image.
+
+A row's image is always `images/<prompt id>/<sample index><suffix>` inside the run directory, reached
+through real folders: a row that names anything else (an absolute path, `..`, another unit's file,
+a symbolic link) is never read or written through, so a run directory cannot point outside itself.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,47 @@ from typing import Any, Iterable
 
 from fairbench.errors import UserError
 from fairbench.io import read_jsonl, sha256_file, write_jsonl
+from fairbench.outputs.rundir import IMAGE_SUFFIXES, IMAGES, MANIFEST, RUN_JSON, read_json
+from fairbench.prompts import SAFE_ID
 
-MANIFEST = "manifest.jsonl"
+
+def unit_key(prompt_id: str, sample_idx: int) -> str:
+    """The one key of a unit within a run: `<prompt id>/<sample index, 5 digits>`; also its image's stem."""
+    return f"{prompt_id}/{sample_idx:05d}"
+
+
+def unit_image(key: str, suffix: str = ".png") -> str:
+    """Where a unit's image lives inside its run directory."""
+    return f"{IMAGES}/{key}{suffix}"
+
+
+def own_image(run_dir: Path, row: dict[str, Any]) -> Path | None:
+    """The file a manifest row names when it is its own unit's image inside `run_dir`, reached through no
+    symbolic link; None for a row that names anything else (the row then counts for nothing)."""
+    pid, idx, key, image = (row.get(k) for k in ("prompt_id", "sample_idx", "key", "image"))
+    if not (isinstance(pid, str) and SAFE_ID.fullmatch(pid) and type(idx) is int and idx >= 0
+            and key == unit_key(pid, idx) and isinstance(image, str)):
+        return None
+    if not any(image == unit_image(key, s) for s in IMAGE_SUFFIXES):
+        return None
+    path = run_dir
+    for part in image.split("/"):
+        path = path / part
+        if path.is_symlink():
+            return None
+    return path
+
+
+def check_no_links(run_dir: Path) -> None:
+    """Refuse a run directory whose images/ folders are symbolic links: an image written or read through
+    one would land outside the run directory."""
+    folders = [run_dir / IMAGES]
+    if folders[0].is_dir() and not folders[0].is_symlink():
+        folders += sorted(folders[0].iterdir())
+    for f in folders:
+        if f.is_symlink():
+            raise UserError(f"{f} is a symbolic link: fairbench reads and writes a run's images only inside its run "
+                            "directory; remove the link (its target is left as it is) or choose another --out")
 
 
 def part_name(rank: int) -> str:
@@ -50,10 +94,10 @@ class Manifest:
 
 
 def completed_rows(run_dir: Path, units: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Rows of every unit done in `run_dir` (main manifest and per-rank parts) whose image is on disk
-    with the sha256 its row records. An image that is missing, swapped, truncated or garbage does
-    not count as done, so a resumed run regenerates it. With `units` (key -> WorkUnit), a row whose
-    seed or prompt is not its unit's is refused: the images belong to another run."""
+    """Rows of every unit done in `run_dir` (main manifest and per-rank parts) whose own image is on disk
+    with the sha256 its row records. An image that is missing, swapped, truncated, garbage, a link, or
+    another unit's does not count as done, so a resumed run regenerates it. With `units` (key ->
+    WorkUnit), a row whose seed or prompt is not its unit's is refused: the images belong to another run."""
     done: dict[str, dict[str, Any]] = {}
     for path in [run_dir / MANIFEST, *sorted(run_dir.glob("manifest.rank*.jsonl"))]:
         for row in Manifest(path).rows():
@@ -65,8 +109,8 @@ def completed_rows(run_dir: Path, units: dict[str, Any] | None = None) -> dict[s
                 raise UserError(f"{path}: unit {key!r} was made with seed {row.get('seed')} and prompt "
                                 f"{row.get('prompt')!r}, this run's is seed {unit.seed}, {unit.prompt!r}: the "
                                 "directory holds another run's images; choose another --out")
-            image = run_dir / row["image"]
-            if image.is_file() and sha256_file(image) == row.get("sha256"):
+            image = own_image(run_dir, row)
+            if image is not None and image.is_file() and sha256_file(image) == row.get("sha256"):
                 done[key] = row
     return done
 
@@ -85,3 +129,46 @@ def consolidate(run_dir: Path, order: list[str], units: dict[str, Any] | None = 
         for p in parts:
             p.unlink()
     return rows
+
+
+def finished_rows(run_dir: Path, n_units: Any) -> list[dict[str, Any]]:
+    """The manifest of a finished run, checked whole before anything reads an image: every line a row
+    naming its own unit's image, once, every image's bytes matching its sha256, `n_units` rows in all.
+    The first thing that is not so is a one-line refusal naming the line or the image."""
+    path = run_dir / MANIFEST
+    fix = "re-run `fairbench run` with the run's settings (or `fairbench score`) to repair it"
+    if n_units == 0 and not path.exists():  # a shard that drew no batch
+        return []
+    if path.is_symlink() or not path.is_file():
+        raise UserError(f"{path} not found: is {run_dir} a finished fairbench run?")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}): {fix}") from None
+    if lines[-1]:
+        raise UserError(f"{path} line {len(lines)} is torn (no line end): {fix}")
+    rows, seen = [], set()
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        image = own_image(run_dir, row) if isinstance(row, dict) else None
+        if image is None:
+            raise UserError(f"{path} line {number} is not a row naming its own unit's image inside the run "
+                            f"directory: {fix}")
+        if row["key"] in seen:
+            raise UserError(f"{path} line {number} repeats unit {row['key']!r}: {fix}")
+        if not image.is_file() or sha256_file(image) != row.get("sha256"):
+            raise UserError(f"{image} is missing or does not match its manifest sha256 (swapped, truncated or "
+                            f"replaced): {fix}")
+        seen.add(row["key"])
+        rows.append(row)
+    if type(n_units) is not int or len(rows) != n_units:
+        raise UserError(f"{path} lists {len(rows)} images of a run of {n_units} (a line lost or added): {fix}")
+    return rows
+
+
+def run_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """`finished_rows` of a run directory, with the number of units its run.json records."""
+    return finished_rows(run_dir, read_json(run_dir / RUN_JSON).get("n_units"))

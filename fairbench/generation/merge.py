@@ -4,50 +4,65 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from fairbench.errors import UserError
-from fairbench.generation.manifest import MANIFEST, Manifest
-from fairbench.io import ensure_writable_dir, write_jsonl
-from fairbench.outputs.rundir import RUN_JSON, read_json
+from fairbench.generation.manifest import check_no_links, finished_rows
+from fairbench.io import LOCK, TMP_SUFFIX, write_jsonl
+from fairbench.outputs.rundir import MANIFEST, RUN_JSON, read_json
+
+IGNORED = ("shard", "out", "device", "progress")  # settings that may differ between the shards of one run
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _settings(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record["spec"].items() if k not in IGNORED}
+
+
+def place_image(src: Path, dst: Path) -> None:
+    """Put a shard's image at its place in the merged run: a hard link where the file system allows, else a
+    copy; through a temp file and a rename, so an interrupted merge never leaves half an image."""
+    if dst.is_file() and os.path.samefile(src, dst):
+        return
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def merge_shards(shard_dirs: list[Path], out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Check that the shards are one run split N ways, then write their images and manifest to `out`.
-
-    Returns the merged run record (shard removed from its spec) and the manifest rows in
-    canonical order.
-    """
+def check_shards(shard_dirs: list[Path], out: Path) -> tuple[dict[str, Any], list[tuple[Path, dict[str, Any]]]]:
+    """Check, writing nothing, that the shards are one finished run split N ways, each image its unit's own
+    and unchanged, and that `out` is new or holds this same run. Returns the merged run record (shard
+    removed from its spec) and every shard's manifest rows with the shard that holds them."""
     if any(Path(d).resolve() == out.resolve() for d in shard_dirs):
         raise UserError(f"--out {out} is one of the shards: merge into a new directory")
     records = [read_json(d / RUN_JSON) for d in shard_dirs]
-    specs = [dict(r["spec"]) for r in records]
-    shards = [s.pop("shard") for s in specs]
-    for s in specs:
-        s.pop("out", None)
+    for d, r in zip(shard_dirs, records):
+        if not isinstance(r.get("spec"), dict) or "shard" not in r["spec"]:
+            raise UserError(f"{d / RUN_JSON} is not a fairbench run record (no 'spec')")
+    shards = [r["spec"]["shard"] for r in records]
     if any(s is None for s in shards):
         raise UserError("every directory to merge must be a shard run (made with --shard i/N)")
     counts = {int(s.split("/")[1]) for s in shards}
     indices = sorted(int(s.split("/")[0]) for s in shards)
     if len(counts) != 1 or indices != list(range(next(iter(counts)))):
         raise UserError(f"shards {sorted(shards)} do not cover 0..N-1 of one N exactly once")
-    identity = {k: v for k, v in specs[0].items() if k not in ("device", "progress")}
-    for d, s in zip(shard_dirs, specs):
-        other = {k: v for k, v in s.items() if k not in ("device", "progress")}
+    identity = _settings(records[0])
+    for d, r in zip(shard_dirs, records):
+        other = _settings(r)
         if other != identity:
-            key = next(k for k in identity if identity[k] != other.get(k))
-            raise UserError(f"{d} is a different run ({key}: {other.get(key)!r} vs {identity[key]!r})")
+            key = next(k for k in {**identity, **other} if identity.get(k) != other.get(k))
+            raise UserError(f"{d} is a different run ({key}: {other.get(key)!r} vs {identity.get(key)!r})")
     prints = {r.get("model", {}).get("weights_fingerprint") for r in records}
     if len(prints) > 1:
         raise UserError(f"the shards were generated with different model weights (fingerprints "
@@ -55,26 +70,42 @@ def merge_shards(shard_dirs: list[Path], out: Path) -> tuple[dict[str, Any], lis
     for d, r in zip(shard_dirs, records):
         if r.get("status") != "shard generated":
             raise UserError(f"{d} has not finished generating (status {r.get('status')!r}); re-run it first")
-    ensure_writable_dir(out)
-    rows = []
-    for d in shard_dirs:
-        for row in Manifest(d / MANIFEST).rows():
-            _link_or_copy(d / row["image"], out / row["image"])
-            rows.append(row)
+    rows = [(d, row) for d, r in zip(shard_dirs, records) for row in finished_rows(d, r.get("n_units"))]
     record = dict(records[0])
     record["spec"] = {**records[0]["spec"], "shard": None, "out": str(out)}
     record["merged_from"] = [str(d) for d in shard_dirs]
-    record["n_units"] = sum(r["n_units"] for r in records)
+    record["n_units"] = len(rows)
+    check_merge_target(out, record)
     return record, rows
 
 
-def write_merged_manifest(out: Path, rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
-    """Write the merged manifest in canonical unit order; every unit must be present once."""
-    by_key = {r["key"]: r for r in rows}
+def check_merge_target(out: Path, record: dict[str, Any]) -> None:
+    """`out` must be a new or empty folder, or the same merged run (a merge repeated, or resumed after it
+    was killed); never another run's folder or a folder of other files."""
+    if not out.is_dir() or all(p.name == LOCK for p in out.iterdir()):
+        return
+    if not (out / RUN_JSON).is_file():
+        raise UserError(f"--out {out} is a folder of other files, not a fairbench run: merge into a new directory")
+    old = read_json(out / RUN_JSON)
+    if not isinstance(old.get("spec"), dict) or _settings(old) != _settings(record) or "merged_from" not in old:
+        raise UserError(f"--out {out} holds another run: merge into a new directory")
+    check_no_links(out)
+
+
+def merged_order(rows: list[tuple[Path, dict[str, Any]]], order: list[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """The shards' rows in canonical unit order; every unit of the run must be present once."""
+    by_key = {r["key"]: (d, r) for d, r in rows}
     missing = [k for k in order if k not in by_key]
     if missing or len(rows) != len(order):
         raise UserError(f"shards hold {len(rows)} units for a run of {len(order)} "
                         f"({len(missing)} missing, e.g. {missing[:3]})")
-    ordered = [by_key[k] for k in order]
-    write_jsonl(out / MANIFEST, ordered)
-    return ordered
+    return [by_key[k] for k in order]
+
+
+def write_merged(out: Path, ordered: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Place every shard's image in `out`, then write the merged manifest."""
+    for shard, row in ordered:
+        place_image(shard / row["image"], out / row["image"])
+    rows = [row for _, row in ordered]
+    write_jsonl(out / MANIFEST, rows)
+    return rows

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from fairbench.errors import UserError
-from fairbench.io import read_jsonl
+from fairbench.generation.manifest import run_rows
 
 
 class CLIPScorer:
@@ -40,7 +40,7 @@ class CLIPScorer:
 def clip_score_run(run_dir: str | Path, scorer: CLIPScorer, batch_size: int = 32,
                    text_field: str = "prompt") -> dict[str, Any]:
     """Mean CLIP score of a run's images against their neutral prompts (or `prompt_used`)."""
-    rows = read_jsonl(Path(run_dir) / "manifest.jsonl")
+    rows = run_rows(Path(run_dir))
     if not rows:
         raise UserError(f"{run_dir} has no images")
     scores, truncated = [], 0

@@ -22,10 +22,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from fairbench.errors import UserError
-from fairbench.io import cache_root, read_jsonl, sha256_file
+from fairbench.generation.manifest import IMAGE_SUFFIXES, run_rows
+from fairbench.io import cache_root, sha256_file
 from fairbench.metrics.features import FeatureExtractor
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from fairbench.outputs.rundir import MANIFEST
 
 
 def list_images(source: str | Path) -> tuple[list[Path], str]:
@@ -34,9 +34,8 @@ def list_images(source: str | Path) -> tuple[list[Path], str]:
     src = Path(source)
     if not src.is_dir():
         raise UserError(f"image set not found: {source}")
-    if (src / "manifest.jsonl").is_file():
-        rows = read_jsonl(src / "manifest.jsonl")
-        items = [(r["image"], r["sha256"]) for r in rows]
+    if (src / MANIFEST).is_file():  # a run directory: its own images, each checked against its sha256
+        items = [(r["image"], r["sha256"]) for r in run_rows(src)]
     else:
         files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         items = [(p.relative_to(src).as_posix(), sha256_file(p)) for p in files]

@@ -43,6 +43,13 @@ def resolve_dual_encoder(name: str) -> str:
     return entry.meta["folder"]() if "folder" in entry.meta else entry.obj
 
 
+def check_dual_encoder(model: str, revision: str | None = None) -> None:
+    """Refuse, before any work, a vision-language model that cannot be found (its config alone is read)."""
+    from transformers import AutoConfig
+
+    from_pretrained(AutoConfig, resolve_dual_encoder(model), revision, "vision-language model")
+
+
 def _features(out: Any) -> torch.Tensor:
     # transformers 5 returns a ModelOutput from some get_*_features; its pooled field is the embedding
     return getattr(out, "pooler_output", out).float()

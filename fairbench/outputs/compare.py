@@ -20,10 +20,9 @@ from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majori
                                       share_metric, sign_test, transitions)
 from fairbench.outputs.pairing import (ADHERENCE, FACE, FAMILY, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align, differences,
                                        run_side)
-from fairbench.outputs.rundir import RUN_JSON, read_json
+from fairbench.outputs.rundir import COMPARE_JSON, FIGURES, RUN_JSON, TABLES, read_json
 from fairbench.outputs.tables import kid_text, terminal_console
 
-COMPARE_JSON = "compare.json"
 COMPARE_SCHEMA = 1
 VERDICT_METRICS = ("bias_gap", "kl")
 # two runs compared must agree on these; a batch size may differ (pixels move by noise only)
@@ -164,8 +163,8 @@ def compare_runs(run_dir: str | Path, baseline_dir: str | Path, extractor: str =
     result["method_source"] = read_json(d / RUN_JSON).get("method", {}).get("source")
     result["quality"] = quality_cost(d, b, extractor)
     atomic_write_json(d / COMPARE_JSON, result)
-    atomic_write_text(d / "tables" / "compare.csv", summary_frame(result).to_csv(index=False))
-    plot_paired_changes(result, d / "figures" / "compare.png")
+    atomic_write_text(d / TABLES / "compare.csv", summary_frame(result).to_csv(index=False))
+    plot_paired_changes(result, d / FIGURES / "compare.png")
     return result
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from fairbench.errors import UserError
-from fairbench.io import read_jsonl
-from fairbench.labels import LABELS
+from fairbench.generation.manifest import finished_rows
+from fairbench.labels import LABELS, read_labels
 from fairbench.metrics.paired import NO_LABEL, label_codes
 from fairbench.outputs.rundir import METRICS_JSON, RUN_JSON, read_json
 
@@ -60,10 +60,19 @@ def adherence_column(attr: str) -> str:
 
 
 def unit_table(labels: pd.DataFrame, manifest: list[dict[str, Any]], groups: dict[str, list[str]],
-               expected_family: dict[str, str], requested: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
-    """One row per unit: prompt id, seed, sha256 and integer label codes (NO_LABEL where absent)."""
-    man = pd.DataFrame(manifest, columns=["key", "prompt_id", "seed", "sha256"]).drop_duplicates("key").set_index("key")
+               expected_family: dict[str, str], requested: dict[str, dict[str, str]] | None = None,
+               where: str = "labels") -> pd.DataFrame:
+    """One row per unit: prompt id, seed, sha256 and integer label codes (NO_LABEL where no face was found).
+    A unit with no label row, or with another image's, is refused: it was never labelled, which is not
+    the same as no face."""
+    man = pd.DataFrame(manifest, columns=["key", "prompt_id", "seed", "sha256", "image"]).drop_duplicates("key")
+    man = man.set_index("key")
     lab = labels.drop_duplicates("key").set_index("key").reindex(man.index)
+    unlabelled = man.index[lab["image"].to_numpy() != man["image"].to_numpy()] if "image" in lab else man.index
+    if len(unlabelled):
+        raise UserError(f"{where} has no label row for {len(unlabelled)} of the run's {len(man)} images (e.g. "
+                        f"{unlabelled[0]!r}): label the run again with `fairbench classify`")
+    man = man.drop(columns="image")
     out = man.copy()
     out[FACE] = np.where(lab["face"].fillna(False).astype(bool), 0, NO_LABEL)
     lab = lab.assign(face=lab["face"].fillna(False).astype(bool))
@@ -93,13 +102,13 @@ def run_side(run_dir: str | Path) -> Side:
         raise UserError(f"{d} has no {LABELS}: label it first (fairbench classify)")
     spec = record["spec"]
     prompts = load_run_suite(d, spec["suite"]).select(spec["split"], spec.get("limit"))
-    labels = pd.read_parquet(d / LABELS)
+    labels = read_labels(d / LABELS)
     # attributes in the classifier's order (the order of their label columns)
     attrs = sorted((a for a in metrics["attributes"] if "*" not in a and a in labels.columns),
                    key=list(labels.columns).index)
     groups = {a: metrics["attributes"][a]["groups"] for a in attrs}
-    units = unit_table(labels, read_jsonl(d / "manifest.jsonl"), groups, expected_families(prompts),
-                       {p.id: p.requested for p in prompts if p.requested})
+    units = unit_table(labels, finished_rows(d, record.get("n_units")), groups, expected_families(prompts),
+                       {p.id: p.requested for p in prompts if p.requested}, str(d / LABELS))
     return Side(str(d), settings_of(record, metrics), units, groups, [p.id for p in prompts], metrics)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fairbench.io import atomic_write_bytes, png_bytes
 from fairbench.metrics.evaluate import proportion
 
 COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
@@ -20,6 +21,16 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically (a reader never sees half a figure), then close it."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_shares(attr: str, res: dict[str, Any], path: Path, max_prompts: int = 60) -> Path | None:
@@ -58,8 +69,7 @@ def plot_shares(attr: str, res: dict[str, Any], path: Path, max_prompts: int = 6
     ax.set_title(f"{attr}: per-prompt shares ({len(rows)} prompts, n = faces per prompt)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -84,8 +94,7 @@ def plot_comparison(run: dict[str, Any], base: dict[str, Any], run_name: str, ba
     axes[0][0].legend(fontsize=8)
     fig.suptitle("method vs baseline: mean over prompts, 95 % bootstrap intervals")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -108,7 +117,7 @@ def image_grid(run_dir: Path, rows: list[dict[str, Any]], prompt_ids: list[str],
             im = Image.open(run_dir / r["image"]).convert("RGB")
             grid.paste(im.resize((cell, cell), Image.NEAREST if im.width < cell else Image.BICUBIC),
                        (label_w + j * (cell + 2), y))
-    grid.save(path)
+    atomic_write_bytes(path, png_bytes(grid))
     return path
 
 
@@ -141,7 +150,5 @@ def plot_paired_changes(result: dict[str, Any], path: Path, metrics: tuple[str, 
     ax2.set_title("per prompt (below the line: fairer)", fontsize=9)
     fig.suptitle(f"{result['method']} vs {result['baseline_method']}: {result['n_units']} paired images")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

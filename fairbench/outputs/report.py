@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fairbench.io import atomic_write_text, check_writable_target, read_jsonl
+from fairbench.generation.manifest import finished_rows
+from fairbench.io import atomic_write_text, check_writable_target
 from fairbench.metrics.evaluate import per_prompt_table, summary_table
 from fairbench.outputs.plots import image_grid, plot_comparison, plot_shares
-from fairbench.outputs.rundir import read_run
+from fairbench.outputs.rundir import FIGURES, REPORT, read_run
 from fairbench.outputs.tables import kid_text
 
-REPORT = "report.md"
 RECONSTRUCTION_NOTE = ("> Fair Mapping's unpublished details (layers, loss form, lambda, word lists) are a documented "
                        "reconstruction in fairbench, not the authors' code.")
 
@@ -74,7 +74,7 @@ def _compare_lines(run_dir: Path) -> list[str]:
     lines += [f"- {line.strip()}" for line in rest if " flips " in line or line.lstrip().startswith(
         ("face rate", "family acc.", "adherence", "quality", "note"))]
     lines += ["", summary_frame(result).to_markdown(index=False, floatfmt=".3f"), ""]
-    if (run_dir / "figures" / "compare.png").is_file():
+    if (run_dir / FIGURES / "compare.png").is_file():
         lines += ["![paired comparison](figures/compare.png)", ""]
     return lines
 
@@ -82,8 +82,8 @@ def _compare_lines(run_dir: Path) -> list[str]:
 def render_report(run_dir: Path, baseline: Path | None = None) -> str:
     """Write the figures and return the markdown of the report."""
     run, metrics = read_run(run_dir)
-    fig_dir = run_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
+    rows = finished_rows(run_dir, run.get("n_units"))  # the grids show only images the metrics were computed on
+    fig_dir = run_dir / FIGURES  # made by the first figure written, not before
     lines = _run_header(run, metrics)
     s = metrics["settings"]
     lines += ["## Aggregate fairness (mean over prompts)", "",
@@ -99,7 +99,6 @@ def render_report(run_dir: Path, baseline: Path | None = None) -> str:
             lines += [f"## {run['spec']['method']} vs {base_run['spec']['method']} (`{baseline}`)", "",
                       f"![comparison](figures/{path.name})", ""]
     lines += _compare_lines(run_dir)
-    rows = read_jsonl(run_dir / "manifest.jsonl")
     for attr, res in metrics["attributes"].items():
         table = per_prompt_table(res)
         if table.empty or "*" in attr:

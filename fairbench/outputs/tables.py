@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fairbench.io import atomic_write_text
+from fairbench.outputs.rundir import TABLES
 from fairbench.metrics.evaluate import per_prompt_table, summary_table
 
 HEADLINE = ("fd", "kl", "bias_gap", "heim_imbalance")
@@ -25,7 +26,7 @@ def terminal_console() -> Console:
 
 def write_tables(run_dir: Path, metrics: dict[str, Any]) -> list[Path]:
     """summary.csv plus one per-prompt CSV per attribute (file names are attribute names)."""
-    out = run_dir / "tables"
+    out = run_dir / TABLES
     paths = [out / "summary.csv"]
     atomic_write_text(paths[0], summary_table(metrics).to_csv(index=False))
     for attr, res in metrics["attributes"].items():
