@@ -201,7 +201,13 @@ def test_run_into_a_folder_of_user_files_removes_none_of_them(original, tmp_path
             out / ".run.json.abcdefgh.tmp": b"looks like ours, but the folder held no run"}
     for p, data in mine.items():
         p.write_bytes(data)
-    assert main([*ARGS, "--out", str(out)]) == 0
+    _OPENED.clear()
+    _WATCHED.update(os.path.realpath(p) for p in mine)
+    try:
+        assert main([*ARGS, "--out", str(out)]) == 0
+        assert not _OPENED
+    finally:
+        _WATCHED.clear()
     assert all(p.read_bytes() == data for p, data in mine.items())
 
 
