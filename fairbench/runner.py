@@ -22,7 +22,7 @@ import pandas as pd
 
 from fairbench import __version__
 from fairbench.classifiers import build_classifier
-from fairbench.config import RunConfig
+from fairbench.config import RunConfig, build_config
 from fairbench.errors import UserError
 from fairbench.faces import DETECTORS
 from fairbench.generation.engine import run_generation
@@ -37,10 +37,13 @@ from fairbench.metrics.evaluate import EvalSettings, evaluate
 from fairbench.models import load_backend, resolve_device
 from fairbench.models.backend import SamplingParams
 from fairbench.outputs.rundir import (METRICS_JSON, RUN_JSON, RUN_SUITE, git_sha, hardware, library_versions,
-                                      read_json, remove_stale_temp_files, write_run_json)
+                                      read_json, read_record, remove_stale_temp_files, write_run_json)
 from fairbench.outputs.tables import write_tables
 from fairbench.prompts import SUITES, load_run_suite, load_suite
 from fairbench.units import make_units
+
+
+MAX_IMAGES = 1_000_000  # one run's units are built in memory; a larger job is several runs
 
 
 @dataclass
@@ -85,7 +88,7 @@ def check_resume(run_dir: Path, cfg: RunConfig) -> None:
     path = run_dir / RUN_JSON
     if not path.exists() or not any(run_dir.glob("manifest*.jsonl")):
         return
-    old = read_json(path).get("spec", {})
+    old = read_record(run_dir)["spec"]
     diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
     if diff:
         k, (was, now) = next(iter(diff.items()))
@@ -239,9 +242,6 @@ def run_one(cfg: RunConfig) -> RunOutcome:
         return RunOutcome(run_dir, metrics)
 
 
-MAX_IMAGES = 1_000_000  # one run's units are built in memory; a larger job is several runs
-
-
 def provenance() -> dict[str, Any]:
     """The run.json fields that say what made a run: fairbench's version and commit, libraries, hardware."""
     return {"fairbench_version": __version__, "git_sha": git_sha(), "versions": library_versions(),
@@ -318,7 +318,7 @@ def quality_run(run_dir: Path, reference: str | None, extractor: str = "auto",
     metrics = read_json(run_dir / METRICS_JSON)
     check_writable_target(run_dir)  # before the features are computed, not after
     if reference:
-        extractor = resolve_extractor(extractor, read_json(run_dir / RUN_JSON)["spec"].get("classifier"))
+        extractor = resolve_extractor(extractor, read_record(run_dir)["spec"].get("classifier"))
         q = quality(run_dir, reference, build_extractor(extractor, extractor_args), batch_size)
         metrics.setdefault("quality", {})[q["name"]] = q
     if clip_model:
@@ -329,12 +329,21 @@ def quality_run(run_dir: Path, reference: str | None, extractor: str = "auto",
     return metrics
 
 
+def recorded_config(run_dir: Path, record: dict[str, Any], **overrides: Any) -> RunConfig:
+    """The run config a run.json records, with `overrides`; a spec this fairbench cannot read is a one-line
+    refusal naming the file."""
+    try:
+        return build_config(None, **{**record["spec"], **overrides}).with_model_defaults()
+    except UserError as exc:
+        raise UserError(f"{Path(run_dir) / RUN_JSON}: {exc}") from None
+
+
 def classify_run(run_dir: Path, classifier_name: str, classifier_args: dict[str, Any], device: str = "auto",
                  progress: bool = True) -> dict[str, Any]:
     """Re-label an existing run with another classifier (no image is regenerated)."""
-    record = read_json(run_dir / RUN_JSON)
-    cfg = RunConfig(**{**record["spec"], "classifier": classifier_name, "classifier_args": classifier_args,
-                       "progress": progress}).with_model_defaults()
+    record = read_record(run_dir)
+    cfg = recorded_config(run_dir, record, classifier=classifier_name, classifier_args=classifier_args,
+                          progress=progress)
     labellers = build_labellers(cfg, resolve_device(device))
     with run_lock(run_dir):
         rows = finished_rows(run_dir, record.get("n_units"))
@@ -409,7 +418,7 @@ def merge_run(shard_dirs: list[Path], out: Path, progress: bool = True) -> RunOu
 
     check_writable_target(out)
     record, rows = check_shards(shard_dirs, out)
-    cfg = RunConfig(**{**record["spec"], "progress": progress}).with_model_defaults()
+    cfg = recorded_config(shard_dirs[0], record, progress=progress)
     units = make_units(load_suite(cfg.suite), cfg.method, cfg.model, cfg.n, cfg.seed, cfg.split, cfg.limit)
     ordered = merged_order(rows, [u.key for u in units])
     labellers = build_labellers(cfg, resolve_device(cfg.device))

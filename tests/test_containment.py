@@ -492,3 +492,26 @@ def test_plan_resumes_a_run_whose_row_points_outside_without_reading_it(original
         assert planted.untouched()
     assert (runs / "synthface" / "vanilla-s" / "manifest.jsonl").read_text() == \
         (original / "manifest.jsonl").read_text()
+
+
+# a run.json that is not a run record ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"{}", b"[]", b"\xff\xfe not utf-8", b'{"spec": []}', b"{not json"])
+def test_a_broken_run_json_is_one_line_for_every_reader(original, copy, tmp_path, capsys, content):
+    (copy / "run.json").write_bytes(content)
+    before = _snapshot(copy)
+    commands = [[*ARGS, "--out", str(copy)],
+                ["classify", str(copy), "--classifier", "synthface", "--no-progress"],
+                ["report", str(copy)], ["check", str(copy), "--against", str(original)],
+                ["check", str(original), "--against", str(copy)],
+                ["reference", str(copy), "--out", str(tmp_path / "ref.json")],
+                ["compare", str(copy), "--baseline", str(original)],
+                ["quality", str(original), "--reference", str(copy), "--extractor", "synthface"],
+                ["merge", str(copy), "--out", str(tmp_path / "merged")]]
+    for command in commands:
+        code = main(command)
+        line = _one_line(capsys)
+        assert code == 2 and "run.json" in line, (command, line)
+    assert _snapshot(copy) == before
+    assert not (tmp_path / "ref.json").exists() and not (tmp_path / "merged").exists()

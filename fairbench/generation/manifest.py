@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from fairbench.errors import UserError
 from fairbench.io import read_jsonl, sha256_file, write_jsonl
-from fairbench.outputs.rundir import IMAGE_SUFFIXES, IMAGES, MANIFEST, RUN_JSON, read_json
+from fairbench.outputs.rundir import IMAGE_SUFFIXES, IMAGES, MANIFEST, read_record
 from fairbench.prompts import SAFE_ID
 
 
@@ -171,4 +171,4 @@ def finished_rows(run_dir: Path, n_units: Any) -> list[dict[str, Any]]:
 
 def run_rows(run_dir: Path) -> list[dict[str, Any]]:
     """`finished_rows` of a run directory, with the number of units its run.json records."""
-    return finished_rows(run_dir, read_json(run_dir / RUN_JSON).get("n_units"))
+    return finished_rows(run_dir, read_record(run_dir).get("n_units"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 from fairbench.errors import UserError
 from fairbench.generation.manifest import check_no_links, finished_rows
 from fairbench.io import LOCK, TMP_SUFFIX, write_jsonl
-from fairbench.outputs.rundir import MANIFEST, RUN_JSON, read_json
+from fairbench.outputs.rundir import MANIFEST, RUN_JSON, read_record
 
 IGNORED = ("shard", "out", "device", "progress")  # settings that may differ between the shards of one run
 
@@ -46,12 +47,9 @@ def check_shards(shard_dirs: list[Path], out: Path) -> tuple[dict[str, Any], lis
     removed from its spec) and every shard's manifest rows with the shard that holds them."""
     if any(Path(d).resolve() == out.resolve() for d in shard_dirs):
         raise UserError(f"--out {out} is one of the shards: merge into a new directory")
-    records = [read_json(d / RUN_JSON) for d in shard_dirs]
-    for d, r in zip(shard_dirs, records):
-        if not isinstance(r.get("spec"), dict) or "shard" not in r["spec"]:
-            raise UserError(f"{d / RUN_JSON} is not a fairbench run record (no 'spec')")
-    shards = [r["spec"]["shard"] for r in records]
-    if any(s is None for s in shards):
+    records = [read_record(d) for d in shard_dirs]
+    shards = [r["spec"].get("shard") for r in records]
+    if not all(isinstance(s, str) and re.fullmatch(r"\d+/\d+", s) for s in shards):
         raise UserError("every directory to merge must be a shard run (made with --shard i/N)")
     counts = {int(s.split("/")[1]) for s in shards}
     indices = sorted(int(s.split("/")[0]) for s in shards)
@@ -86,8 +84,8 @@ def check_merge_target(out: Path, record: dict[str, Any]) -> None:
         return
     if not (out / RUN_JSON).is_file():
         raise UserError(f"--out {out} is a folder of other files, not a fairbench run: merge into a new directory")
-    old = read_json(out / RUN_JSON)
-    if not isinstance(old.get("spec"), dict) or _settings(old) != _settings(record) or "merged_from" not in old:
+    old = read_record(out)
+    if _settings(old) != _settings(record) or "merged_from" not in old:
         raise UserError(f"--out {out} holds another run: merge into a new directory")
     check_no_links(out)
 

@@ -35,7 +35,7 @@ from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.metrics.paired import SwapTest, metric_change, net_group_changes, share_change, swap_test
 from fairbench.outputs.pairing import (FACE, FAMILY, NUMERIC_SETTINGS, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align,
                                        differences, run_side)
-from fairbench.outputs.rundir import RUN_JSON, read_json
+from fairbench.outputs.rundir import read_json, read_record
 
 REFERENCE_SCHEMA = 2
 FAIRNESS_KEYS = ("fd", "kl", "bias_gap")
@@ -69,7 +69,7 @@ def reference_of(side: Side) -> dict[str, Any]:
 
 def write_reference(run_dir: Path, out: Path) -> dict[str, Any]:
     """Write a run's reference file for `check` (a few kB at CI size)."""
-    record = read_json(Path(run_dir) / RUN_JSON)
+    record = read_record(run_dir)
     if record.get("status") != "complete":
         raise UserError(f"{run_dir} is not a complete run (status {record.get('status')!r}): finish it first")
     ref = reference_of(run_side(run_dir))

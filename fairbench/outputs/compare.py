@@ -20,7 +20,7 @@ from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majori
                                       share_metric, sign_test, transitions)
 from fairbench.outputs.pairing import (ADHERENCE, FACE, FAMILY, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align, differences,
                                        run_side)
-from fairbench.outputs.rundir import COMPARE_JSON, FIGURES, RUN_JSON, TABLES, read_json
+from fairbench.outputs.rundir import COMPARE_JSON, FIGURES, TABLES, read_json, read_record
 from fairbench.outputs.tables import kid_text, terminal_console
 
 COMPARE_SCHEMA = 1
@@ -120,7 +120,7 @@ def quality_cost(run_dir: Path, baseline_dir: Path, extractor: str = "auto") -> 
     from fairbench.metrics.features import build_extractor, resolve_extractor
     from fairbench.metrics.quality import quality
 
-    extractor = resolve_extractor(extractor, read_json(run_dir / RUN_JSON)["spec"].get("classifier"))
+    extractor = resolve_extractor(extractor, read_record(run_dir)["spec"].get("classifier"))
     try:
         q = quality(run_dir, baseline_dir, build_extractor(extractor, None))
     except UserError as exc:
@@ -160,7 +160,7 @@ def compare_runs(run_dir: str | Path, baseline_dir: str | Path, extractor: str =
     s = run.metrics.get("settings", {})
     result = compare_sides(run, base, n_boot or s.get("n_boot", 1000), level or s.get("level", 0.95),
                            s.get("seed", 0))
-    result["method_source"] = read_json(d / RUN_JSON).get("method", {}).get("source")
+    result["method_source"] = read_record(d).get("method", {}).get("source")
     result["quality"] = quality_cost(d, b, extractor)
     atomic_write_json(d / COMPARE_JSON, result)
     atomic_write_text(d / TABLES / "compare.csv", summary_frame(result).to_csv(index=False))

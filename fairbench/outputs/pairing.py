@@ -18,7 +18,7 @@ from fairbench.errors import UserError
 from fairbench.generation.manifest import finished_rows
 from fairbench.labels import LABELS, read_labels
 from fairbench.metrics.paired import NO_LABEL, label_codes
-from fairbench.outputs.rundir import METRICS_JSON, RUN_JSON, read_json
+from fairbench.outputs.rundir import METRICS_JSON, read_json, read_record
 
 # Settings that decide which units a run holds: two runs pair only when they agree on all of them.
 UNIT_SETTINGS = ("suite", "suite_sha256", "split", "limit", "n", "seed", "model", "model_fingerprint")
@@ -97,7 +97,7 @@ def run_side(run_dir: str | Path) -> Side:
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    record, metrics = read_json(d / RUN_JSON), read_json(d / METRICS_JSON)
+    record, metrics = read_record(d), read_json(d / METRICS_JSON)
     if not (d / LABELS).is_file():
         raise UserError(f"{d} has no {LABELS}: label it first (fairbench classify)")
     spec = record["spec"]

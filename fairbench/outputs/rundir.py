@@ -121,14 +121,21 @@ def read_json(path: Path) -> dict[str, Any]:
     return doc
 
 
+def read_record(run_dir: str | Path) -> dict[str, Any]:
+    """A run's run.json, refused in one line unless it is a fairbench run record (an object whose `spec` is one)."""
+    path = Path(run_dir) / RUN_JSON
+    record = read_json(path)
+    if not isinstance(record.get("spec"), dict):
+        raise UserError(f"{path} is not a fairbench run record (no 'spec' object)")
+    return record
+
+
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(run.json, metrics.json) of a finished run."""
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    record, metrics = read_json(d / RUN_JSON), read_json(d / METRICS_JSON)
-    if not isinstance(record, dict) or not isinstance(record.get("spec"), dict):
-        raise UserError(f"{d / RUN_JSON} is not a fairbench run record (no 'spec')")
+    record, metrics = read_record(d), read_json(d / METRICS_JSON)
     if not isinstance(metrics, dict) or not isinstance(metrics.get("attributes"), dict) or "settings" not in metrics:
         raise UserError(f"{d / METRICS_JSON} is not a complete fairbench metrics file: re-score the run with "
                         "`fairbench classify`")
