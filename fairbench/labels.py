@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 from fairbench.classifiers.base import AttributeClassifier
 from fairbench.errors import UserError
 from fairbench.faces.base import FaceDetector, crop_face
-from fairbench.outputs.rundir import LABELS  # noqa: F401  (re-exported: the labels file of a run)
 
 
 

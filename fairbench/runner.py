@@ -29,14 +29,14 @@ from fairbench.generation.engine import run_generation
 from fairbench.generation.manifest import MANIFEST, check_no_links, completed_rows, consolidate, finished_rows
 from fairbench.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable_target,
                           ensure_writable_dir, run_lock, sha256_file)
-from fairbench.labels import LABELS, label_images
+from fairbench.labels import label_images
 from fairbench.methods import build_method, check_architecture
 from fairbench.methods.base import MethodContext
 from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
 from fairbench.models import load_backend, resolve_device
 from fairbench.models.backend import SamplingParams
-from fairbench.outputs.rundir import (METRICS_JSON, RUN_JSON, RUN_SUITE, git_sha, hardware, library_versions,
+from fairbench.outputs.rundir import (LABELS, METRICS_JSON, RUN_JSON, RUN_SUITE, git_sha, hardware, library_versions,
                                       read_json, read_record, remove_stale_temp_files, write_run_json)
 from fairbench.outputs.tables import write_tables
 from fairbench.prompts import SUITES, load_run_suite, load_suite
@@ -69,6 +69,11 @@ def default_out(cfg: RunConfig) -> Path:
         i, n = cfg.shard_pair()
         name += f"-shard-{i}-of-{n}"
     return Path("runs") / name
+
+
+def run_dir_of(cfg: RunConfig) -> Path:
+    """The run directory of a config: --out, else `default_out`."""
+    return Path(cfg.out) if cfg.out else default_out(cfg)
 
 
 def process_info() -> tuple[int, int, Any]:
@@ -128,7 +133,7 @@ def baseline_config(cfg: RunConfig) -> RunConfig:
                                   "clip_model": None, "baseline": False, "baseline_out": None})
     if cfg.baseline_out:
         return base.model_copy(update={"out": cfg.baseline_out})
-    parent = Path(cfg.out).parent if cfg.out else default_out(cfg).parent
+    parent = run_dir_of(cfg).parent
     out = parent / default_out(base).name
     try:
         check_resume(out, base)
@@ -145,8 +150,7 @@ def run(cfg: RunConfig) -> RunOutcome:
     with_baseline = cfg.baseline and cfg.method != "vanilla" and not cfg.shard
     base_cfg = baseline_config(cfg) if with_baseline else None
     if base_cfg is not None:  # refused before the method's images are made, not after
-        out = Path(cfg.out) if cfg.out else default_out(cfg)
-        if Path(base_cfg.out).resolve() == out.resolve():
+        if Path(base_cfg.out).resolve() == run_dir_of(cfg).resolve():
             raise UserError(f"--baseline-out {base_cfg.out} is the method's --out: give the vanilla run its own folder")
         check_writable_target(Path(base_cfg.out))
         check_resume(Path(base_cfg.out), base_cfg)
@@ -177,7 +181,7 @@ def run_one(cfg: RunConfig) -> RunOutcome:
     if n_prompts * cfg.n > MAX_IMAGES:
         raise UserError(f"{n_prompts} prompts x --n {cfg.n} is {n_prompts * cfg.n:,} images, more than one run holds "
                         f"({MAX_IMAGES:,}): split the work with --limit, --split or a smaller --n")
-    run_dir = Path(cfg.out) if cfg.out else default_out(cfg)
+    run_dir = run_dir_of(cfg)
     # everything that can refuse the run happens before the run directory exists, so a refused
     # run leaves nothing behind, and a run that never made an image cannot block its --out
     check_writable_target(run_dir)

@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from fairbench.classifiers import build_classifier
-from fairbench.labels import LABELS
+from fairbench.outputs.rundir import LABELS
 from fairbench.metrics.clipscore import CLIPScorer
 from fairbench.prompts import attribute, load_suite
 from fairbench.synthface.families import family_of

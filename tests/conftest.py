@@ -59,6 +59,29 @@ def run_args(model: Path, out: Path, *extra: str) -> list[str]:
             "--n-boot", "50", *extra]
 
 
+# a small float32 synthface run (2 prompts x 3 images): the run directory the integrity tests tamper with
+SMALL_RUN = ["run", "--method", "vanilla", "--n", "3", "--limit", "2", "--no-progress", "--n-boot", "50",
+             "--dtype", "float32"]
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory) -> Path:
+    """A finished SMALL_RUN, made once per test module; tests change only copies of it."""
+    from fairbench.cli.main import main
+
+    run = tmp_path_factory.mktemp("original") / "run"
+    assert main([*SMALL_RUN, "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture
+def copy(original, tmp_path) -> Path:
+    """A fresh copy of `original` in the test's own folder."""
+    dest = tmp_path / "run"
+    shutil.copytree(original, dest)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor

@@ -18,10 +18,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import SMALL_RUN
+
 from fairbench.cli.main import main
 
-ARGS = ["run", "--method", "vanilla", "--n", "3", "--limit", "2", "--no-progress", "--n-boot", "50",
-        "--dtype", "float32"]
+ARGS = SMALL_RUN
 
 _WATCHED: set[str] = set()
 _OPENED: list[str] = []
@@ -85,26 +86,12 @@ def _one_line(capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def original(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("containment") / "run"
-    assert main([*ARGS, "--out", str(run)]) == 0
-    return run
-
-
-@pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> list[Path]:
     base = tmp_path_factory.mktemp("shards")
     out = [base / f"s{i}" for i in range(2)]
     for i, d in enumerate(out):
         assert main([*ARGS, "--shard", f"{i}/2", "--out", str(d)]) == 0
     return out
-
-
-@pytest.fixture
-def copy(original, tmp_path) -> Path:
-    dest = tmp_path / "run"
-    shutil.copytree(original, dest)
-    return dest
 
 
 @pytest.fixture

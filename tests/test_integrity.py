@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMALL_RUN
+
 from fairbench.cli.main import main
 
-ARGS = ["run", "--method", "vanilla", "--n", "3", "--limit", "2", "--no-progress", "--n-boot", "50",
-        "--dtype", "float32"]
+ARGS = SMALL_RUN
 
 
 def _state(run: Path) -> dict:
@@ -29,20 +30,6 @@ def _state(run: Path) -> dict:
     return {"manifest": (run / "manifest.jsonl").read_text(),
             "images": {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted((run / "images").rglob("*.png"))},
             "labels": labels.to_dict(orient="list"), "metrics": metrics}
-
-
-@pytest.fixture(scope="module")
-def original(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("integrity") / "run"
-    assert main([*ARGS, "--out", str(run)]) == 0
-    return run
-
-
-@pytest.fixture
-def copy(original, tmp_path) -> Path:
-    dest = tmp_path / "run"
-    shutil.copytree(original, dest)
-    return dest
 
 
 def _resume(run: Path) -> None:

@@ -178,11 +178,11 @@ def read_external(images_dir: Path, path: Path, suite: str | None = None, model:
     if len(dup):
         raise UserError(f"prompts file {path} lists image {dup.iloc[0]!r} twice")
     indices = _sample_indices(table, path)
-    keys = [f"{p}/{i}" for p, i in zip(table["prompt_id"], indices)]
+    keys = [unit_key(p, i) for p, i in zip(table["prompt_id"], indices)]
     seen: set[str] = set()
     for k in keys:
         if k in seen:
-            raise UserError(f"prompts file {path} has two images for prompt {k.split('/')[0]!r}, sample {k.split('/')[1]}")
+            raise UserError(f"prompts file {path} has two images for prompt {k.split('/')[0]!r}, sample {int(k.split('/')[1])}")
         seen.add(k)
     texts: dict[str, str] = {}
     if "prompt" in table.columns:

@@ -16,9 +16,9 @@ import pandas as pd
 
 from fairbench.errors import UserError
 from fairbench.generation.manifest import finished_rows
-from fairbench.labels import LABELS, read_labels
+from fairbench.labels import read_labels
 from fairbench.metrics.paired import NO_LABEL, label_codes
-from fairbench.outputs.rundir import METRICS_JSON, read_json, read_record
+from fairbench.outputs.rundir import LABELS, METRICS_JSON, read_json, read_record
 
 # Settings that decide which units a run holds: two runs pair only when they agree on all of them.
 UNIT_SETTINGS = ("suite", "suite_sha256", "split", "limit", "n", "seed", "model", "model_fingerprint")
@@ -68,7 +68,7 @@ def unit_table(labels: pd.DataFrame, manifest: list[dict[str, Any]], groups: dic
     man = pd.DataFrame(manifest, columns=["key", "prompt_id", "seed", "sha256", "image"]).drop_duplicates("key")
     man = man.set_index("key")
     lab = labels.drop_duplicates("key").set_index("key").reindex(man.index)
-    unlabelled = man.index[lab["image"].to_numpy() != man["image"].to_numpy()] if "image" in lab else man.index
+    unlabelled = man.index[lab["image"].to_numpy() != man["image"].to_numpy()]
     if len(unlabelled):
         raise UserError(f"{where} has no label row for {len(unlabelled)} of the run's {len(man)} images (e.g. "
                         f"{unlabelled[0]!r}): label the run again with `fairbench classify`")
@@ -98,8 +98,6 @@ def run_side(run_dir: str | Path) -> Side:
     if not d.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
     record, metrics = read_record(d), read_json(d / METRICS_JSON)
-    if not (d / LABELS).is_file():
-        raise UserError(f"{d} has no {LABELS}: label it first (fairbench classify)")
     spec = record["spec"]
     prompts = load_run_suite(d, spec["suite"]).select(spec["split"], spec.get("limit"))
     labels = read_labels(d / LABELS)
