@@ -36,7 +36,7 @@ from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
 from fairbench.models import load_backend, resolve_device
 from fairbench.models.backend import SamplingParams
-from fairbench.outputs.rundir import (LABELS, METRICS_JSON, RUN_JSON, RUN_SUITE, git_sha, hardware, library_versions,
+from fairbench.outputs.rundir import (LABELS, METRICS_JSON, RUN_JSON, RUN_SUITE, read_metrics, git_sha, hardware, library_versions,
                                       read_json, read_record, remove_stale_temp_files, write_run_json)
 from fairbench.outputs.tables import write_tables
 from fairbench.prompts import SUITES, load_run_suite, load_suite
@@ -301,7 +301,8 @@ def evaluate_run(run_dir: Path, labels: pd.DataFrame, classifier: Any, cfg: RunC
     confusions = {a: c for a in specs if (c := classifier.confusion(a)) is not None}
     settings = EvalSettings(n_boot=cfg.n_boot, level=cfg.ci_level, seed=cfg.seed)
     requested = {p.id: p.requested for p in prompts if p.requested}
-    metrics = evaluate(labels, specs, prompt_ids, settings, confusions, requested)
+    counts = {a: c for a in confusions if (c := classifier.confusion_counts(a)) is not None}
+    metrics = evaluate(labels, specs, prompt_ids, settings, confusions, requested, counts)
     family = family_accuracy(labels, prompts, settings.level)
     if family is not None:
         metrics["alignment"] = {"family_accuracy": family}
@@ -319,7 +320,7 @@ def quality_run(run_dir: Path, reference: str | None, extractor: str = "auto",
     from fairbench.metrics.features import build_extractor, resolve_extractor
     from fairbench.metrics.quality import quality
 
-    metrics = read_json(run_dir / METRICS_JSON)
+    metrics = read_metrics(run_dir)
     check_writable_target(run_dir)  # before the features are computed, not after
     if reference:
         extractor = resolve_extractor(extractor, read_record(run_dir)["spec"].get("classifier"))

@@ -39,6 +39,10 @@ class AttributeClassifier:
         """Known confusion matrix C[i, j] = P(predict j | true i), if the classifier ships one."""
         return None
 
+    def confusion_counts(self, attr: str) -> np.ndarray | None:
+        """The held-out counts behind `confusion` (rows: true, columns: predicted), if shipped."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Identity and settings for run.json."""
         return {"name": self.name, "source": self.source, "attributes": list(self.attributes)}

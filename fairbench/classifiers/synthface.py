@@ -106,6 +106,11 @@ class SynthFaceClassifier(AttributeClassifier):
         block = self.meta["heldout"].get(attr)
         return np.asarray(block["confusion"]) if block else None
 
+    def confusion_counts(self, attr: str) -> np.ndarray | None:
+        """Held-out counts behind the confusion matrix, where the weights ship them."""
+        block = self.meta["heldout"].get(attr)
+        return np.asarray(block["counts"], dtype=np.int64) if block and "counts" in block else None
+
     def describe(self) -> dict[str, Any]:
         """Identity for run.json, with the held-out accuracies."""
         acc = {k: v["accuracy"] for k, v in self.meta["heldout"].items() if isinstance(v, dict)}

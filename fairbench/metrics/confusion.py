@@ -39,3 +39,38 @@ def correct_shares(observed: np.ndarray, confusion: np.ndarray) -> np.ndarray:
     )
     p = np.clip(res.x, 0, None)
     return p / p.sum()
+
+
+def correct_shares_many(observed: np.ndarray, confusion: np.ndarray) -> np.ndarray:
+    """correct_shares over rows (M, K); closed form at K = 2 (the line through the two rows of C^T)."""
+    observed = np.asarray(observed, dtype=np.float64)
+    if observed.shape[-1] == 2:
+        c = np.asarray(confusion, dtype=np.float64)
+        denom = c[0, 0] - c[1, 0]
+        p = np.clip((observed[:, 0] - c[1, 0]) / denom, 0, 1) if abs(denom) > 1e-12 else np.full(len(observed), 0.5)
+        return np.stack([p, 1 - p], axis=1)
+    return np.array([correct_shares(q, confusion) for q in observed])
+
+
+def corrected_share_interval(counts: np.ndarray, confusion_counts: np.ndarray | None, confusion: np.ndarray,
+                             n_draws: int = 200, level: float = 0.95, seed: int = 0) -> dict[str, np.ndarray]:
+    """Mean over prompts of the classifier-corrected shares, with a percentile interval that carries both
+    the images' sampling error and, where held-out counts are given, the confusion matrix's own (as CLEAM
+    does, Teo et al. 2023): each draw resamples every prompt's counts from its observed shares and every
+    row of the confusion matrix from its posterior Dirichlet(held-out counts + 1/2)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    counts = counts[counts.sum(axis=1) > 0]
+    k = counts.shape[1]
+    if not len(counts):
+        return {key: np.full(k, np.nan) for key in ("value", "ci_low", "ci_high")}
+    rng = np.random.default_rng(seed)
+    n = counts.sum(axis=1)
+    observed = counts / n[:, None]
+    reps = np.empty((n_draws, k))
+    for b in range(n_draws):
+        c = confusion if confusion_counts is None else np.stack(
+            [rng.dirichlet(np.asarray(row, dtype=np.float64) + 0.5) for row in confusion_counts])
+        reps[b] = correct_shares_many(rng.multinomial(n, observed) / n[:, None], c).mean(axis=0)
+    a = (1 - level) / 2
+    low, high = np.quantile(reps, [a, 1 - a], axis=0)
+    return {"value": correct_shares_many(observed, confusion).mean(axis=0), "ci_low": low, "ci_high": high}

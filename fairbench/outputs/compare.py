@@ -15,6 +15,7 @@ import pandas as pd
 
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json, atomic_write_text, check_writable_target
+from fairbench.metrics.correction import paired_corrected
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majority_flows, paired_bootstrap_many,
                                       share_metric, sign_test, transitions)
@@ -23,15 +24,18 @@ from fairbench.outputs.pairing import (ADHERENCE, FACE, FAMILY, SAMPLING_SETTING
 from fairbench.outputs.rundir import COMPARE_JSON, FIGURES, TABLES, read_json, read_record
 from fairbench.outputs.tables import kid_text, terminal_console
 
-COMPARE_SCHEMA = 1
+COMPARE_SCHEMA = 2
+# runs that differ only in these hold different images of the same prompts: compared prompt by prompt
+# on the corrected estimates (the image-paired tests need the same units)
+PROMPT_PAIRED = ("n", "seed")
 VERDICT_METRICS = ("bias_gap", "kl")
 # two runs compared must agree on these; a batch size may differ (pixels move by noise only)
 MUST_MATCH = (*UNIT_SETTINGS, *SAMPLING_SETTINGS, "dtype", "classifier", "detector")
 
 
-def pairing_notes(run: Side, base: Side) -> list[str]:
+def pairing_notes(run: Side, base: Side, allowed: tuple[str, ...] = ()) -> list[str]:
     """Refuse sides whose units do not pair (naming the setting); return the differences that are only noted."""
-    diff = differences(run, base, MUST_MATCH)
+    diff = differences(run, base, tuple(k for k in MUST_MATCH if k not in allowed))
     if diff:
         more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
         raise UserError(f"{run.name} and {base.name} do not pair: {diff[0]}{more}")
@@ -48,9 +52,24 @@ def _changes(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, n_prompts: in
             for name, m in metrics.items()}
 
 
+def corrected_changes(c_ref: np.ndarray, c_run: np.ndarray, base_res: dict[str, Any], run_res: dict[str, Any],
+                      level: float) -> dict[str, dict[str, Any]]:
+    """Per metric: each side's corrected aggregate and floor (from its metrics.json) and the change of the
+    corrected estimate, paired prompt by prompt (valid at any n on either side)."""
+    out = {}
+    for m in FAIRNESS_METRICS.names():
+        b, a = base_res["aggregate"].get(m), run_res["aggregate"].get(m)
+        if b is None or a is None:
+            continue
+        out[m] = {"before": b["corrected"], "after": a["corrected"], "floor_before": b["floor"],
+                  "floor_after": a["floor"], "change": paired_corrected(c_ref, c_run, m, level=level).to_dict()}
+    return out
+
+
 def compare_attribute(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, prompt_ids: list[str],
-                      groups: list[str], n_boot: int, level: float, seed: int) -> dict[str, Any]:
-    """Every fairness metric's paired change, label flips by direction, and per-prompt values."""
+                      groups: list[str], n_boot: int, level: float, seed: int,
+                      results: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+    """Every fairness metric's paired change (plug-in and corrected), label flips by direction, per-prompt values."""
     p, k = len(prompt_ids), len(groups)
     metrics = _changes(ref, run, prompt, p, k, {m: FAIRNESS_METRICS.get(m) for m in FAIRNESS_METRICS.names()},
                        n_boot, level, seed)
@@ -66,6 +85,7 @@ def compare_attribute(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, prom
         per_prompt.append(row)
     return {
         "groups": groups, "metrics": metrics,
+        "corrected": corrected_changes(counts(ref, prompt, p, k), counts(run, prompt, p, k), *results, level),
         "flips": {"n_labelled_both": int(both.sum()), "n_flipped": int((both & (ref != run)).sum()),
                   "groups": [f.to_dict() for f in flows(ref, run, groups)],
                   "toward_majority": majority.into, "away_from_majority": majority.out,
@@ -83,8 +103,37 @@ def compare_binary(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, n_promp
     return {**out, "gained": gained, "lost": lost, "p_value": sign_test(gained, lost), "n": int(len(ref))}
 
 
+def prompt_counts(side: Side, attr: str) -> np.ndarray:
+    """(P, K) counts of one side, prompts in its suite order."""
+    order = {p: i for i, p in enumerate(side.prompt_ids)}
+    prompt = side.units["prompt_id"].map(order).to_numpy(dtype=np.int64)
+    return counts(side.units[attr].to_numpy(), prompt, len(side.prompt_ids), len(side.groups[attr]))
+
+
+def compare_prompts(run: Side, base: Side, level: float, notes: list[str]) -> dict[str, Any]:
+    """Runs of the same prompts with different images (another n or seed): corrected estimates only."""
+    if run.prompt_ids != base.prompt_ids:
+        raise UserError(f"{run.name} and {base.name} do not hold the same prompts")
+    diff = differences(run, base, PROMPT_PAIRED)
+    return {
+        "schema_version": COMPARE_SCHEMA, "run": run.name, "baseline": base.name, "mode": "prompt-paired",
+        "method": run.settings.get("method"), "method_args": run.settings.get("method_args"),
+        "baseline_method": base.settings.get("method"), "n_prompts": len(run.prompt_ids),
+        "n_units": len(run.units), "n_units_baseline": len(base.units),
+        "notes": [f"the runs hold different images ({'; '.join(diff)}): the image-paired tests do not apply; "
+                  "compared on the corrected estimates, prompt by prompt, which do not depend on n", *notes],
+        "settings": {"level": level, "interval": "prompt-paired: t * se of per-prompt differences + both bias bounds"},
+        "attributes": {a: {"groups": g, "corrected": corrected_changes(
+            prompt_counts(base, a), prompt_counts(run, a), base.metrics["attributes"][a], run.metrics["attributes"][a],
+            level)} for a, g in run.groups.items() if a in base.groups and base.groups[a] == g},
+    }
+
+
 def compare_sides(run: Side, base: Side, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """Paired comparison of a run with its baseline (pure: reads only the two sides)."""
+    if differences(run, base, PROMPT_PAIRED) and not differences(
+            run, base, tuple(k for k in MUST_MATCH if k not in PROMPT_PAIRED)):
+        return compare_prompts(run, base, level, pairing_notes(run, base, PROMPT_PAIRED))
     notes = pairing_notes(run, base)
     ua, ub, prompt = align(run, base)
     p = len(run.prompt_ids)
@@ -99,8 +148,11 @@ def compare_sides(run: Side, base: Side, n_boot: int = 1000, level: float = 0.95
                                      "bootstrap": "paired: prompts, then sample indices within a prompt, "
                                                   "the same units on both sides",
                                      "flip_test": "exact two-sided sign test (exact McNemar)"},
+        "mode": "image-paired",
         "attributes": {a: compare_attribute(ub[a].to_numpy(), ua[a].to_numpy(), prompt, run.prompt_ids, g,
-                                            n_boot, level, seed) for a, g in run.groups.items() if a in base.groups},
+                                            n_boot, level, seed,
+                                            (base.metrics["attributes"][a], run.metrics["attributes"][a]))
+                       for a, g in run.groups.items() if a in base.groups},
         "faces": compare_binary(face_ref, face_run, prompt, p, "face_rate", n_boot, level, seed),
     }
     if FAMILY in ua and FAMILY in ub:
@@ -132,15 +184,20 @@ def summary_frame(result: dict[str, Any]) -> pd.DataFrame:
     """One row per (attribute, metric): before, after, change and its paired interval."""
     rows = []
     for attr, res in result["attributes"].items():
-        for m, c in res["metrics"].items():
-            rows.append({"attribute": attr, "metric": m, "before": c["before"], "after": c["after"],
-                         "change": c["change"]["value"], "ci_low": c["change"]["ci_low"],
+        for m, c in res.get("metrics", {}).items():
+            rows.append({"attribute": attr, "metric": m, "estimate": "plug-in", "before": c["before"],
+                         "after": c["after"], "change": c["change"]["value"], "ci_low": c["change"]["ci_low"],
                          "ci_high": c["change"]["ci_high"], "n_flipped": res["flips"]["n_flipped"],
                          "n_labelled_both": res["flips"]["n_labelled_both"]})
+        for m, c in res["corrected"].items():
+            rows.append({"attribute": attr, "metric": m, "estimate": "corrected", "before": c["before"]["value"],
+                         "after": c["after"]["value"], "change": c["change"]["value"], "ci_low": c["change"]["ci_low"],
+                         "ci_high": c["change"]["ci_high"], "floor_before": c["floor_before"],
+                         "floor_after": c["floor_after"]})
     blocks = [("face_rate" if n == "faces" else n, result[n]) for n in ("faces", "family_accuracy") if n in result]
     blocks += [(f"adherence:{attr}", c) for attr, c in result.get("adherence", {}).items()]
     for name, c in blocks:
-        rows.append({"attribute": "-", "metric": name, "before": c["before"],
+        rows.append({"attribute": "-", "metric": name, "estimate": "plug-in", "before": c["before"],
                      "after": c["after"], "change": c["change"]["value"], "ci_low": c["change"]["ci_low"],
                      "ci_high": c["change"]["ci_high"], "n_flipped": c["gained"] + c["lost"],
                      "n_labelled_both": c["n"]})
@@ -161,10 +218,12 @@ def compare_runs(run_dir: str | Path, baseline_dir: str | Path, extractor: str =
     result = compare_sides(run, base, n_boot or s.get("n_boot", 1000), level or s.get("level", 0.95),
                            s.get("seed", 0))
     result["method_source"] = read_record(d).get("method", {}).get("source")
-    result["quality"] = quality_cost(d, b, extractor)
+    if result["mode"] == "image-paired":
+        result["quality"] = quality_cost(d, b, extractor)
     atomic_write_json(d / COMPARE_JSON, result)
     atomic_write_text(d / TABLES / "compare.csv", summary_frame(result).to_csv(index=False))
-    plot_paired_changes(result, d / FIGURES / "compare.png")
+    if result["mode"] == "image-paired":
+        plot_paired_changes(result, d / FIGURES / "compare.png")
     return result
 
 
@@ -172,18 +231,41 @@ def _fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:.3f}"
 
 
+def _interval_text(c: dict[str, Any], signed: bool = False) -> str:
+    f = "+.3f" if signed else ".3f"
+    if c["value"] != c["value"]:
+        return "n/a"
+    return f"{c['value']:{f}} [{c['ci_low']:{f}}, {c['ci_high']:{f}}]"
+
+
+def corrected_line(attr: str, m: str, c: dict[str, Any]) -> str:
+    """One metric's corrected before -> after, the change with its interval, and both floors."""
+    return (f"  {attr:10s} {m:9s} corrected {_interval_text(c['before'])} -> {_interval_text(c['after'])}  "
+            f"change {_interval_text(c['change'], signed=True)}  (plug-in floors {_fmt(c['floor_before'])}, "
+            f"{_fmt(c['floor_after'])})")
+
+
 def verdict_lines(result: dict[str, Any], metrics: tuple[str, ...] = VERDICT_METRICS) -> list[str]:
-    """The paired verdict as plain lines (the terminal table is built from the same numbers)."""
+    """The verdict as plain lines (the terminal table is built from the same numbers)."""
     level = result["settings"]["level"]
+    if result.get("mode") == "prompt-paired":
+        lines = [f"{result['method']} vs {result['baseline_method']}, prompt by prompt over {result['n_prompts']} "
+                 f"prompts ({result['n_units']} and {result['n_units_baseline']} images); corrected estimates, "
+                 f"{level:.0%} bias-aware intervals"]
+        lines += [corrected_line(attr, m, res["corrected"][m]) for attr, res in result["attributes"].items()
+                  for m in metrics if m in res["corrected"]]
+        return lines + [f"  note: {n}" for n in result.get("notes", [])]
     lines = [f"{result['method']} vs {result['baseline_method']}, paired over {result['n_units']} images "
              f"({result['n_prompts']} prompts); change = {result['method']} - {result['baseline_method']}, "
-             f"{level:.0%} paired bootstrap interval"]
+             f"{level:.0%} paired bootstrap interval (plug-in), bias-aware interval (corrected)"]
     for attr, res in result["attributes"].items():
         for m in metrics:
             c = res["metrics"][m]
             ch = c["change"]
-            lines.append(f"  {attr:10s} {m:9s} {_fmt(c['before'])} -> {_fmt(c['after'])}  "
+            lines.append(f"  {attr:10s} {m:9s} plug-in   {_fmt(c['before'])} -> {_fmt(c['after'])}  "
                          f"change {ch['value']:+.3f} [{ch['ci_low']:+.3f}, {ch['ci_high']:+.3f}]")
+            if m in res.get("corrected", {}):
+                lines.append(corrected_line(attr, m, res["corrected"][m]))
         f = res["flips"]
         lines.append(f"  {attr:10s} flips     {f['n_flipped']} of {f['n_labelled_both']} faces changed label: "
                      f"{f['toward_majority']} toward the baseline's per-prompt majority, {f['away_from_majority']} away "
@@ -215,19 +297,25 @@ def print_verdict(result: dict[str, Any], baseline_dir: Path | None = None) -> N
 
     console = terminal_console()
     head, *rest = verdict_lines(result)
-    console.print(f"paired verdict: {head}", highlight=False)
+    paired = result.get("mode") != "prompt-paired"
+    console.print(f"{'paired verdict' if paired else 'verdict'}: {head}", highlight=False)
     table = Table()
-    for col in ("attribute", "metric", result["baseline_method"], result["method"], "change [paired CI]",
-                "faces flipped"):
+    for col in ("attribute", "metric", "estimate", f"{result['baseline_method']} (floor)",
+                f"{result['method']} (floor)", "change [CI]", "faces flipped"):
         table.add_column(col)
     for attr, res in result["attributes"].items():
-        f = res["flips"]
+        flipped = f"{res['flips']['n_flipped']} / {res['flips']['n_labelled_both']}" if paired else ""
         for m in VERDICT_METRICS:
-            c = res["metrics"][m]
-            ch = c["change"]
-            table.add_row(attr, m, _fmt(c["before"]), _fmt(c["after"]),
-                          f"{ch['value']:+.3f} [{ch['ci_low']:+.3f}, {ch['ci_high']:+.3f}]",
-                          f"{f['n_flipped']} / {f['n_labelled_both']}")
+            if paired:
+                c = res["metrics"][m]
+                ch = c["change"]
+                table.add_row(attr, m, "plug-in", _fmt(c["before"]), _fmt(c["after"]),
+                              f"{ch['value']:+.3f} [{ch['ci_low']:+.3f}, {ch['ci_high']:+.3f}]", flipped)
+            if m in res["corrected"]:
+                c = res["corrected"][m]
+                table.add_row(attr, m, "corrected", f"{_interval_text(c['before'])} ({_fmt(c['floor_before'])})",
+                              f"{_interval_text(c['after'])} ({_fmt(c['floor_after'])})",
+                              _interval_text(c["change"], signed=True), flipped)
     console.print(table)
     for line in rest:
         if " flips " in line or line.lstrip().startswith(("face rate", "family acc.", "adherence", "quality", "note")):

@@ -11,9 +11,9 @@ from fairbench.errors import UserError, did_you_mean
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.outputs.rundir import read_run
 
-LEADERBOARD_SCHEMA = 2
+LEADERBOARD_SCHEMA = 3
 ID_COLUMNS = ["schema_version", "run", "method", "method_level", "model", "suite", "split", "n_per_prompt",
-              "seed", "classifier", "attribute", "n_prompts", "n_images", "n_faces", "no_face_rate"]
+              "seed", "classifier", "attribute", "n_prompts", "n_images", "n_faces", "no_face_rate", "n_skewed", "n_tested"]
 
 
 def leaderboard_rows(run_dir: Path) -> list[dict]:
@@ -28,12 +28,17 @@ def leaderboard_rows(run_dir: Path) -> list[dict]:
             "split": spec["split"], "n_per_prompt": spec["n"], "seed": spec["seed"],
             "classifier": metrics.get("classifier"), "attribute": attr,
             "n_prompts": res["n_prompts_with_faces"], "n_images": res["n_images"], "n_faces": res["n_faces"],
-            "no_face_rate": res["no_face_rate"],
+            "no_face_rate": res["no_face_rate"], "n_skewed": res["skew_test"]["n_skewed"],
+            "n_tested": res["skew_test"]["n_tested"],
         }
         for m in FAIRNESS_METRICS.names():
             est = res["aggregate"].get(m)
             if est:
-                row.update({m: est["value"], f"{m}_ci_low": est["ci_low"], f"{m}_ci_high": est["ci_high"]})
+                c = est["corrected"]
+                row.update({m: est["value"], f"{m}_ci_low": est["ci_low"], f"{m}_ci_high": est["ci_high"],
+                            f"{m}_floor": est["floor"], f"{m}_corrected": c["value"],
+                            f"{m}_corrected_ci_low": c["ci_low"], f"{m}_corrected_ci_high": c["ci_high"],
+                            f"{m}_bias_bound": c["bias_bound"]})
         row.update(run_level_columns(metrics))
         rows.append(row)
     return rows
@@ -78,7 +83,7 @@ def explicit_columns(explicit_dirs: list[Path]) -> dict[str, dict]:
 
 def build_leaderboard(run_dirs: list[Path], explicit_dirs: list[Path] | None = None,
                       attributes: list[str] | None = None) -> pd.DataFrame:
-    """Rows of every run, sorted by attribute then fd (fairest first).
+    """Rows of every run, sorted by attribute then corrected bias_gap (fairest first).
 
     `explicit_dirs`: explicit-prompt runs whose adherence columns join the rows of the run with
     the same method, method arguments and model. `attributes`: keep only these attributes.
@@ -100,7 +105,7 @@ def build_leaderboard(run_dirs: list[Path], explicit_dirs: list[Path] | None = N
         extra = adherence.get(method_identity(read_run(d)[0]), {})
         rows += [{**r, **extra} for r in leaderboard_rows(d) if not attributes or r["attribute"] in attributes]
     df = pd.DataFrame(rows)
-    return df.sort_values(["attribute", "fd", "method"]).reset_index(drop=True) if not df.empty else df
+    return df.sort_values(["attribute", "bias_gap_corrected", "method"]).reset_index(drop=True) if not df.empty else df
 
 
 def _interval(df: pd.DataFrame, col: str) -> pd.Series:
@@ -118,7 +123,9 @@ def markdown_table(df: pd.DataFrame, metrics: tuple[str, ...] = ("bias_gap", "kl
     if df["model"].nunique() > 1:  # a leaderboard over several worlds or models
         view.insert(0, "model", df["model"])
     for m in metrics:
-        view[m] = _interval(df, m)
+        view[f"{m} corrected"] = _interval(df, f"{m}_corrected")
+        view[f"{m} plug-in (floor)"] = [f"{v} ({f:.3f})" if v else "" for v, f in zip(_interval(df, m), df[f"{m}_floor"])]
+    view["skewed prompts"] = [f"{int(k)} of {int(t)}" for k, t in zip(df["n_skewed"], df["n_tested"])]
     view["faces / images"] = [f"{int(f)} / {int(n)}" for f, n in zip(df["n_faces"], df["n_images"])]
     if "alignment:family_accuracy" in df:
         view["family acc."] = _interval(df, "alignment:family_accuracy")

@@ -18,7 +18,7 @@ from fairbench.errors import UserError
 from fairbench.generation.manifest import finished_rows
 from fairbench.labels import read_labels
 from fairbench.metrics.paired import NO_LABEL, label_codes
-from fairbench.outputs.rundir import LABELS, METRICS_JSON, read_json, read_record
+from fairbench.outputs.rundir import LABELS, read_metrics, read_record
 
 # Settings that decide which units a run holds: two runs pair only when they agree on all of them.
 UNIT_SETTINGS = ("suite", "suite_sha256", "split", "limit", "n", "seed", "model", "model_fingerprint")
@@ -97,7 +97,7 @@ def run_side(run_dir: str | Path) -> Side:
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    record, metrics = read_record(d), read_json(d / METRICS_JSON)
+    record, metrics = read_record(d), read_metrics(d)
     spec = record["spec"]
     prompts = load_run_suite(d, spec["suite"]).select(spec["split"], spec.get("limit"))
     labels = read_labels(d / LABELS)

@@ -61,6 +61,20 @@ def _quality_lines(metrics: dict[str, Any]) -> list[str]:
     return (["## Quality and alignment", ""] + lines + [""]) if lines else []
 
 
+def _skew_lines(metrics: dict[str, Any]) -> list[str]:
+    """Which prompts are significantly skewed, per attribute."""
+    lines = []
+    for attr, res in metrics["attributes"].items():
+        t = res["skew_test"]
+        if "*" in attr:
+            continue
+        named = ", ".join(f"`{p}`" for p in t["skewed"][:12]) + (" ..." if len(t["skewed"]) > 12 else "")
+        lines.append(f"- {attr}: {t['n_skewed']} of {t['n_tested']} prompts significantly skewed"
+                     + (f": {named}" if named else ""))
+    return (["## Skewed prompts", "", f"{metrics['attributes'][next(iter(metrics['attributes']))]['skew_test']['test']}"
+             f", q = {metrics['settings'].get('skew_q', 0.05)}.", "", *lines, ""]) if lines else []
+
+
 def _compare_lines(run_dir: Path) -> list[str]:
     """The paired comparison (compare.json), when the run has one."""
     from fairbench.outputs.compare import COMPARE_JSON, summary_frame, verdict_lines
@@ -70,9 +84,10 @@ def _compare_lines(run_dir: Path) -> list[str]:
         return []
     result = read_json(run_dir / COMPARE_JSON)
     head, *rest = verdict_lines(result)
-    lines = [f"## Paired comparison with `{result['baseline']}`", "", head + ".", ""]
-    lines += [f"- {line.strip()}" for line in rest if " flips " in line or line.lstrip().startswith(
-        ("face rate", "family acc.", "adherence", "quality", "note"))]
+    title = "Paired comparison" if result.get("mode") != "prompt-paired" else "Comparison"
+    lines = [f"## {title} with `{result['baseline']}`", "", head + ".", ""]
+    lines += [f"- {line.strip()}" for line in rest if " flips " in line or " corrected " in line
+              or line.lstrip().startswith(("face rate", "family acc.", "adherence", "quality", "note"))]
     lines += ["", summary_frame(result).to_markdown(index=False, floatfmt=".3f"), ""]
     if (run_dir / FIGURES / "compare.png").is_file():
         lines += ["![paired comparison](figures/compare.png)", ""]
@@ -87,9 +102,13 @@ def render_report(run_dir: Path, baseline: Path | None = None) -> str:
     lines = _run_header(run, metrics)
     s = metrics["settings"]
     lines += ["## Aggregate fairness (mean over prompts)", "",
-              f"Intervals: {s['level']:.0%} bootstrap over prompts and images ({s['n_boot']} replicates). "
-              "Lower is fairer for every metric but dp_ratio.", "",
-              summary_table(metrics).to_markdown(index=False, floatfmt=".3f"), ""]
+              f"`value` is the plug-in estimate the anchors report, with its {s['level']:.0%} bootstrap interval "
+              f"over prompts and images ({s['n_boot']} replicates); `floor` is what a perfectly fair generator "
+              "reads at these face counts; `corrected` is the bias-corrected estimate with its bias-aware "
+              f"interval (docs/metrics.md); `n_skewed` counts prompts whose exact test rejects the target "
+              f"(Benjamini-Hochberg, q = {s.get('skew_q', 0.05)}). Lower is fairer for every metric but dp_ratio.",
+              "", summary_table(metrics).to_markdown(index=False, floatfmt=".3f"), ""]
+    lines += _skew_lines(metrics)
     lines += _quality_lines(metrics)
     if baseline is not None:
         base_run, base_metrics = read_run(baseline)

@@ -135,8 +135,18 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    record, metrics = read_record(d), read_json(d / METRICS_JSON)
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("attributes"), dict) or "settings" not in metrics:
-        raise UserError(f"{d / METRICS_JSON} is not a complete fairbench metrics file: re-score the run with "
-                        "`fairbench classify`")
-    return record, metrics
+    return read_record(d), read_metrics(d)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json of a finished run, refused (one line) when incomplete or of another schema."""
+    from fairbench.metrics.evaluate import SCHEMA_VERSION
+
+    path = Path(run_dir) / METRICS_JSON
+    metrics = read_json(path)
+    if not isinstance(metrics.get("attributes"), dict) or "settings" not in metrics:
+        raise UserError(f"{path} is not a complete fairbench metrics file: re-score the run with `fairbench classify`")
+    if metrics.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path} is schema {metrics.get('schema_version')!r}, this fairbench reads schema "
+                        f"{SCHEMA_VERSION}: re-score the run (`fairbench run` with its flags resumes and re-scores it)")
+    return metrics

@@ -184,7 +184,11 @@ def evaluate_classifier(net: SynthFaceNet, n_pos: int, n_neg: int, seed: int, ba
         pred = probs[k].argmax(1)
         acc = float((pred[keep] == y[keep]).mean())
         conf = confusion_from_counts(y[keep], pred[keep], len(names))
-        report[k] = {"accuracy": acc, "confusion": conf.round(6).tolist(), "n": int(keep.sum())}
+        tally = np.zeros((len(names), len(names)), dtype=np.int64)
+        np.add.at(tally, (y[keep], pred[keep]), 1)
+        # the counts carry the matrix's own uncertainty into the corrected shares' interval
+        report[k] = {"accuracy": acc, "confusion": conf.round(6).tolist(), "counts": tally.tolist(),
+                     "n": int(keep.sum())}
     face_pred = probs["face"].argmax(1)
     report["face"]["false_positive_rate"] = float(face_pred[labels["face"] == 0].mean())
     report["face"]["recall"] = float(face_pred[labels["face"] == 1].mean())
