@@ -17,7 +17,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP)
 
-# Main job: Fair Mapping on the embedded synthface world, offline on a CPU.
+# Main job: Fair Mapping on the embedded default world (synthface-vl), offline on a CPU.
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fairbench run --method fairmap
 
@@ -25,12 +25,12 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	$(MAKE) regression
 
-# A small synthface run (in a temporary folder) checked, image by image, against the committed reference.
+# A small run on the default world (in a temporary folder) checked, image by image, against the committed reference.
 regression: $(STAMP)
 	@out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
 	HF_HUB_OFFLINE=1 FAIRBENCH_CACHE="$$out/cache" $(BIN)/fairbench run --method vanilla --n 8 --limit 12 --dtype float32 \
 		--no-progress --out "$$out/ci-regression" > "$$out/run.log" 2>&1 || { cat "$$out/run.log"; exit 1; } && \
-	$(BIN)/fairbench check "$$out/ci-regression" --against results/synthface_ci_reference.json
+	$(BIN)/fairbench check "$$out/ci-regression" --against results/ci_reference.json
 
 # Rebuild the synthface world from scratch (denoiser about 86 minutes on 2 CPU cores, then the classifier; every stage resumes).
 SF = HF_HUB_OFFLINE=1 $(BIN)/fairbench synthface

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fairbench.errors import UserError, validation_message
 from fairbench.io import load_yaml_file
 
-DEFAULT_MODEL = "synthface"
+DEFAULT_MODEL = "synthface-vl"
 
 # Fields that define which images a run contains; a resumed run must match them exactly.
 IDENTITY_FIELDS = (

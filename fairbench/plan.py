@@ -183,7 +183,7 @@ def run_plan(plan: Plan, progress: bool = True, dry_run: bool = False) -> list[C
         if c.method.method != "vanilla":
             try:
                 compare_runs(Path(c.config.out), Path(c.config.reference), c.config.extractor)
-            except UserError as exc:  # e.g. a per_suite n: its images are not all paired with vanilla's
+            except UserError as exc:  # e.g. runs whose prompts or sampling settings differ
                 print(f"{c.method.name} on {c.model}, {c.suite.name}: no paired comparison ({exc})", file=sys.stderr)
     if plan.leaderboard:
         board = [Path(c.config.out) for c in _in_plan_order(plan, todo) if c.suite.role == "leaderboard"]

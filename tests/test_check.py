@@ -137,5 +137,5 @@ def test_an_internal_error_has_its_own_exit_code(ci_run, monkeypatch, capsys):
 
 def test_the_committed_ci_reference_pairs_with_the_ci_run(ci_run):
     run, _ = ci_run
-    shutil.copy(REPO / "results" / "synthface_ci_reference.json", run.parent / "committed.json")
+    shutil.copy(REPO / "results" / "ci_reference.json", run.parent / "committed.json")
     assert main(["check", str(run), "--against", str(run.parent / "committed.json")]) == 0

@@ -43,12 +43,29 @@ def test_compare_golden_on_hand_built_sides():
 
 def test_compare_refuses_sides_that_do_not_pair():
     base = _side("vanilla", ["male"] * 8)
-    with pytest.raises(UserError, match="seed: 0 in vanilla, 1 in method"):
-        compare_sides(_side("method", ["male"] * 8, seed=1), base)
+    with pytest.raises(UserError, match=r"do not pair: seed: 0 in vanilla, 1 in method \(and 1 more\)"):
+        compare_sides(_side("method", ["male"] * 8, dtype="bfloat16", seed=1), base)
     with pytest.raises(UserError, match="dtype"):
         compare_sides(_side("method", ["male"] * 8, dtype="bfloat16"), base)
     with pytest.raises(UserError, match="do not hold the same units"):
         compare_sides(_side("method", ["male"] * 4), base)
+
+
+def test_runs_of_another_n_or_seed_compare_prompt_by_prompt_on_corrected_estimates():
+    # same two prompts; the method's run has other seeds: no image pairs, so no flips and no plug-in change,
+    # only the corrected estimates, paired by prompt, with a note that says why
+    base = _side("vanilla", ["male"] * 8)
+    run = _side("method", ["male", "female"] * 4, seed=1)
+    res = compare_sides(run, base, n_boot=200)
+    assert res["mode"] == "prompt-paired" and "different images" in res["notes"][0] and "seed" in res["notes"][0]
+    gap = res["attributes"]["gender"]["corrected"]["bias_gap"]
+    assert "metrics" not in res["attributes"]["gender"] and "flips" not in res["attributes"]["gender"]
+    assert gap["floor_before"] == gap["floor_after"] == pytest.approx(0.375)  # E|2X/4 - 1|, X ~ Bin(4, 1/2)
+    assert gap["change"]["value"] == pytest.approx(gap["after"]["value"] - gap["before"]["value"])
+    assert gap["change"]["ci_low"] < gap["change"]["value"] < gap["change"]["ci_high"]
+    from fairbench.outputs.compare import verdict_lines
+
+    assert "prompt by prompt over 2 prompts" in verdict_lines(res)[0]
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +120,24 @@ def test_report_shows_the_comparison(method_run):
     assert "## Paired comparison with" in text and "figures/compare.png" in text
 
 
-def test_compare_refuses_other_settings_with_one_line(method_run, tmp_path, capsys):
+def test_compare_of_another_n_is_prompt_paired_and_other_settings_are_refused(method_run, tmp_path, capsys):
     run, _, _ = method_run
     other = tmp_path / "n2"
     assert main(["run", "--method", "vanilla", "--n", "2", "--limit", "3", "--no-progress", "--dtype", "float32",
                  "--out", str(other)]) == 0
     capsys.readouterr()
-    assert main(["compare", str(run), "--baseline", str(other)]) == 2
+    assert main(["compare", str(run), "--baseline", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: hardprompt vs vanilla, prompt by prompt over 3 prompts (12 and 6 images)" in out
+    assert "n: 2 in" in out and "corrected" in out
+    assert json.loads((run / "compare.json").read_text())["mode"] == "prompt-paired"
+    fewer = tmp_path / "limit2"
+    assert main(["run", "--method", "vanilla", "--n", "4", "--limit", "2", "--no-progress", "--dtype", "float32",
+                 "--out", str(fewer)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(run), "--baseline", str(fewer)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "n: 2 in" in err[0]
+    assert len(err) == 1 and "limit: 2 in" in err[0]
 
 
 PLAN = """name: tiny plan
@@ -143,9 +169,9 @@ def test_plan_runs_cheapest_first_compares_and_writes_the_leaderboard(tmp_path, 
     board = pd.read_csv(tmp_path / "runs" / "board.csv")
     assert sorted(board["method"]) == ["entigen", "hardprompt", "vanilla"] and set(board["attribute"]) == {"gender"}
     assert (runs / "hardprompt-test" / "compare.json").is_file()
-    # entigen draws 1 image per prompt (per_suite), so it does not pair with vanilla's 2: noted, not compared
-    assert not (runs / "entigen-test" / "compare.json").exists()
-    assert "entigen on synthface, test: no paired comparison" in capsys.readouterr().err
+    # entigen draws 1 image per prompt (per_suite), so its images do not pair with vanilla's 2: compared
+    # prompt by prompt on the corrected estimates instead
+    assert json.loads((runs / "entigen-test" / "compare.json").read_text())["mode"] == "prompt-paired"
     assert "quality:FD_synthface-classifier" in board.columns  # FD to the shared vanilla run
     assert main(["plan", str(plan), "--no-progress"]) == 0  # resumes: nothing generated again
     assert json.loads((runs / "entigen-test" / "run.json").read_text())["generation"]["generated_now"] == 0

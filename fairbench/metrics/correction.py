@@ -216,7 +216,7 @@ def sampling_variance(counts: np.ndarray, metric: str, target: np.ndarray, n_sim
     if k == 2:
         table = design(f"k2:{metric}", float(target[0]), n).values
         pmf = binom.pmf(np.arange(n + 1)[None, :], n, shares[:, :1])
-        return pmf @ table**2 - (pmf @ table) ** 2
+        return np.maximum(0.0, pmf @ table**2 - (pmf @ table) ** 2)
     draws = np.random.default_rng(seed).multinomial(n, shares, size=(n_sim, len(counts)))  # (S, M, K)
     values, _ = corrected_values(draws.reshape(-1, k), metric, target)
     return values.reshape(n_sim, len(counts)).var(axis=0)
@@ -224,7 +224,7 @@ def sampling_variance(counts: np.ndarray, metric: str, target: np.ndarray, n_sim
 
 def corrected_sd(counts: np.ndarray, metric: str, target: np.ndarray, n_sim: int, seed: int) -> float:
     """Standard deviation of one prompt's corrected estimate under its smoothed shares."""
-    return float(np.sqrt(sampling_variance(np.asarray(counts)[None, :], metric, target, n_sim, seed)[0]))
+    return float(np.sqrt(max(0.0, sampling_variance(np.asarray(counts)[None, :], metric, target, n_sim, seed)[0])))
 
 
 @dataclass(frozen=True)
@@ -328,6 +328,14 @@ def floor(metric: str, n: int, target: np.ndarray, seed: int = 0) -> float:
     if n == 0:
         return float("nan")
     return _floor(metric, n, tuple(float(x) for x in target), seed)
+
+
+def mean_floor(counts: np.ndarray, metric: str, target: np.ndarray | None = None, seed: int = 0) -> float:
+    """The aggregate's floor: the mean over prompts with faces of each one's floor at its face count."""
+    counts = np.asarray(counts)
+    target = uniform(counts.shape[1]) if target is None else target
+    sizes = [int(n) for n in counts.sum(axis=1) if n > 0]
+    return float(np.mean([floor(metric, n, target, seed) for n in sizes])) if sizes else float("nan")
 
 
 def floor_is_exact(n: int, k: int) -> bool:

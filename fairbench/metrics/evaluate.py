@@ -11,7 +11,7 @@ import pandas as pd
 
 from fairbench.metrics.bootstrap import aggregate_estimate, prompt_estimate, shares
 from fairbench.metrics.confusion import correct_shares, corrected_share_interval
-from fairbench.metrics.correction import BAR_ABS, BAR_REL, SLOPES, aggregate_corrected, floor, prompt_corrected
+from fairbench.metrics.correction import BAR_ABS, BAR_REL, SLOPES, aggregate_corrected, floor, mean_floor, prompt_corrected
 from fairbench.metrics.fairness import FAIRNESS_METRICS, uniform
 from fairbench.metrics.skew import skew_test
 from fairbench.prompts import AttributeSpec
@@ -134,9 +134,7 @@ def aggregate_metric(counts: np.ndarray, metric: str, target: np.ndarray, settin
     fn = FAIRNESS_METRICS.get(metric)
     result = aggregate_estimate(counts, fn, target, n_boot=settings.n_boot, level=settings.level,
                                 seed=settings.seed).to_dict()
-    sizes = [int(n) for n in counts.sum(axis=1) if n > 0]
-    result["floor"] = float(np.mean([floor(metric, n, target, seed=settings.seed) for n in sizes])) if sizes \
-        else float("nan")
+    result["floor"] = mean_floor(counts, metric, target, settings.seed)
     result["corrected"] = aggregate_corrected(counts, metric, target, n_sim=settings.n_boot, level=settings.level,
                                               seed=settings.seed).to_dict()
     return result

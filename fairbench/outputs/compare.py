@@ -15,7 +15,7 @@ import pandas as pd
 
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json, atomic_write_text, check_writable_target
-from fairbench.metrics.correction import paired_corrected
+from fairbench.metrics.correction import aggregate_corrected, correctable, mean_floor, paired_corrected
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majority_flows, paired_bootstrap_many,
                                       share_metric, sign_test, transitions)
@@ -52,23 +52,19 @@ def _changes(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, n_prompts: in
             for name, m in metrics.items()}
 
 
-def corrected_changes(c_ref: np.ndarray, c_run: np.ndarray, base_res: dict[str, Any], run_res: dict[str, Any],
-                      level: float) -> dict[str, dict[str, Any]]:
-    """Per metric: each side's corrected aggregate and floor (from its metrics.json) and the change of the
-    corrected estimate, paired prompt by prompt (valid at any n on either side)."""
-    out = {}
-    for m in FAIRNESS_METRICS.names():
-        b, a = base_res["aggregate"].get(m), run_res["aggregate"].get(m)
-        if b is None or a is None:
-            continue
-        out[m] = {"before": b["corrected"], "after": a["corrected"], "floor_before": b["floor"],
-                  "floor_after": a["floor"], "change": paired_corrected(c_ref, c_run, m, level=level).to_dict()}
-    return out
+def corrected_changes(c_ref: np.ndarray, c_run: np.ndarray, level: float, n_sim: int,
+                      seed: int) -> dict[str, dict[str, Any]]:
+    """Per correctable metric: each side's corrected aggregate and floor, and the change of the corrected
+    estimate, paired prompt by prompt (valid at any n on either side)."""
+    return {m: {"before": aggregate_corrected(c_ref, m, n_sim=n_sim, level=level, seed=seed).to_dict(),
+                "after": aggregate_corrected(c_run, m, n_sim=n_sim, level=level, seed=seed).to_dict(),
+                "floor_before": mean_floor(c_ref, m, seed=seed), "floor_after": mean_floor(c_run, m, seed=seed),
+                "change": paired_corrected(c_ref, c_run, m, level=level).to_dict()}
+            for m in FAIRNESS_METRICS.names() if correctable(m, c_ref.shape[1])}
 
 
 def compare_attribute(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, prompt_ids: list[str],
-                      groups: list[str], n_boot: int, level: float, seed: int,
-                      results: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+                      groups: list[str], n_boot: int, level: float, seed: int) -> dict[str, Any]:
     """Every fairness metric's paired change (plug-in and corrected), label flips by direction, per-prompt values."""
     p, k = len(prompt_ids), len(groups)
     metrics = _changes(ref, run, prompt, p, k, {m: FAIRNESS_METRICS.get(m) for m in FAIRNESS_METRICS.names()},
@@ -85,7 +81,7 @@ def compare_attribute(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, prom
         per_prompt.append(row)
     return {
         "groups": groups, "metrics": metrics,
-        "corrected": corrected_changes(counts(ref, prompt, p, k), counts(run, prompt, p, k), *results, level),
+        "corrected": corrected_changes(counts(ref, prompt, p, k), counts(run, prompt, p, k), level, n_boot, seed),
         "flips": {"n_labelled_both": int(both.sum()), "n_flipped": int((both & (ref != run)).sum()),
                   "groups": [f.to_dict() for f in flows(ref, run, groups)],
                   "toward_majority": majority.into, "away_from_majority": majority.out,
@@ -110,7 +106,7 @@ def prompt_counts(side: Side, attr: str) -> np.ndarray:
     return counts(side.units[attr].to_numpy(), prompt, len(side.prompt_ids), len(side.groups[attr]))
 
 
-def compare_prompts(run: Side, base: Side, level: float, notes: list[str]) -> dict[str, Any]:
+def compare_prompts(run: Side, base: Side, n_boot: int, level: float, seed: int, notes: list[str]) -> dict[str, Any]:
     """Runs of the same prompts with different images (another n or seed): corrected estimates only."""
     if run.prompt_ids != base.prompt_ids:
         raise UserError(f"{run.name} and {base.name} do not hold the same prompts")
@@ -122,10 +118,11 @@ def compare_prompts(run: Side, base: Side, level: float, notes: list[str]) -> di
         "n_units": len(run.units), "n_units_baseline": len(base.units),
         "notes": [f"the runs hold different images ({'; '.join(diff)}): the image-paired tests do not apply; "
                   "compared on the corrected estimates, prompt by prompt, which do not depend on n", *notes],
-        "settings": {"level": level, "interval": "prompt-paired: t * se of per-prompt differences + both bias bounds"},
+        "settings": {"level": level, "n_boot": n_boot, "seed": seed,
+                     "interval": "prompt-paired: t * se of per-prompt differences + both bias bounds"},
         "attributes": {a: {"groups": g, "corrected": corrected_changes(
-            prompt_counts(base, a), prompt_counts(run, a), base.metrics["attributes"][a], run.metrics["attributes"][a],
-            level)} for a, g in run.groups.items() if a in base.groups and base.groups[a] == g},
+            prompt_counts(base, a), prompt_counts(run, a), level, n_boot, seed)}
+            for a, g in run.groups.items() if a in base.groups and base.groups[a] == g},
     }
 
 
@@ -133,7 +130,7 @@ def compare_sides(run: Side, base: Side, n_boot: int = 1000, level: float = 0.95
     """Paired comparison of a run with its baseline (pure: reads only the two sides)."""
     if differences(run, base, PROMPT_PAIRED) and not differences(
             run, base, tuple(k for k in MUST_MATCH if k not in PROMPT_PAIRED)):
-        return compare_prompts(run, base, level, pairing_notes(run, base, PROMPT_PAIRED))
+        return compare_prompts(run, base, n_boot, level, seed, pairing_notes(run, base, PROMPT_PAIRED))
     notes = pairing_notes(run, base)
     ua, ub, prompt = align(run, base)
     p = len(run.prompt_ids)
@@ -150,9 +147,7 @@ def compare_sides(run: Side, base: Side, n_boot: int = 1000, level: float = 0.95
                                      "flip_test": "exact two-sided sign test (exact McNemar)"},
         "mode": "image-paired",
         "attributes": {a: compare_attribute(ub[a].to_numpy(), ua[a].to_numpy(), prompt, run.prompt_ids, g,
-                                            n_boot, level, seed,
-                                            (base.metrics["attributes"][a], run.metrics["attributes"][a]))
-                       for a, g in run.groups.items() if a in base.groups},
+                                            n_boot, level, seed) for a, g in run.groups.items() if a in base.groups},
         "faces": compare_binary(face_ref, face_run, prompt, p, "face_rate", n_boot, level, seed),
     }
     if FAMILY in ua and FAMILY in ub:

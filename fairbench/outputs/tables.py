@@ -49,9 +49,8 @@ def kid_text(q: dict[str, Any], digits: int = 5) -> str:
     return f"KID {q['kid']:.{digits}f} +- {q['kid_std']:.{digits}f}"
 
 
-def plugin_text(est: dict[str, Any]) -> str:
-    """'plug-in [interval] (floor f)' of one metric estimate."""
-    return f"{_fmt(est)} (floor {est['floor']:.3f})" if est["value"] == est["value"] else "n/a"
+def _num(v: float) -> str:
+    return "n/a" if v != v else f"{v:.3f}"
 
 
 def corrected_text(est: dict[str, Any]) -> str:
@@ -70,18 +69,20 @@ def print_summary(metrics: dict[str, Any], title: str, console: Console | None =
     table = Table(title=title, title_justify="left")
     table.add_column("attribute")
     for m in HEADLINE:
-        table.add_column(f"{m} plug-in (floor)")
-        table.add_column(f"{m} corrected")
+        table.add_column(f"{m} plug-in", justify="right")
+        table.add_column("floor", justify="right")
+        table.add_column(f"{m} corrected", no_wrap=True)
     q = metrics["settings"].get("skew_q", 0.05)
-    for col in (f"skewed (q={q})", "prompts", "images", "faces", "no-face"):
+    for col in (f"skewed (q={q})", "prompts", "faces / images"):
         table.add_column(col, justify="right")
     for attr, res in metrics["attributes"].items():
-        cells = [text(res["aggregate"][m]) for m in HEADLINE if m in res["aggregate"]
-                 for text in (plugin_text, corrected_text)]
-        table.add_row(attr, *cells, skew_text(res), str(res["n_prompts_with_faces"]), str(res["n_images"]),
-                      str(res["n_faces"]), f"{res['no_face_rate']:.1%}" if res["n_images"] else "n/a")
+        cells = [cell for m in HEADLINE if m in res["aggregate"] for cell in (
+            _num(res["aggregate"][m]["value"]), _num(res["aggregate"][m]["floor"]), corrected_text(res["aggregate"][m]))]
+        table.add_row(attr, *cells, skew_text(res), str(res["n_prompts_with_faces"]),
+                      f"{res['n_faces']} / {res['n_images']}")
     console.print(table)
-    console.print(f"values: mean over prompts. plug-in: the anchors' estimate \\[{metrics['settings']['level']:.0%} "
-                  f"bootstrap interval, {metrics['settings']['n_boot']} replicates]; floor: what a perfectly fair "
-                  "generator reads at these face counts; corrected: bias-corrected \\[bias-aware interval]; "
-                  "skewed: prompts whose exact test rejects the target at BH q (docs/metrics.md)", highlight=False)
+    console.print("values: mean over prompts. plug-in: the anchors' estimate (its bootstrap interval is in "
+                  "tables/summary.csv); floor: what a perfectly fair generator's plug-in reads at these face counts; "
+                  f"corrected: bias-corrected \\[{metrics['settings']['level']:.0%} bias-aware interval]; skewed: "
+                  "prompts whose exact test rejects the target at Benjamini-Hochberg q (docs/metrics.md)",
+                  highlight=False)
