@@ -111,7 +111,9 @@ def test_report_and_leaderboard(finished_run, tmp_path):
     df = pd.read_csv(out)
     assert set(df["attribute"]) >= {"gender", "age"}
     assert {"schema_version", "method", "n_faces", "no_face_rate", "fd", "fd_ci_low", "fd_ci_high"} <= set(df.columns)
-    assert (df["schema_version"] == 2).all()
+    assert (df["schema_version"] == 3).all()
+    assert {"bias_gap_floor", "bias_gap_corrected", "bias_gap_corrected_ci_low", "bias_gap_bias_bound",
+            "n_skewed", "n_tested"} <= set(df.columns)
     assert len(df) == df["attribute"].nunique()
     assert main(["leaderboard", str(finished_run), str(finished_run), "--out", str(out)]) == 2  # listed twice
 

@@ -34,9 +34,6 @@ from fairbench.metrics.fairness import FAIRNESS_METRICS, uniform
 # The design's bias bar, per p: at most max(BAR_ABS * range of g, BAR_REL * |plug-in bias at p|).
 BAR_ABS = 0.02
 BAR_REL = 0.25
-# The programme aims inside the bar, so the bias measured on shares off its grid and averaged over
-# prompts stays within it.
-DESIGN_MARGIN = 0.8
 # Variance control: |U(k+1) - U(k)| <= slope * (the plug-in's largest step); the first slope of
 # this ladder at which the bar can be met is used.
 SLOPES = (3.0, 6.0)
@@ -90,7 +87,7 @@ def design(kind: str, c: float, n: int, bar_abs: float = BAR_ABS) -> Design:
     spread = float(gp.max() - gp.min())
     if n == 0 or spread == 0:
         return Design(plug.astype(np.float64), 0.0, 0.0, True)
-    allow = DESIGN_MARGIN * np.maximum(bar_abs * spread, BAR_REL * np.abs(pmf @ plug - gp))
+    allow = np.maximum(bar_abs * spread, BAR_REL * np.abs(pmf @ plug - gp))
     step = float(np.abs(np.diff(plug)).max()) if n > 1 else spread
     for slope in SLOPES:
         values = _closest(pmf, gp, allow, slope * step, plug)
