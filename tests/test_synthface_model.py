@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from fairbench.cli.main import main
 from fairbench.synthface.pipeline import ASSETS
@@ -56,14 +57,20 @@ def test_shipped_classifier_on_fresh_renders():
         assert c.shape == (len(meta["groups"][head]),) * 2 and np.allclose(c.sum(1), 1)
 
 
-def test_default_run_is_synthface_end_to_end(tmp_path, monkeypatch):
+def test_default_run_is_synthface_vl_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--n", "2", "--limit", "3", "--no-progress", "--n-boot", "50"]) == 0
-    run_dir = tmp_path / "runs" / "vanilla-synthface-occupations"
+    run_dir = tmp_path / "runs" / "vanilla-synthface-vl-occupations"
     run = json.loads((run_dir / "run.json").read_text())
-    assert run["spec"]["model"] == "synthface" and run["spec"]["classifier"] == "synthface"
+    assert run["spec"]["model"] == "synthface-vl" and run["spec"]["classifier"] == "synthface"
     assert run["spec"]["steps"] == 15 and run["spec"]["split"] == "test"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"gender", "skin_tone", "age2", "gender*skin_tone"} <= set(metrics["attributes"])
     assert metrics["n_images"] == 6 and "family_accuracy" in metrics["alignment"]
-    assert "corrected_shares" in metrics["attributes"]["gender"]["per_prompt"][0] or metrics["n_faces"] == 0
+    gender = metrics["attributes"]["gender"]
+    assert "classifier_corrected_shares" in gender["per_prompt"][0] or metrics["n_faces"] == 0
+    assert gender["confusion_uncertainty"]  # the shipped classifier carries its held-out counts
+    gap = gender["aggregate"]["bias_gap"]
+    assert gap["floor"] == pytest.approx(0.5)  # E|2X/2 - 1|, X ~ Bin(2, 1/2), on every prompt
+    assert gap["corrected"]["ci_low"] <= gap["corrected"]["value"] <= gap["corrected"]["ci_high"]
+    assert gender["skew_test"]["n_tested"] == 3

@@ -127,13 +127,13 @@ def render_report(run_dir: Path, baseline: Path | None = None) -> str:
         fig = plot_shares(attr, res, fig_dir / f"shares_{safe}.png")
         if fig:
             lines += [f"![{attr} shares](figures/{fig.name})", ""]
-        shown = table.sort_values("fd", ascending=False)
+        shown = table.sort_values(["skew_q", "fd"], ascending=[True, False])  # most significant first
         skewed = shown["prompt_id"].head(6).tolist()
         grid = image_grid(run_dir, rows, skewed, fig_dir / f"grid_{safe}.png")
         if grid:
             lines += [f"Most skewed prompts ({attr}), first images of each:", "", f"![grid](figures/{grid.name})", ""]
         cols = ["prompt_id", "n_images", "n_faces"] + [c for c in table.columns if c.startswith("share:")] + [
-            "fd", "fd_ci_low", "fd_ci_high"]
+            "bias_gap", "bias_gap_floor", "bias_gap_corrected", "skew_p", "skew_q"]
         lines += [shown[cols].head(20).to_markdown(index=False, floatfmt=".3f"), ""]
     return "\n".join(lines)
 
