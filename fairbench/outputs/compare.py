@@ -16,7 +16,8 @@ import pandas as pd
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json, atomic_write_text, check_writable_target
 from fairbench.metrics.correction import aggregate_corrected, correctable, mean_floor, paired_corrected
-from fairbench.metrics.fairness import FAIRNESS_METRICS
+from fairbench.metrics.fairness import FAIRNESS_METRICS, uniform
+from fairbench.metrics.skew import skew_test
 from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majority_flows, paired_bootstrap_many,
                                       share_metric, sign_test, transitions)
 from fairbench.outputs.pairing import (ADHERENCE, FACE, FAMILY, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align, differences,
@@ -63,6 +64,13 @@ def corrected_changes(c_ref: np.ndarray, c_run: np.ndarray, level: float, n_sim:
             for m in FAIRNESS_METRICS.names() if correctable(m, c_ref.shape[1])}
 
 
+def skew_counts(c_ref: np.ndarray, c_run: np.ndarray, prompt_ids: list[str], seed: int) -> dict[str, Any]:
+    """Prompts significantly skewed on each side (exact test, Benjamini-Hochberg at 0.05)."""
+    sides = {side: skew_test(c, prompt_ids, uniform(c.shape[1]), seed=seed) for side, c in
+             (("before", c_ref), ("after", c_run))}
+    return {side: {"n_skewed": t["n_skewed"], "n_tested": t["n_tested"], "q": t["q"]} for side, t in sides.items()}
+
+
 def compare_attribute(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, prompt_ids: list[str],
                       groups: list[str], n_boot: int, level: float, seed: int) -> dict[str, Any]:
     """Every fairness metric's paired change (plug-in and corrected), label flips by direction, per-prompt values."""
@@ -82,6 +90,7 @@ def compare_attribute(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, prom
     return {
         "groups": groups, "metrics": metrics,
         "corrected": corrected_changes(counts(ref, prompt, p, k), counts(run, prompt, p, k), level, n_boot, seed),
+        "skewed_prompts": skew_counts(counts(ref, prompt, p, k), counts(run, prompt, p, k), prompt_ids, seed),
         "flips": {"n_labelled_both": int(both.sum()), "n_flipped": int((both & (ref != run)).sum()),
                   "groups": [f.to_dict() for f in flows(ref, run, groups)],
                   "toward_majority": majority.into, "away_from_majority": majority.out,
@@ -121,7 +130,8 @@ def compare_prompts(run: Side, base: Side, n_boot: int, level: float, seed: int,
         "settings": {"level": level, "n_boot": n_boot, "seed": seed,
                      "interval": "prompt-paired: t * se of per-prompt differences + both bias bounds"},
         "attributes": {a: {"groups": g, "corrected": corrected_changes(
-            prompt_counts(base, a), prompt_counts(run, a), level, n_boot, seed)}
+            prompt_counts(base, a), prompt_counts(run, a), level, n_boot, seed),
+            "skewed_prompts": skew_counts(prompt_counts(base, a), prompt_counts(run, a), run.prompt_ids, seed)}
             for a, g in run.groups.items() if a in base.groups and base.groups[a] == g},
     }
 
@@ -240,6 +250,13 @@ def corrected_line(attr: str, m: str, c: dict[str, Any]) -> str:
             f"{_fmt(c['floor_after'])})")
 
 
+def skew_line(attr: str, res: dict[str, Any]) -> str:
+    """Skewed prompts on each side."""
+    b, a = res["skewed_prompts"]["before"], res["skewed_prompts"]["after"]
+    return (f"  {attr:10s} skewed    {b['n_skewed']} of {b['n_tested']} prompts -> {a['n_skewed']} of {a['n_tested']} "
+            f"significantly skewed (exact test, Benjamini-Hochberg q = {a['q']})")
+
+
 def verdict_lines(result: dict[str, Any], metrics: tuple[str, ...] = VERDICT_METRICS) -> list[str]:
     """The verdict as plain lines (the terminal table is built from the same numbers)."""
     level = result["settings"]["level"]
@@ -247,8 +264,9 @@ def verdict_lines(result: dict[str, Any], metrics: tuple[str, ...] = VERDICT_MET
         lines = [f"{result['method']} vs {result['baseline_method']}, prompt by prompt over {result['n_prompts']} "
                  f"prompts ({result['n_units']} and {result['n_units_baseline']} images); corrected estimates, "
                  f"{level:.0%} bias-aware intervals"]
-        lines += [corrected_line(attr, m, res["corrected"][m]) for attr, res in result["attributes"].items()
-                  for m in metrics if m in res["corrected"]]
+        for attr, res in result["attributes"].items():
+            lines += [corrected_line(attr, m, res["corrected"][m]) for m in metrics if m in res["corrected"]]
+            lines.append(skew_line(attr, res))
         return lines + [f"  note: {n}" for n in result.get("notes", [])]
     lines = [f"{result['method']} vs {result['baseline_method']}, paired over {result['n_units']} images "
              f"({result['n_prompts']} prompts); change = {result['method']} - {result['baseline_method']}, "
@@ -261,6 +279,7 @@ def verdict_lines(result: dict[str, Any], metrics: tuple[str, ...] = VERDICT_MET
                          f"change {ch['value']:+.3f} [{ch['ci_low']:+.3f}, {ch['ci_high']:+.3f}]")
             if m in res.get("corrected", {}):
                 lines.append(corrected_line(attr, m, res["corrected"][m]))
+        lines.append(skew_line(attr, res))
         f = res["flips"]
         lines.append(f"  {attr:10s} flips     {f['n_flipped']} of {f['n_labelled_both']} faces changed label: "
                      f"{f['toward_majority']} toward the baseline's per-prompt majority, {f['away_from_majority']} away "
@@ -313,7 +332,8 @@ def print_verdict(result: dict[str, Any], baseline_dir: Path | None = None) -> N
                               _interval_text(c["change"], signed=True), flipped)
     console.print(table)
     for line in rest:
-        if " flips " in line or line.lstrip().startswith(("face rate", "family acc.", "adherence", "quality", "note")):
+        if " flips " in line or " skewed " in line or line.lstrip().startswith(
+                ("face rate", "family acc.", "adherence", "quality", "note")):
             console.print(line.strip(), highlight=False)
     where = f" (baseline: {baseline_dir})" if baseline_dir else ""
     console.print(f"written: {Path(result['run']) / COMPARE_JSON}{where}", highlight=False)

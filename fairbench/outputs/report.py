@@ -86,7 +86,7 @@ def _compare_lines(run_dir: Path) -> list[str]:
     head, *rest = verdict_lines(result)
     title = "Paired comparison" if result.get("mode") != "prompt-paired" else "Comparison"
     lines = [f"## {title} with `{result['baseline']}`", "", head + ".", ""]
-    lines += [f"- {line.strip()}" for line in rest if " flips " in line or " corrected " in line
+    lines += [f"- {line.strip()}" for line in rest if " flips " in line or " corrected " in line or " skewed " in line
               or line.lstrip().startswith(("face rate", "family acc.", "adherence", "quality", "note"))]
     lines += ["", summary_frame(result).to_markdown(index=False, floatfmt=".3f"), ""]
     if (run_dir / FIGURES / "compare.png").is_file():
