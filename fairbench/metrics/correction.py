@@ -335,11 +335,6 @@ def mean_floor(counts: np.ndarray, metric: str, target: np.ndarray | None = None
     return float(np.mean([floor(metric, n, target, seed) for n in sizes])) if sizes else float("nan")
 
 
-def floor_is_exact(n: int, k: int) -> bool:
-    """Whether `floor` enumerates (else it simulates N_SIMULATED runs)."""
-    return enumerable(n, k)
-
-
 def paired_corrected(before: np.ndarray, after: np.ndarray, metric: str, target: np.ndarray | None = None,
                      level: float = 0.95) -> Corrected:
     """Change of the corrected aggregate between two runs of the same prompts (P, K counts each, any n):
