@@ -315,21 +315,21 @@ def print_verdict(result: dict[str, Any], baseline_dir: Path | None = None) -> N
     console.print(f"{'paired verdict' if paired else 'verdict'}: {head}", highlight=False)
     table = Table()
     for col in ("attribute", "metric", "estimate", f"{result['baseline_method']} (floor)",
-                f"{result['method']} (floor)", "change [CI]", "faces flipped"):
+                f"{result['method']} (floor)", "change [CI]", *(("faces flipped",) if paired else ())):
         table.add_column(col)
     for attr, res in result["attributes"].items():
-        flipped = f"{res['flips']['n_flipped']} / {res['flips']['n_labelled_both']}" if paired else ""
+        flipped = (f"{res['flips']['n_flipped']} / {res['flips']['n_labelled_both']}",) if paired else ()
         for m in VERDICT_METRICS:
             if paired:
                 c = res["metrics"][m]
                 ch = c["change"]
                 table.add_row(attr, m, "plug-in", _fmt(c["before"]), _fmt(c["after"]),
-                              f"{ch['value']:+.3f} [{ch['ci_low']:+.3f}, {ch['ci_high']:+.3f}]", flipped)
+                              f"{ch['value']:+.3f} [{ch['ci_low']:+.3f}, {ch['ci_high']:+.3f}]", *flipped)
             if m in res["corrected"]:
                 c = res["corrected"][m]
                 table.add_row(attr, m, "corrected", f"{_interval_text(c['before'])} ({_fmt(c['floor_before'])})",
                               f"{_interval_text(c['after'])} ({_fmt(c['floor_after'])})",
-                              _interval_text(c["change"], signed=True), flipped)
+                              _interval_text(c["change"], signed=True), *flipped)
     console.print(table)
     for line in rest:
         if " flips " in line or " skewed " in line or line.lstrip().startswith(
