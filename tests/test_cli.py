@@ -163,10 +163,12 @@ def _fake_run(d: Path, method: str, args: dict, suite: str, adherence: dict | No
     (d / "run.json").write_text(json.dumps({
         "spec": {"method": method, "method_args": args, "model": "synthface", "split": "test", "n": 4, "seed": 0},
         "suite": {"name": suite}, "method": {"level": "none"}}))
+    est = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "floor": 0.375,
+           "corrected": {"value": 0.45, "ci_low": 0.2, "ci_high": 0.7, "bias_bound": 0.05}}
     res = {"n_prompts_with_faces": 2, "n_images": 8, "n_faces": 8, "no_face_rate": 0.0,
-           "aggregate": {"fd": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}}
-    metrics = {"attributes": {"gender": res, "skin_tone": res, "age2": res}, "classifier": "synthface",
-               "settings": {"n_boot": 10, "level": 0.95, "seed": 0}}
+           "aggregate": {"fd": est, "bias_gap": est, "kl": est}, "skew_test": {"n_skewed": 1, "n_tested": 2}}
+    metrics = {"schema_version": 2, "attributes": {"gender": res, "skin_tone": res, "age2": res},
+               "classifier": "synthface", "settings": {"n_boot": 10, "level": 0.95, "seed": 0}}
     if adherence:
         metrics["adherence"] = adherence
     (d / "metrics.json").write_text(json.dumps(metrics))
@@ -184,6 +186,9 @@ def test_leaderboard_joins_explicit_adherence_by_method_identity(tmp_path):
     assert main(["leaderboard", *map(str, runs), "--out", str(out), "--attributes", "gender,skin_tone",
                  "--explicit", *map(str, explicit), "--markdown", str(md)]) == 0
     assert "| gender" in md.read_text() and "0.900 [0.800, 0.950]" in md.read_text()
+    # corrected first, the plug-in beside it with its floor, and the skewed prompts
+    assert "0.450 [0.200, 0.700]" in md.read_text() and "0.500 [0.400, 0.600] (0.375)" in md.read_text()
+    assert "1 of 2" in md.read_text()
     df = pd.read_csv(out)
     assert set(df["attribute"]) == {"gender", "skin_tone"} and len(df) == 4
     van, hard = df[df["method"] == "vanilla"], df[df["method"] == "hardprompt"]

@@ -78,7 +78,7 @@ def method_run(tmp_path_factory) -> tuple[Path, Path, str]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(["run", "--method", "hardprompt", *SMALL, "--out", str(base / "hp")]) == 0
-    return base / "hp", base / "vanilla-synthface-occupations", buf.getvalue()
+    return base / "hp", base / "vanilla-synthface-vl-occupations", buf.getvalue()
 
 
 def test_run_ends_with_the_paired_verdict(method_run):
@@ -110,6 +110,10 @@ def test_compare_with_itself_is_zero(method_run, capsys):
         assert attr["flips"]["n_flipped"] == 0
         for m in attr["metrics"].values():
             assert m["change"]["value"] == 0 and m["change"]["ci_low"] == m["change"]["ci_high"] == 0
+        for m in attr["corrected"].values():  # same prompts, same counts: no change, bounded by both biases
+            assert m["change"]["value"] == 0 and m["change"]["ci_low"] <= 0 <= m["change"]["ci_high"]
+            assert m["before"] == m["after"] and m["floor_before"] == m["floor_after"]
+        assert attr["skewed_prompts"]["before"] == attr["skewed_prompts"]["after"]
     assert res["identical_images"] == 12
 
 

@@ -468,16 +468,16 @@ def test_score_never_reads_a_prompts_row_outside_its_image_folder(original, plan
 
 def test_plan_resumes_a_run_whose_row_points_outside_without_reading_it(original, planted, tmp_path):
     runs = tmp_path / "runs"
-    shutil.copytree(original, runs / "synthface" / "vanilla-s")
-    _point_outside(runs / "synthface" / "vanilla-s", planted.file)
-    plan = {"name": "p", "out": str(runs), "models": ["synthface"],
+    shutil.copytree(original, runs / "synthface-vl" / "vanilla-s")
+    _point_outside(runs / "synthface-vl" / "vanilla-s", planted.file)
+    plan = {"name": "p", "out": str(runs), "models": ["synthface-vl"],
             "suites": [{"name": "s", "suite": "occupations", "n": 3, "limit": 2}],
             "methods": [{"method": "vanilla"}], "options": {"dtype": "float32", "n_boot": 50}}
     (tmp_path / "plan.yaml").write_text(json.dumps(plan))
     with planted:
         assert main(["plan", str(tmp_path / "plan.yaml"), "--no-progress"]) == 0
         assert planted.untouched()
-    assert (runs / "synthface" / "vanilla-s" / "manifest.jsonl").read_text() == \
+    assert (runs / "synthface-vl" / "vanilla-s" / "manifest.jsonl").read_text() == \
         (original / "manifest.jsonl").read_text()
 
 

@@ -150,7 +150,7 @@ def test_a_run_that_made_no_image_does_not_block_its_out(original, tmp_path):
 
 def test_the_manifest_names_the_model_not_a_machine_path(original):
     rows = [json.loads(line) for line in (original / "manifest.jsonl").read_text().splitlines()]
-    assert {r["model"] for r in rows} == {"synthface"}
+    assert {r["model"] for r in rows} == {"synthface-vl"}
     assert json.loads((original / "run.json").read_text())["model"]["weights_fingerprint"]
 
 

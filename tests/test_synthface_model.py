@@ -74,3 +74,19 @@ def test_default_run_is_synthface_vl_end_to_end(tmp_path, monkeypatch):
     assert gap["floor"] == pytest.approx(0.5)  # E|2X/2 - 1|, X ~ Bin(2, 1/2), on every prompt
     assert gap["corrected"]["ci_low"] <= gap["corrected"]["value"] <= gap["corrected"]["ci_high"]
     assert gender["skew_test"]["n_tested"] == 3
+
+
+def test_a_bfloat16_load_leaves_the_next_float32_load_unchanged():
+    # the text encoder is read once per process; each pipeline must get its own copy, or a bfloat16
+    # run would round the weights of every later float32 run in the same process (a plan, a test)
+    import torch
+
+    from fairbench.models import load_backend
+
+    def first_weight(backend):
+        return next(iter(backend.pipe.text_encoder.parameters())).detach().clone()
+
+    fresh = first_weight(load_backend("synthface-vl", dtype="float32"))
+    load_backend("synthface-vl", dtype="bfloat16")
+    again = first_weight(load_backend("synthface-vl", dtype="float32"))
+    assert again.dtype == torch.float32 and torch.equal(fresh, again)

@@ -122,10 +122,14 @@ def markdown_table(df: pd.DataFrame, metrics: tuple[str, ...] = ("bias_gap", "kl
     view = pd.DataFrame({"attribute": df["attribute"], "method": df["method"], "level": df["method_level"]})
     if df["model"].nunique() > 1:  # a leaderboard over several worlds or models
         view.insert(0, "model", df["model"])
-    for m in metrics:
-        view[f"{m} corrected"] = _interval(df, f"{m}_corrected")
-        view[f"{m} plug-in (floor)"] = [f"{v} ({f:.3f})" if v else "" for v, f in zip(_interval(df, m), df[f"{m}_floor"])]
-    view["skewed prompts"] = [f"{int(k)} of {int(t)}" for k, t in zip(df["n_skewed"], df["n_tested"])]
+    for m in metrics:  # a CSV of schema 2 has no floors or corrected estimates: only the plug-in shows
+        if f"{m}_corrected" in df:
+            view[f"{m} corrected"] = _interval(df, f"{m}_corrected")
+        floors = df[f"{m}_floor"] if f"{m}_floor" in df else pd.Series([float("nan")] * len(df), index=df.index)
+        view[f"{m} plug-in (floor)" if f"{m}_floor" in df else m] = [
+            f"{v} ({f:.3f})" if v and not pd.isna(f) else v for v, f in zip(_interval(df, m), floors)]
+    if "n_skewed" in df:
+        view["skewed prompts"] = [f"{int(k)} of {int(t)}" for k, t in zip(df["n_skewed"], df["n_tested"])]
     view["faces / images"] = [f"{int(f)} / {int(n)}" for f, n in zip(df["n_faces"], df["n_images"])]
     if "alignment:family_accuracy" in df:
         view["family acc."] = _interval(df, "alignment:family_accuracy")

@@ -4,6 +4,7 @@ contrastively on the world's images, fairbench/synthface/synthclip.py)."""
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,10 +23,18 @@ def minilm_path() -> Path:
 TEXT_ENCODERS = ("minilm", "synthclip")
 
 
-@lru_cache(maxsize=4)
 def load_text_encoder(source: str = "minilm") -> tuple[torch.nn.Module, object]:
     """(BertModel, tokenizer), frozen, offline: "minilm" (all-MiniLM-L6-v2 from its package), "synthclip"
-    (the installed synthclip's text tower) or the folder of a trained synthclip (its shipped form)."""
+    (the installed synthclip's text tower) or the folder of a trained synthclip (its shipped form).
+
+    Each call gets its own copy of the weights: a pipeline cast to bfloat16 (or a method that edits the
+    encoder) must not change the encoder another run in the same process loads."""
+    model, tokenizer = _read_text_encoder(source)
+    return copy.deepcopy(model), tokenizer
+
+
+@lru_cache(maxsize=4)
+def _read_text_encoder(source: str) -> tuple[torch.nn.Module, object]:
     from transformers import AutoModel, AutoTokenizer
 
     if source == "minilm":
