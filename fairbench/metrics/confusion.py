@@ -49,7 +49,18 @@ def correct_shares_many(observed: np.ndarray, confusion: np.ndarray) -> np.ndarr
         denom = c[0, 0] - c[1, 0]
         p = np.clip((observed[:, 0] - c[1, 0]) / denom, 0, 1) if abs(denom) > 1e-12 else np.full(len(observed), 0.5)
         return np.stack([p, 1 - p], axis=1)
-    return np.array([correct_shares(q, confusion) for q in observed])
+    # C's rows sum to 1, so sum(C^T p) = sum(p): the unconstrained solution already sums to 1, and where
+    # it is also non-negative it is the simplex solution; only the other rows need the solver
+    out = np.empty_like(observed)
+    ct = np.asarray(confusion, dtype=np.float64).T
+    inside = np.zeros(len(observed), dtype=bool)
+    if np.linalg.matrix_rank(ct) == ct.shape[0]:
+        direct = np.linalg.solve(ct, observed.T).T
+        inside = (direct >= 0).all(axis=1)
+        out[inside] = direct[inside]
+    for i in np.flatnonzero(~inside):
+        out[i] = correct_shares(observed[i], confusion)
+    return out
 
 
 def corrected_share_interval(counts: np.ndarray, confusion_counts: np.ndarray | None, confusion: np.ndarray,
