@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fairbench.metrics.bootstrap import aggregate_estimate
-from fairbench.metrics.correction import (BAR_ABS, BAR_REL, _log_pmf, aggregate_corrected, compositions,
+from fairbench.metrics.correction import (BAR_ABS, BAR_REL, log_pmf, aggregate_corrected, compositions,
                                           corrected_values, per_prompt_values)
 from fairbench.metrics.fairness import FAIRNESS_METRICS, uniform
 
@@ -50,7 +50,7 @@ def expected_biases(metric: str, shares: np.ndarray, n: int) -> tuple[float, flo
     plug = fn(counts / n, target)
     means = []
     for chunk in np.array_split(shares, max(1, len(shares) // 16)):
-        pmf = np.exp(_log_pmf(counts[None, :, :], chunk[:, None, :]))  # (prompts, count vectors)
+        pmf = np.exp(log_pmf(counts[None, :, :], chunk[:, None, :]))  # (prompts, count vectors)
         means.append(np.stack([pmf @ plug, pmf @ corrected], axis=1))
     plug_mean, corrected_mean = np.concatenate(means).mean(axis=0)
     truth = float(fn(shares, target).mean())

@@ -297,7 +297,8 @@ def compositions(n: int, k: int) -> np.ndarray:
     return np.diff(edges, axis=1) - 1
 
 
-def _log_pmf(counts: np.ndarray, shares: np.ndarray) -> np.ndarray:
+def log_pmf(counts: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """log Multinomial(counts; n, shares), broadcast over leading axes."""
     n = counts.sum(axis=-1)
     return gammaln(n + 1) - gammaln(counts + 1).sum(axis=-1) + xlogy(counts, shares).sum(axis=-1)
 
@@ -313,7 +314,7 @@ def _floor(metric: str, n: int, target: tuple[float, ...], seed: int) -> float:
     fn = FAIRNESS_METRICS.get(metric)
     if enumerable(n, len(t)):
         counts = compositions(n, len(t))
-        return float(np.exp(_log_pmf(counts, t)) @ fn(counts / n, t))
+        return float(np.exp(log_pmf(counts, t)) @ fn(counts / n, t))
     draws = np.random.default_rng(seed).multinomial(n, t, size=N_SIMULATED)
     return float(fn(draws / n, t).mean())
 

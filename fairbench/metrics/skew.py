@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fairbench.metrics.correction import N_SIMULATED, _log_pmf, compositions, enumerable
+from fairbench.metrics.correction import N_SIMULATED, log_pmf, compositions, enumerable
 
 # Probabilities within this relative distance of the observed one count as "as likely" (the
 # tolerance scipy.stats.binomtest uses, so K = 2 agrees with it).
@@ -24,12 +24,12 @@ def exact_test(counts: np.ndarray, target: np.ndarray, seed: int = 0) -> float:
     n, k = int(counts.sum()), len(counts)
     if n == 0:
         return float("nan")
-    observed = _log_pmf(counts, target)
+    observed = log_pmf(counts, target)
     if enumerable(n, k):
-        log_p = _log_pmf(compositions(n, k), target)
+        log_p = log_pmf(compositions(n, k), target)
         return float(min(1.0, np.exp(log_p[log_p <= observed + np.log(RELATIVE_TOLERANCE)]).sum()))
     draws = np.random.default_rng(seed).multinomial(n, target, size=N_SIMULATED)
-    hits = int((_log_pmf(draws, target) <= observed + np.log(RELATIVE_TOLERANCE)).sum())
+    hits = int((log_pmf(draws, target) <= observed + np.log(RELATIVE_TOLERANCE)).sum())
     return (1 + hits) / (1 + N_SIMULATED)
 
 
