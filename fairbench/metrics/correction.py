@@ -4,7 +4,7 @@ Every gap-type metric is the plug-in value g(p_hat) of a function that is not sm
 target, so E[g(p_hat)] > g(p) there: a perfectly fair generator reads the *floor*, not 0.
 
 The corrected estimate of one prompt is a fixed function U(X) of its counts, designed so that
-E_p[U(X)] stays within a known bound B of g(p) for *every* p (a minimax-bias affine estimator:
+E_p[U(X)] stays within a known bound B of g(p) for *every* p (an affine estimator of bounded worst-case bias:
 Donoho 1994, "Statistical estimation and optimal recovery"; for a nonsmooth functional such as
 |p - c|, Cai & Low 2011, "Testing composite hypotheses, Hermite polynomials and optimal
 estimation of a nonsmooth functional"). The design is a linear programme over U(0..n) for a
