@@ -262,12 +262,11 @@ def aggregate_corrected(counts: np.ndarray, metric: str, target: np.ndarray | No
     if not len(counts) or not correctable(metric, counts.shape[1]):
         return NAN
     target = uniform(counts.shape[1]) if target is None else np.asarray(target, dtype=np.float64)
-    values, bounds = per_prompt_values(counts, metric, target)
-    value, bound = float(values.mean()), float(bounds.mean())
     if len(counts) == 1:
         return prompt_corrected(counts[0], metric, target, n_sim, level, seed)
+    values, bounds, model = per_prompt_values(counts, metric, target, variance=(n_sim, seed))
+    value, bound = float(values.mean()), float(bounds.mean())
     # the spread over prompts, or the sampling spread alone where prompts agree too well to show it
-    model = per_prompt_values(counts, metric, target, variance=(n_sim, seed))[2]
     se = math.sqrt(max(float(values.var(ddof=1)), float(np.mean(model))) / len(values))
     half = float(student_t.ppf((1 + level) / 2, len(values) - 1)) * se + bound
     return Corrected(value, value - half, value + half, bound)
