@@ -110,6 +110,12 @@ def test_corrected_four_group_bias_within_its_bound(metric):
         assert abs(_bias(metric, n, np.array(p))) <= bound + 1e-9
 
 
+def test_corrected_four_group_gap_meets_the_bar_where_the_plug_in_reads_its_floor():
+    # the pair terms' sizes are random; the tighter pair bar keeps the mixture within BAR_REL
+    plug = floor("bias_gap", 16, uniform(4))
+    assert abs(_bias("bias_gap", 16, uniform(4))) <= max(BAR_ABS, BAR_REL * plug)
+
+
 def test_metrics_without_a_term_decomposition_have_no_corrected_value_at_four_groups():
     for metric in ("fd", "dp_difference", "dp_ratio"):
         assert all(math.isnan(x) for x in corrected_value(np.array([3, 3, 2, 2]), metric, uniform(4)))

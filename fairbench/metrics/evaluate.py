@@ -11,8 +11,8 @@ import pandas as pd
 
 from fairbench.metrics.bootstrap import aggregate_estimate, prompt_estimate, shares
 from fairbench.metrics.confusion import correct_shares, corrected_share_interval
-from fairbench.metrics.correction import (BAR_ABS, BAR_REL, SLOPES, aggregate_corrected, floor, mean_floor,
-                                          prompt_corrected)
+from fairbench.metrics.correction import (BAR_ABS, BAR_REL, PAIR_BAR_REL, SLOPES, aggregate_corrected, floor,
+                                          mean_floor, prompt_corrected)
 from fairbench.metrics.fairness import FAIRNESS_METRICS, uniform
 from fairbench.metrics.skew import skew_test
 from fairbench.prompts import AttributeSpec
@@ -36,7 +36,7 @@ class EvalSettings:
         return {"n_boot": self.n_boot, "level": self.level, "seed": self.seed, "metrics": list(self.metrics),
                 "target": "uniform", "label": "argmax", "skew_q": self.skew_q,
                 "correction": {"estimator": "affine, bounded worst-case bias, closest to the plug-in (docs/metrics.md)",
-                               "bar_abs": BAR_ABS, "bar_rel": BAR_REL, "slopes": list(SLOPES),
+                               "bar_abs": BAR_ABS, "bar_rel": BAR_REL, "pair_bar_rel": PAIR_BAR_REL, "slopes": list(SLOPES),
                                "interval": "bias-aware: t * se over prompts + mean bias bound"}}
 
 
