@@ -6,6 +6,7 @@ third-party package would plug in its own method. One module per method:
   entigen        prompt text   ethical intervention appended (Bansal et al. 2022)
   hardprompt     prompt text   a uniformly sampled group named per image (reference upper bound)
   debiasvl       embedding     calibrated projection (Chuang et al. 2023)
+  fairimagen     embedding     FairPCA projection plus empirical noise (Fu et al. 2025)
   fairdiffusion  guidance      SEGA guidance, random direction per image (Friedrich et al. 2023)
   uce            weights       closed-form cross-attention edit (Gandikota et al. 2024)
 """
@@ -16,10 +17,11 @@ def register() -> None:
     from baselines.debiasvl import DebiasVL
     from baselines.entigen import Entigen
     from baselines.fairdiffusion import FairDiffusion
+    from baselines.fairimagen import FairImagen
     from baselines.hardprompt import HardPrompt
     from baselines.uce import UCE
     from fairbench.methods import register_method
 
     for name, cls in (("entigen", Entigen), ("hardprompt", HardPrompt), ("debiasvl", DebiasVL),
-                      ("fairdiffusion", FairDiffusion), ("uce", UCE)):
+                      ("fairimagen", FairImagen), ("fairdiffusion", FairDiffusion), ("uce", UCE)):
         register_method(name, cls)

@@ -21,6 +21,7 @@ METHOD_ARGS = {
     "hardprompt": [],
     "fairmap": ["--method-arg", "steps=20"],
     "debiasvl": [],
+    "fairimagen": [],
     "fairdiffusion": ["--method-arg", "edit_warmup_steps=1"],
     "uce": ["--method-arg", "max_iterations=1", "--method-arg", "images_per_concept=2",
             "--method-arg", "concepts_split=test"],
@@ -82,7 +83,14 @@ def test_text_level_methods_run_on_a_transformer_pipeline(tiny_pipelines, tmp_pa
         assert all(r["prompt_used"] != r["prompt"] for r in rows)
 
 
-@pytest.mark.parametrize("method", ["fairmap", "debiasvl", "fairdiffusion", "uce"])
+def test_fairimagen_same_images_in_another_batch_size(tiny_pipelines, tmp_path):
+    # the noise is drawn from each image's seed, so batching cannot move it to another image
+    for size in ("4", "1"):
+        _run(tiny_pipelines["sd1"], tmp_path / size, "fairimagen", "--batch-size", size)
+    assert _images(tmp_path / "4") == _images(tmp_path / "1")
+
+
+@pytest.mark.parametrize("method", ["fairmap", "debiasvl", "fairimagen", "fairdiffusion", "uce"])
 def test_methods_that_need_a_unet_refuse_a_transformer_pipeline_before_generation(tiny_pipelines, tmp_path,
                                                                                    capsys, method):
     out = tmp_path / "run"
@@ -144,6 +152,22 @@ def test_debiasvl_on_sdxl_projects_token_states_and_pooled_embedding_each_by_its
     real = DebiasVL()
     real.prepare(backend, load_suite("occupations"))
     assert real.projection.shape == (64, 64) and real.pooled_projection.shape == (32, 32)
+
+
+def test_fairimagen_on_sdxl_fits_token_states_and_pooled_embedding_each_in_its_own_space(tiny_pipelines):
+    from baselines.fairimagen import FairImagen
+    from fairbench.prompts import load_suite
+
+    backend = load_backend(str(tiny_pipelines["sdxl"]))
+    m = FairImagen(noise=0.0)
+    m.prepare(backend, load_suite("occupations"))
+    assert m.tokens.projection.shape == (64, 64) and m.pooled.projection.shape == (32, 32)
+    cond = _sdxl_cond()
+    out = m.transform_conditioning(cond, [None, None], ["x", "y"])  # no noise: the units are not read
+    torch.testing.assert_close(out.prompt_embeds, cond.prompt_embeds @ m.tokens.projection)
+    torch.testing.assert_close(out.pooled, cond.pooled @ m.pooled.projection)
+    assert torch.equal(out.negative_prompt_embeds, cond.negative_prompt_embeds)
+    assert torch.equal(out.negative_pooled, cond.negative_pooled)
 
 
 def test_uce_on_sdxl_edits_every_cross_attention(tiny_pipelines):

@@ -9,6 +9,7 @@ import torch
 from baselines.debiasvl import DebiasVL, calibrated_projection
 from baselines.entigen import Entigen, intervention_text
 from baselines.fairdiffusion import FairDiffusion, edit_signs, sega_guidance
+from baselines.fairimagen import FairImagen, cross_groups, fair_pca, fit, noise_draw
 from baselines.hardprompt import HardPrompt, sample_groups
 from baselines.uce import UCE, closed_form_edit, cross_attention_projections, debias_target
 from fairbench.classifiers.base import AttributeClassifier
@@ -17,11 +18,16 @@ from fairbench.faces.base import Detection
 from fairbench.generation.engine import generate_batch
 from fairbench.methods import METHODS, MethodContext, build_method
 from fairbench.models import load_backend
-from fairbench.models.backend import SamplingParams
+from fairbench.models.backend import Conditioning, SamplingParams
 from fairbench.prompts import load_suite
 from fairbench.units import make_units
 
 PARAMS = SamplingParams(steps=3, guidance_scale=7.5)
+
+
+def _cond(prompt_embeds: torch.Tensor) -> Conditioning:
+    """A conditioning of token states only (no guidance)."""
+    return Conditioning(prompt_embeds, None)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +43,11 @@ def _pixels(backend, method, units):
 # registry ---------------------------------------------------------------------------------------
 def test_baselines_registered_with_level_and_source():
     levels = {e.name: e.meta["level"] for e in METHODS}
-    assert {k: levels[k] for k in ("entigen", "hardprompt", "debiasvl", "fairdiffusion", "uce")} == {
-        "entigen": "text", "hardprompt": "text", "debiasvl": "embedding", "fairdiffusion": "guidance", "uce": "weights"}
-    assert all(METHODS.entry(n).meta["source"] for n in ("entigen", "hardprompt", "debiasvl", "fairdiffusion", "uce"))
+    names = ("entigen", "hardprompt", "debiasvl", "fairimagen", "fairdiffusion", "uce")
+    assert {k: levels[k] for k in names} == {
+        "entigen": "text", "hardprompt": "text", "debiasvl": "embedding", "fairimagen": "embedding",
+        "fairdiffusion": "guidance", "uce": "weights"}
+    assert all(METHODS.entry(n).meta["source"] for n in names)
 
 
 def test_bad_method_arguments_are_user_errors():
@@ -49,6 +57,8 @@ def test_bad_method_arguments_are_user_errors():
         build_method("hardprompt", {"attributes": "gendr"})
     with pytest.raises(UserError):
         build_method("uce", {"edit_text": "nonsense"})
+    with pytest.raises(UserError):
+        build_method("fairimagen", {"keep": "1.5"})
 
 
 # text level -------------------------------------------------------------------------------------
@@ -111,6 +121,82 @@ def test_debiasvl_applies_p_to_every_prompt_token(tiny_sd, suite):
     p = calibrated_projection(diffs, 500.0).float()
     torch.testing.assert_close(out.prompt_embeds, cond.prompt_embeds @ p.T)
     assert torch.equal(out.negative_prompt_embeds, cond.negative_prompt_embeds)
+
+
+def _fairpca_by_eigendecomposition(x, labels, dim):
+    """Top-dim eigenvectors of (I - QQ^T) X^T X (I - QQ^T), Q an orthonormal basis of the group
+    mean-difference rows: FairPCA written without a null-space basis."""
+    z = np.eye(labels.max() + 1)[labels]
+    zx = (z - z.mean(axis=0)).T @ x
+    u, s, _ = np.linalg.svd(zx.T, full_matrices=False)
+    q = u[:, s > 1e-10 * s[0]]
+    perp = np.eye(x.shape[1]) - q @ q.T
+    vals, vecs = np.linalg.eigh(perp @ x.T @ x @ perp)
+    top = vecs[:, np.argsort(vals)[::-1][:dim]]
+    return top @ top.T
+
+
+def test_fairpca_projection_matches_a_direct_eigendecomposition():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 7)) + np.repeat(np.eye(3, 7) * 2, 10, axis=0)  # three shifted groups
+    labels = np.repeat(np.arange(3), 10)
+    for dim in (1, 3, 5):
+        projection, directions = fair_pca(x, labels, dim)
+        np.testing.assert_allclose(projection, _fairpca_by_eigendecomposition(x, labels, dim), atol=1e-10)
+        np.testing.assert_allclose(projection @ projection, projection, atol=1e-10)  # an orthogonal projection
+        assert np.trace(projection) == pytest.approx(dim)
+        # after the projection every group has the same mean: no group information left in the means
+        means = np.stack([(x[labels == g] @ projection).mean(axis=0) for g in range(3)])
+        np.testing.assert_allclose(means - means.mean(axis=0), 0, atol=1e-10)
+        np.testing.assert_allclose(np.linalg.norm(directions, axis=1), 1)
+        np.testing.assert_allclose(directions @ projection, 0, atol=1e-10)
+
+
+def test_fairimagen_noise_step_by_hand():
+    rng = np.random.default_rng(1)
+    groups = [rng.normal(size=(4, 5)) + 3 * np.eye(5)[0], rng.normal(size=(6, 5)) - 3 * np.eye(5)[0]]
+    m = FairImagen(noise=0.6, hdim=3)
+    m.tokens = fit(groups, 3, 1.0)
+    units = make_units(load_suite("occupations"), "fairimagen", "m", 2, 0, "test", 1)
+    cond = _cond(torch.tensor(rng.normal(size=(2, 3, 5)), dtype=torch.float32))
+    out = m.transform_conditioning(cond, units, ["x", "y"]).prompt_embeds
+    projection = torch.tensor(fair_pca(np.concatenate(groups), np.repeat([0, 1], [4, 6]), 3)[0], dtype=torch.float32)
+    for row, u in enumerate(units):
+        g, i = noise_draw(u.seed, [4, 6])
+        n_g = m.tokens.directions[g].double().numpy()
+        step = 0.36 * float(groups[g][i] @ n_g) * n_g  # the authors' scale enters twice
+        expected = cond.prompt_embeds[row] @ projection + torch.tensor(step, dtype=torch.float32)
+        torch.testing.assert_close(out[row], expected, atol=1e-5, rtol=1e-5)
+    # the draw is the image's own: the same unit gets the same step in a batch of one
+    alone = m.transform_conditioning(_cond(cond.prompt_embeds[1:]), units[1:], ["y"]).prompt_embeds
+    torch.testing.assert_close(alone[0], out[1])
+    # no noise: the projection alone
+    m.noise = 0.0
+    torch.testing.assert_close(m.transform_conditioning(cond, units, ["x", "y"]).prompt_embeds,
+                               cond.prompt_embeds @ projection, atol=1e-5, rtol=1e-5)
+
+
+def test_fairimagen_cross_mode_groups_every_combination():
+    a = [np.full((2, 3), 1.0), np.full((2, 3), 2.0)]
+    b = [np.full((1, 3), 10.0), np.full((1, 3), 20.0), np.full((1, 3), 30.0)]
+    combos = cross_groups([a, b])
+    assert len(combos) == 6 and all(c.shape == (3, 3) for c in combos)
+    assert combos[4][:, 0].tolist() == [2.0, 2.0, 20.0]  # (group 1 of a, group 1 of b)
+    assert [len(c) for c in cross_groups([a])] == [2, 2]
+
+
+def test_fairimagen_fits_on_the_tiny_pipeline_and_equalises_group_means(tiny_sd, suite):
+    backend = load_backend(str(tiny_sd))
+    m = FairImagen(attributes="gender,skin_tone")
+    m.prepare(backend, suite)
+    tokens, pooled = m.group_embeddings(backend)
+    assert pooled is None and m.pooled is None  # SD 1.x has no pooled embedding
+    width = backend.encode(["x"], guidance_scale=0).prompt_embeds.shape[-1]
+    assert m.tokens.projection.shape == (width, width) and len(m.tokens.coordinates) == 2 * 4
+    assert torch.trace(m.tokens.projection).item() == pytest.approx(round(width * 1800 / 2048), abs=1e-3)
+    for groups in tokens:  # each attribute's group means agree after the projection
+        means = torch.stack([torch.tensor(g).float().mean(0) @ m.tokens.projection for g in groups])
+        assert (means - means.mean(0)).abs().max() < 1e-3 * means.abs().max()
 
 
 # guidance level ---------------------------------------------------------------------------------
@@ -214,7 +300,7 @@ def test_uce_without_labellers_is_a_user_error(tiny_sd, suite):
 
 
 # determinism ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["entigen", "hardprompt", "debiasvl", "fairdiffusion"])
+@pytest.mark.parametrize("name", ["entigen", "hardprompt", "debiasvl", "fairimagen", "fairdiffusion"])
 def test_method_deterministic_on_tiny_pipeline(tiny_sd, suite, name):
     units = make_units(suite, name, "m", 2, 0, "test", 2)
     runs = []
