@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -10,8 +11,9 @@ import torch
 from conftest import run_args
 from fairbench.cli.main import main
 from fairbench.errors import UserError
-from fairbench.methods.fairmap import (FairMapConfig, KeywordDetector, MappingNetwork, fairness_loss,
-                                       load_checkpoint, text_loss, token_distance, train_and_save)
+from fairbench.methods.fairmap import (AttributeMaps, FairMapConfig, FairMapping, KeywordDetector, MappingNetwork,
+                                       build_network, fairness_loss, load_checkpoint, save_checkpoint, text_loss,
+                                       token_distance, train_and_save, train_map)
 
 
 @pytest.mark.parametrize("depth", [1, 3])
@@ -19,6 +21,73 @@ def test_identity_initialisation_leaves_embeddings_unchanged(depth):
     x = torch.randn(2, 77, 32)
     assert torch.equal(MappingNetwork(32, depth)(x), x) if depth == 1 else torch.allclose(MappingNetwork(32, depth)(x), x)
     assert text_loss(MappingNetwork(32, depth)(x), x) == 0
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_default_initialisation_is_pytorchs_and_not_the_identity(depth):
+    torch.manual_seed(0)
+    net = MappingNetwork(8, depth, init="default")
+    torch.manual_seed(0)
+    first = torch.nn.Linear(8, 8)  # the first layer PyTorch would build from the same seed
+    layer = net.linear if depth == 1 else net.mlp[0]
+    assert torch.equal(layer.weight, first.weight) and torch.equal(layer.bias, first.bias)
+    x = torch.randn(2, 5, 8)
+    assert not torch.allclose(net(x), x, atol=1e-3)
+    if depth > 1:  # a plain MLP: no residual path
+        torch.testing.assert_close(net(x), net.mlp(x))
+    with pytest.raises(UserError, match="init"):
+        MappingNetwork(8, init="xavier")
+
+
+def _scaled(dim: int, factor: float) -> MappingNetwork:
+    net = MappingNetwork(dim)
+    with torch.no_grad():
+        net.linear.weight.mul_(factor)
+    return net
+
+
+def test_map_groups_maps_the_group_embeddings_and_puts_l_text_on_every_prompt():
+    e_n = torch.zeros(1, 1, 2)
+    e_g = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])  # (P=1, K=2, L=1, D=2)
+    cfg = FairMapConfig(steps=1, lambda_fair=10.0, map_groups=True)
+    first = train_map(_scaled(2, 2.0), e_n, [e_g], cfg)[0]
+    # M = 2I: L_text = (|0|^2 + |e_g0|^2 + |e_g1|^2) / 3 prompts; d = (|2 e_g0|, |2 e_g1|) = (2, 4) -> L_fair 2
+    assert first["text"] == pytest.approx(5 / 3) and first["fair"] == pytest.approx(2.0)
+    assert first["loss"] == pytest.approx(5 / 3 + 20)
+    # group embeddings fixed (the default): L_text on the neutral prompt only; d = (1, 2) -> L_fair 0.5
+    fixed = train_map(_scaled(2, 2.0), e_n, [e_g], FairMapConfig(steps=1, lambda_fair=10.0))[0]
+    assert fixed["text"] == 0 and fixed["fair"] == pytest.approx(0.5)
+
+
+def test_per_attribute_maps_train_alone_and_apply_in_turn(tmp_path):
+    maps = AttributeMaps(["gender", "skin_tone"], 2)
+    with torch.no_grad():
+        maps.maps["gender"].linear.weight.mul_(2.0)
+        maps.maps["skin_tone"].linear.weight.mul_(3.0)
+    x = torch.randn(1, 4, 2)
+    torch.testing.assert_close(maps(x), 6 * x)
+    maps.active = ["skin_tone"]
+    torch.testing.assert_close(maps(x), 3 * x)
+    # each map sees only its own attribute's groups: gender's groups are equidistant, skin tone's are not
+    e_n = torch.zeros(1, 1, 2)
+    gender = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])
+    skin = torch.tensor([[[[1.0, 0.0]], [[0.0, 3.0]], [[0.0, -1.0]], [[-1.0, 0.0]]]])
+    cfg = FairMapConfig(attributes=["gender", "skin_tone"], steps=1, per_attribute=True)
+    assert train_map(MappingNetwork(2), e_n, [gender], cfg)[0]["fair"] == 0
+    assert train_map(MappingNetwork(2), e_n, [skin], cfg)[0]["fair"] == pytest.approx(3.0)  # d = (1,3,1,1)
+    # a per-attribute checkpoint round-trips with every map
+    net = build_network(cfg, 2)
+    with torch.no_grad():
+        net.maps["skin_tone"].linear.bias.fill_(0.5)
+    again, _ = load_checkpoint(save_checkpoint(net, {"config": asdict(cfg)}, tmp_path))
+    assert isinstance(again, AttributeMaps) and list(again.maps) == ["gender", "skin_tone"]
+    torch.testing.assert_close(again(x), net(x))
+
+
+def test_apply_needs_per_attribute_maps():
+    with pytest.raises(UserError, match="per_attribute"):
+        FairMapping(attributes="gender,skin_tone", apply="gender")
+    assert FairMapping(attributes="gender,skin_tone", per_attribute=True, apply="gender").apply == ["gender"]
 
 
 def test_fairness_loss_zero_when_equidistant_positive_otherwise():

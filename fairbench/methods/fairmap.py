@@ -10,8 +10,12 @@ prompt specialised to each group; at inference a keyword detector bypasses M for
 already name a group.
 
 Reconstruction defaults (unknown in the paper): M = one linear d x d layer with bias, identity
-initialised (`depth` > 1: residual MLP, last layer zero-initialised, still identity at start);
-group embeddings are fixed targets, not mapped (`map_groups=false`); d = Euclidean distance per
+initialised (`depth` > 1: residual MLP, last layer zero-initialised, still identity at start;
+`init=default`: PyTorch's default initialisation, a plain MLP); one joint map for every attribute
+(`per_attribute=true`: one map per attribute, as the reviews describe, each trained on its own
+attribute's L_fair and applied in turn, `apply=` choosing which act); group embeddings are fixed
+targets, not mapped (`map_groups=true`: they pass through M too and L_text covers every prompt,
+neutral and group); d = Euclidean distance per
 token, averaged over tokens; L_fair = sum_j (d(v, v_j) - mean_k d(v, v_k))^2 per attribute, summed
 over attributes; L_text = mean over prompts and tokens of ||M(E(p)) - E(p)||^2; lambda = 100
 (map_groups and lambda chosen by the synthface ablation, docs/fairmap_ablation.md); Adam, lr 1e-3, 400
@@ -41,17 +45,24 @@ from fairbench.units import WorkUnit
 SOURCE = "Li et al., Fair Mapping (AAAI 2025, arXiv 2311.17695); fairbench reconstruction"
 
 
-class MappingNetwork(nn.Module):
-    """Token-wise map R^d -> R^d, identity at initialisation."""
+INITS = ("identity", "default")
 
-    def __init__(self, dim: int, depth: int = 1, hidden: int | None = None) -> None:
+
+class MappingNetwork(nn.Module):
+    """Token-wise map R^d -> R^d. init "identity": identity at initialisation (depth > 1: residual MLP
+    whose last layer starts at zero); "default": PyTorch's default initialisation, a plain MLP."""
+
+    def __init__(self, dim: int, depth: int = 1, hidden: int | None = None, init: str = "identity") -> None:
         super().__init__()
-        self.dim, self.depth = dim, depth
+        if init not in INITS:
+            raise UserError(f"fairmap: init must be one of {list(INITS)}, got {init!r}")
+        self.dim, self.depth, self.init = dim, depth, init
         if depth == 1:
             self.linear = nn.Linear(dim, dim)
-            with torch.no_grad():
-                self.linear.weight.copy_(torch.eye(dim))
-                self.linear.bias.zero_()
+            if init == "identity":
+                with torch.no_grad():
+                    self.linear.weight.copy_(torch.eye(dim))
+                    self.linear.bias.zero_()
         else:
             width = hidden or dim
             dims = [dim] + [width] * (depth - 1) + [dim]
@@ -61,11 +72,31 @@ class MappingNetwork(nn.Module):
                 if i < depth - 1:
                     layers.append(nn.GELU())
             self.mlp = nn.Sequential(*layers)
-            nn.init.zeros_(self.mlp[-1].weight)
-            nn.init.zeros_(self.mlp[-1].bias)
+            if init == "identity":
+                nn.init.zeros_(self.mlp[-1].weight)
+                nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x) if self.depth == 1 else x + self.mlp(x)
+        if self.depth == 1:
+            return self.linear(x)
+        return x + self.mlp(x) if self.init == "identity" else self.mlp(x)
+
+
+class AttributeMaps(nn.Module):
+    """One map per attribute, applied in turn (the reviews: one mapping module per bias type);
+    `active` chooses which of them act, in the trained order."""
+
+    def __init__(self, attributes: list[str], dim: int, depth: int = 1, hidden: int | None = None,
+                 init: str = "identity") -> None:
+        super().__init__()
+        self.dim, self.depth = dim, depth
+        self.maps = nn.ModuleDict({a: MappingNetwork(dim, depth, hidden, init) for a in attributes})
+        self.active = list(attributes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for a in self.active:
+            x = self.maps[a](x)
+        return x
 
 
 def token_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -108,8 +139,12 @@ class FairMapConfig:
     use_text_loss: bool = True
     use_fair_loss: bool = True
     distance: str = "token"
+    init: str = "identity"
+    per_attribute: bool = False
 
     def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise UserError(f"fairmap: init must be one of {list(INITS)}, got {self.init!r}")
         if self.distance not in DISTANCES:
             raise UserError(f"fairmap: distance must be one of {sorted(DISTANCES)}, got {self.distance!r}")
         for name in ("steps", "depth"):
@@ -148,7 +183,48 @@ def encode_all(backend: DiffusersBackend, texts: list[str], batch_size: int = 64
     return torch.cat(chunks)
 
 
-def fit_mapping(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig) -> tuple[MappingNetwork, dict]:
+def describe_maps(net: nn.Module) -> str:
+    """'one joint map' or 'maps for gender, skin_tone'."""
+    return f"maps for {', '.join(net.maps)}" if isinstance(net, AttributeMaps) else "one joint map"
+
+
+def build_network(cfg: FairMapConfig, dim: int) -> nn.Module:
+    """The map a configuration trains: one joint map, or one per attribute."""
+    if cfg.per_attribute:
+        return AttributeMaps(cfg.attributes, dim, cfg.depth, cfg.hidden, cfg.init)
+    return MappingNetwork(dim, cfg.depth, cfg.hidden, cfg.init)
+
+
+def train_map(net: nn.Module, e_neutral: torch.Tensor, e_groups: list[torch.Tensor], cfg: FairMapConfig) -> list[dict]:
+    """Adam on L_text + lambda * sum over `e_groups` of L_fair; the loss history.
+
+    map_groups: the group embeddings pass through the map too, and L_text covers every prompt
+    (the neutral prompts and each group prompt)."""
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    history = []
+    for step in range(cfg.steps):
+        v = net(e_neutral)
+        mapped = [net(e) for e in e_groups] if cfg.map_groups else e_groups
+        lt, lf = torch.zeros(()), torch.zeros(())
+        if cfg.use_text_loss:
+            lt = text_loss(v, e_neutral)
+            if cfg.map_groups:  # the mean over every prompt: P neutral and P * K_a per attribute
+                sizes = [e_neutral.shape[0]] + [e.shape[0] * e.shape[1] for e in e_groups]
+                parts = [lt] + [text_loss(m, e) for m, e in zip(mapped, e_groups)]
+                lt = sum(n * part for n, part in zip(sizes, parts)) / sum(sizes)
+        if cfg.use_fair_loss:
+            for m in mapped:
+                lf = lf + fairness_loss(v, m, cfg.distance)
+        loss = lt + cfg.lambda_fair * lf
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            history.append({"step": step, "loss": loss.item(), "text": lt.item(), "fair": lf.item()})
+    return history
+
+
+def fit_mapping(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig) -> tuple[nn.Module, dict]:
     """Train M on cached text embeddings; returns the network and training statistics."""
     start = time.perf_counter()
     neutral, groups = training_texts(suite, cfg.attributes, cfg.split)
@@ -158,22 +234,11 @@ def fit_mapping(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig)
                 for a, rows in groups.items()}
     encode_s = time.perf_counter() - start
     torch.manual_seed(cfg.seed)
-    net = MappingNetwork(e_neutral.shape[-1], cfg.depth, cfg.hidden)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    history = []
-    for step in range(cfg.steps):
-        v = net(e_neutral)
-        lt = text_loss(v, e_neutral) if cfg.use_text_loss else torch.zeros(())
-        lf = torch.zeros(())
-        if cfg.use_fair_loss:
-            for e in e_groups.values():
-                lf = lf + fairness_loss(v, net(e) if cfg.map_groups else e, cfg.distance)
-        loss = lt + cfg.lambda_fair * lf
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == cfg.steps - 1:
-            history.append({"step": step, "loss": loss.item(), "text": lt.item(), "fair": lf.item()})
+    net = build_network(cfg, e_neutral.shape[-1])
+    if isinstance(net, AttributeMaps):  # each attribute's map trained alone, on its own groups
+        history = {a: train_map(net.maps[a], e_neutral, [e_groups[a]], cfg) for a in cfg.attributes}
+    else:
+        history = train_map(net, e_neutral, list(e_groups.values()), cfg)
     stats = {"n_prompts": len(neutral), "encode_seconds": round(encode_s, 3),
              "train_seconds": round(time.perf_counter() - start - encode_s, 3), "history": history}
     return net.eval(), stats
@@ -191,20 +256,25 @@ class FairMapping(Method):
                  hidden: int | None = None, steps: int = FairMapConfig.steps, lr: float = FairMapConfig.lr,
                  detector: bool = True, map_groups: bool = FairMapConfig.map_groups, seed: int = 0,
                  use_text_loss: bool = True, use_fair_loss: bool = True, train_suite: str = "occupations",
-                 distance: str = FairMapConfig.distance) -> None:
+                 distance: str = FairMapConfig.distance, init: str = FairMapConfig.init,
+                 per_attribute: bool = FairMapConfig.per_attribute, apply: str | None = None) -> None:
         super().__init__()
         attrs = parse_attributes(attributes)
         self.cfg = FairMapConfig(attributes=attrs, lambda_fair=float(lambda_fair), depth=int(depth), hidden=hidden,
                                  map_groups=bool(map_groups), lr=float(lr), steps=int(steps), seed=int(seed),
                                  use_text_loss=bool(use_text_loss), use_fair_loss=bool(use_fair_loss),
-                                 distance=str(distance))
+                                 distance=str(distance), init=str(init), per_attribute=bool(per_attribute))
+        # per_attribute: which attributes' maps act (default all, in turn); chosen per evaluation
+        self.apply = parse_attributes(apply) if apply else None
+        if self.apply and not self.cfg.per_attribute:
+            raise UserError("fairmap: apply= chooses among per-attribute maps; add per_attribute=true")
         self.checkpoint = checkpoint
         self.train_suite = train_suite
         self.use_detector = bool(detector)
         self.detector = KeywordDetector(attrs)
-        self.net: MappingNetwork | None = None
+        self.net: nn.Module | None = None
         self.args = {"checkpoint": checkpoint, "detector": self.use_detector, "train_suite": train_suite,
-                     **asdict(self.cfg)}
+                     **asdict(self.cfg), **({"apply": self.apply} if self.apply else {})}
         self.bypassed = 0
 
     def prepare(self, backend: DiffusersBackend, suite: SuiteSpec, context: MethodContext | None = None) -> None:
@@ -219,12 +289,18 @@ class FairMapping(Method):
                                 f"({meta['text_encoder_sha256'][:12]}, this model's is {enc[:12]})")
             self.args["checkpoint_meta"] = {k: meta[k] for k in ("config", "text_encoder", "suite")}
             self.cfg = FairMapConfig(**meta["config"])
-            self.detector = KeywordDetector(self.cfg.attributes)  # the words of the attributes it was trained for
-            return
-        path = train_and_save(backend, load_suite(self.train_suite), self.cfg, cache=True)
-        self.checkpoint = str(path)
-        self.net, _ = load_checkpoint(path)
-        self.args["checkpoint"] = self.checkpoint
+        else:
+            path = train_and_save(backend, load_suite(self.train_suite), self.cfg, cache=True)
+            self.checkpoint = str(path)
+            self.net, _ = load_checkpoint(path)
+            self.args["checkpoint"] = self.checkpoint
+        if self.apply:
+            if not isinstance(self.net, AttributeMaps) or set(self.apply) - set(self.net.maps):
+                raise UserError(f"fairmap: apply={','.join(self.apply)} needs a per-attribute map of those attributes; "
+                                f"{self.checkpoint} holds {describe_maps(self.net)}")
+            self.net.active = [a for a in self.cfg.attributes if a in self.apply]
+        # the words of the attributes the acting maps were trained for
+        self.detector = KeywordDetector(self.apply or self.cfg.attributes)
 
     @torch.no_grad()
     def transform_conditioning(self, cond: Conditioning, units: list[WorkUnit], texts: list[str]) -> Conditioning:
@@ -258,21 +334,22 @@ def checkpoint_meta(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapCon
     }
 
 
-def save_checkpoint(net: MappingNetwork, meta: dict, out: Path) -> Path:
+def save_checkpoint(net: nn.Module, meta: dict, out: Path) -> Path:
     """mapping.safetensors + mapping.json in `out`."""
     atomic_save_tensors(out / "mapping.safetensors", net.state_dict())
     atomic_write_json(out / "mapping.json", {**meta, "dim": net.dim, "depth": net.depth})
     return out
 
 
-def load_checkpoint(path: Path) -> tuple[MappingNetwork, dict]:
+def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     """Load a checkpoint folder written by save_checkpoint."""
     if not (path / "mapping.json").is_file() or not (path / "mapping.safetensors").is_file():
         raise UserError(f"{path} is not a Fair Mapping checkpoint (mapping.json + mapping.safetensors)")
     try:
         meta = json.loads((path / "mapping.json").read_text(encoding="utf-8"))
-        net = MappingNetwork(meta["dim"], meta["depth"], meta["config"].get("hidden"))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        cfg = FairMapConfig(**meta["config"])
+        net = build_network(cfg, meta["dim"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, UserError) as exc:
         raise UserError(f"{path / 'mapping.json'} is not a Fair Mapping checkpoint description ({type(exc).__name__}: "
                         f"{exc})") from None
     try:
