@@ -204,3 +204,15 @@ def test_the_shipped_leaderboard_plan_lists_every_method():
     plan = load_plan("leaderboard")
     assert {m.method for m in plan.methods} == set(METHODS.names())
     assert plan.leaderboard == "results/leaderboard.csv"
+
+
+def test_the_fairmap_ablation_plan_trains_in_sample_maps_on_every_occupation():
+    from fairbench.plan import cells, load_plan
+
+    todo = cells(load_plan("fairmap_ablation"), progress=False)
+    fairmaps = [c for c in todo if c.method.method == "fairmap"]
+    assert len(fairmaps) == 2 * 2 * 4  # worlds x protocols x variants
+    for c in fairmaps:
+        insample = c.suite.name == "insample"
+        assert (c.config.split, c.config.n) == (("all", 16) if insample else ("test", 40))
+        assert c.config.method_args.get("split", "train") == ("all" if insample else "train")

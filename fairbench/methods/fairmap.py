@@ -143,6 +143,8 @@ class FairMapConfig:
     per_attribute: bool = False
 
     def __post_init__(self) -> None:
+        if self.split not in ("train", "test", "all"):
+            raise UserError(f"fairmap: split must be train, test or all (the training prompts), got {self.split!r}")
         if self.init not in INITS:
             raise UserError(f"fairmap: init must be one of {list(INITS)}, got {self.init!r}")
         if self.distance not in DISTANCES:
@@ -257,13 +259,15 @@ class FairMapping(Method):
                  detector: bool = True, map_groups: bool = FairMapConfig.map_groups, seed: int = 0,
                  use_text_loss: bool = True, use_fair_loss: bool = True, train_suite: str = "occupations",
                  distance: str = FairMapConfig.distance, init: str = FairMapConfig.init,
-                 per_attribute: bool = FairMapConfig.per_attribute, apply: str | None = None) -> None:
+                 per_attribute: bool = FairMapConfig.per_attribute, apply: str | None = None,
+                 split: str = FairMapConfig.split) -> None:
         super().__init__()
         attrs = parse_attributes(attributes)
         self.cfg = FairMapConfig(attributes=attrs, lambda_fair=float(lambda_fair), depth=int(depth), hidden=hidden,
                                  map_groups=bool(map_groups), lr=float(lr), steps=int(steps), seed=int(seed),
                                  use_text_loss=bool(use_text_loss), use_fair_loss=bool(use_fair_loss),
-                                 distance=str(distance), init=str(init), per_attribute=bool(per_attribute))
+                                 distance=str(distance), init=str(init), per_attribute=bool(per_attribute),
+                                 split=str(split))
         # per_attribute: which attributes' maps act (default all, in turn); chosen per evaluation
         self.apply = parse_attributes(apply) if apply else None
         if self.apply and not self.cfg.per_attribute:
