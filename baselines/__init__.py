@@ -8,12 +8,14 @@ third-party package would plug in its own method. One module per method:
   debiasvl       embedding     calibrated projection (Chuang et al. 2023)
   fairimagen     embedding     FairPCA projection plus empirical noise (Fu et al. 2025)
   fairdiffusion  guidance      SEGA guidance, random direction per image (Friedrich et al. 2023)
+  balancingact   guidance      distribution guidance on h-space classifiers (Parihar et al. 2024)
   uce            weights       closed-form cross-attention edit (Gandikota et al. 2024)
 """
 
 
 def register() -> None:
     """Register every baseline method (called once by fairbench's method registry)."""
+    from baselines.balancingact import BalancingAct
     from baselines.debiasvl import DebiasVL
     from baselines.entigen import Entigen
     from baselines.fairdiffusion import FairDiffusion
@@ -23,5 +25,6 @@ def register() -> None:
     from fairbench.methods import register_method
 
     for name, cls in (("entigen", Entigen), ("hardprompt", HardPrompt), ("debiasvl", DebiasVL),
-                      ("fairimagen", FairImagen), ("fairdiffusion", FairDiffusion), ("uce", UCE)):
+                      ("fairimagen", FairImagen), ("fairdiffusion", FairDiffusion), ("balancingact", BalancingAct),
+                      ("uce", UCE)):
         register_method(name, cls)

@@ -90,7 +90,21 @@ def test_fairimagen_same_images_in_another_batch_size(tiny_pipelines, tmp_path):
     assert _images(tmp_path / "4") == _images(tmp_path / "1")
 
 
-@pytest.mark.parametrize("method", ["fairmap", "debiasvl", "fairimagen", "fairdiffusion", "uce"])
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+def test_balancingact_runs_and_resumes_identically(tiny_pipelines, tiny_clip, tmp_path, arch):
+    # its heads learn from the model's own generations, labelled by a zero-shot CLIP (here the tiny one)
+    out, args = tmp_path / "run", ["--method-arg", f"labeller_model={tiny_clip[0]}", "--method-arg", "train_images=1",
+                                   "--method-arg", "head_epochs=3", "--method-arg", "split=test"]
+    _run(tiny_pipelines[arch], out, "balancingact", *args)
+    first = _images(out)
+    (out / "images" / "author" / "00001.png").unlink()
+    _run(tiny_pipelines[arch], out, "balancingact", *args)
+    assert _images(out) == first
+    heads = json.loads((out / "run.json").read_text())["method"]["args"]["heads"]
+    assert heads["images"] == 31 and heads["steps"] == 3
+
+
+@pytest.mark.parametrize("method", ["fairmap", "debiasvl", "fairimagen", "fairdiffusion", "balancingact", "uce"])
 def test_methods_that_need_a_unet_refuse_a_transformer_pipeline_before_generation(tiny_pipelines, tmp_path,
                                                                                    capsys, method):
     out = tmp_path / "run"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from baselines.balancingact import BalancingAct, StepHeads, distribution_loss, fit_heads, guided_h, row_groups
 from baselines.debiasvl import DebiasVL, calibrated_projection
 from baselines.entigen import Entigen, intervention_text
 from baselines.fairdiffusion import FairDiffusion, edit_signs, sega_guidance
@@ -43,10 +44,10 @@ def _pixels(backend, method, units):
 # registry ---------------------------------------------------------------------------------------
 def test_baselines_registered_with_level_and_source():
     levels = {e.name: e.meta["level"] for e in METHODS}
-    names = ("entigen", "hardprompt", "debiasvl", "fairimagen", "fairdiffusion", "uce")
+    names = ("entigen", "hardprompt", "debiasvl", "fairimagen", "fairdiffusion", "balancingact", "uce")
     assert {k: levels[k] for k in names} == {
         "entigen": "text", "hardprompt": "text", "debiasvl": "embedding", "fairimagen": "embedding",
-        "fairdiffusion": "guidance", "uce": "weights"}
+        "fairdiffusion": "guidance", "balancingact": "guidance", "uce": "weights"}
     assert all(METHODS.entry(n).meta["source"] for n in names)
 
 
@@ -197,6 +198,65 @@ def test_fairimagen_fits_on_the_tiny_pipeline_and_equalises_group_means(tiny_sd,
     for groups in tokens:  # each attribute's group means agree after the projection
         means = torch.stack([torch.tensor(g).float().mean(0) @ m.tokens.projection for g in groups])
         assert (means - means.mean(0)).abs().max() < 1e-3 * means.abs().max()
+
+
+def test_balancingact_distribution_gradient_matches_its_closed_form():
+    rng = np.random.default_rng(3)
+    n, f, k, temp, loss_s, scale = 5, 6, 3, 8.0, 500.0, 600.0
+    h = rng.normal(size=(n, f))
+    w, b = rng.normal(size=(k, f)), rng.normal(size=k)
+    target = np.array([0.5, 0.3, 0.2])
+    heads = StepHeads(2, f, k)
+    with torch.no_grad():
+        heads.weight[1] = torch.tensor(w, dtype=torch.float32)
+        heads.bias[1] = torch.tensor(b, dtype=torch.float32)
+    # by hand: z = W h + b, p_i = softmax(z_i / T), p_bar = mean p_i, L = sum_k p_bar_k log(p_bar_k / t_k);
+    # dL/dz_ij = p_ij (g_j - sum_k p_ik g_k) / (n T) with g_k = log(p_bar_k / t_k) + 1; dL/dh_i = W^T dL/dz_i
+    z = h @ w.T + b
+    p = np.exp(z / temp) / np.exp(z / temp).sum(axis=1, keepdims=True)
+    g = np.log(p.mean(axis=0) / target) + 1
+    dz = p * (g - (p * g).sum(axis=1, keepdims=True)) / (n * temp)
+    expected = h - scale * loss_s * dz @ w
+    got = guided_h(torch.tensor(h, dtype=torch.float32), 1, [heads], [torch.tensor(target, dtype=torch.float32)],
+                   [torch.arange(n)], temp, loss_s, scale)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
+    kl = float((p.mean(axis=0) * np.log(p.mean(axis=0) / target)).sum())
+    assert distribution_loss(torch.tensor(z, dtype=torch.float32), torch.tensor(target), temp).item() == pytest.approx(kl, rel=1e-5)
+    # a balanced batch is a fixed point: the guidance leaves it where it is
+    flat = torch.zeros(4, f)
+    assert torch.equal(guided_h(flat, 1, [StepHeads(2, f, 2)], [torch.tensor([0.5, 0.5])], [torch.arange(4)],
+                                temp, loss_s, scale), flat)
+
+
+def test_balancingact_rows_per_prompt_include_the_unconditional_twins():
+    assert [g.tolist() for g in row_groups(["a", "a", "b"], 6)] == [[0, 1, 3, 4], [2, 5]]
+    assert [g.tolist() for g in row_groups(["a", "b", "a"], 3)] == [[0, 2], [1]]
+
+
+def test_balancingact_heads_learn_a_separable_label():
+    torch.manual_seed(0)
+    labels = torch.arange(40) % 2
+    feats = torch.randn(3, 40, 4) + 3 * labels[None, :, None].float()  # every step separable
+    heads = fit_heads(feats, labels, 2, epochs=200, lr=0.05)
+    for s in range(3):
+        assert (heads(feats[s], s).argmax(dim=1) == labels).float().mean() == 1.0
+
+
+def test_balancingact_trains_heads_and_guides_on_the_tiny_pipeline(tiny_sd, tiny_clip, suite, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))
+    backend = load_backend(str(tiny_sd))
+    ctx = MethodContext(suite, "test", 2, PARAMS, None, None, 0, 4)
+    outs = []
+    for _ in range(2):  # trained, then loaded from the cache: the same images
+        m = BalancingAct(train_images=1, head_epochs=5, labeller_model=str(tiny_clip[0]), split="test")
+        m.prepare(backend, suite, ctx)
+        assert m.heads[0].weight.shape[:2] == (PARAMS.steps, 2) and m.args["heads"]["images"] == 31
+        units = make_units(suite, "balancingact", "m", 2, 0, "test", 2)
+        outs.append(_pixels(backend, m, units))
+    assert np.array_equal(outs[0], outs[1])
+    assert (tmp_path / "cache").is_dir()
+    vanilla = _pixels(backend, build_method("vanilla", None), make_units(suite, "balancingact", "m", 2, 0, "test", 2))
+    assert not np.array_equal(outs[0], vanilla)  # the guidance moved the images
 
 
 # guidance level ---------------------------------------------------------------------------------

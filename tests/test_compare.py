@@ -202,7 +202,9 @@ def test_the_shipped_leaderboard_plan_lists_every_method():
     from fairbench.plan import load_plan
 
     plan = load_plan("leaderboard")
-    assert {m.method for m in plan.methods} == set(METHODS.names())
+    # registered methods whose leaderboard runs are not yet measured (README: "Methods and the leaderboard")
+    unmeasured = {"balancingact"}
+    assert {m.method for m in plan.methods} == set(METHODS.names()) - unmeasured
     assert plan.leaderboard == "results/leaderboard.csv"
 
 

@@ -1,0 +1,258 @@
+"""`balancingact`: distribution guidance on the denoiser's h-space (guidance level).
+
+Source: Parihar, Bhat, Basu, Mallick, Kundu, Babu, "Balancing Act: Distribution-Guided Debiasing in
+Diffusion Models", CVPR 2024 (code: rishubhpar/debiasing_gen_models; its Stable Diffusion form:
+diffusers/models/unet_2d_condition.py and helper_hclassify.py). As published for Stable Diffusion:
+  h      = the UNet's mid-block output (its "h-space"), at every denoising step;
+  heads  = one linear classifier per sampling step on the flattened h (`CustomMLP`: one nn.Linear
+           per timestep), trained on h of images whose attribute is known;
+  p_bar  = the batch mean of softmax(head_t(h) / temperature), temperature 8;
+  loss   = loss_strength * KL(p_bar || target), target uniform;
+  h     <- h - scaling_strength * d loss / d h, then the up-blocks continue from the guided h
+           (loss_strength 500, scaling_strength 600 in run_stable_diffusion.py, set for a batch of 4).
+The guidance acts on every row the UNet sees, the unconditional half of classifier-free guidance
+included, as the published forward does.
+
+Unpublished details, each a parameter with its default:
+  - training data (`train_images` per training prompt, 8; the training split of `train_suite`):
+    the SD heads' data are not published (the DDIM version trains on 1,000-2,000 labelled images
+    per class); here the heads learn from generations of the run's own model and sampling settings,
+    the h of each image's conditional row at every step, each image labelled by a zero-shot CLIP
+    on the whole image (`labeller_model`, "auto": synthclip on the embedded worlds, CLIP ViT-L/14
+    elsewhere); never by the run's own classifier, which scores the benchmark;
+  - head training: full-batch Adam, `head_lr` 1e-3, `head_epochs` 100, from zero weights;
+  - the distribution is taken over each prompt's images within a batch (the authors generate one
+    prompt per batch), so an image depends on the others of its prompt in its batch, by design;
+  - several attributes: one set of heads per attribute, their losses summed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fairbench.errors import UserError
+from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
+from fairbench.methods.base import Method, MethodContext
+from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams, weights_fingerprint
+from fairbench.prompts import attribute, load_suite, parse_attributes
+from fairbench.units import WorkUnit, unit_seed
+
+TEMPERATURE = 8.0
+LOSS_STRENGTH = 500.0
+SCALING_STRENGTH = 600.0
+SYNTHCLIP_LABELLER = "synthclip"
+CLIP_LABELLER = "openai/clip-vit-large-patch14"
+
+
+class StepHeads(nn.Module):
+    """One linear classifier per denoising step on the flattened h (the published CustomMLP)."""
+
+    def __init__(self, steps: int, features: int, k: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(steps, k, features))
+        self.bias = nn.Parameter(torch.zeros(steps, k))
+
+    def forward(self, h: torch.Tensor, step: int) -> torch.Tensor:
+        return h.flatten(1) @ self.weight[step].T + self.bias[step]
+
+
+def distribution_loss(logits: torch.Tensor, target: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """KL(p_bar || target), p_bar the mean over rows of softmax(logits / temperature)."""
+    p = torch.softmax(logits / temperature, dim=-1).mean(dim=0)
+    return (p * (p / target).log()).sum()
+
+
+def guided_h(h: torch.Tensor, step: int, heads: list[StepHeads], targets: list[torch.Tensor],
+             groups: list[torch.Tensor], temperature: float, loss_strength: float,
+             scaling_strength: float) -> torch.Tensor:
+    """h - scaling_strength * grad_h(loss_strength * sum over heads and row groups of the KL loss)."""
+    with torch.enable_grad():
+        x = h.detach().float().requires_grad_(True)
+        loss = sum(distribution_loss(head(x[rows], step), target.to(x.device), temperature)
+                   for head, target in zip(heads, targets) for rows in groups)
+        (grad,) = torch.autograd.grad(loss_strength * loss, x)
+    return (h.float() - scaling_strength * grad).to(h.dtype)
+
+
+def fit_heads(features: torch.Tensor, labels: torch.Tensor, k: int, epochs: int, lr: float) -> StepHeads:
+    """Per-step logistic regression: features (S, N, F), labels (N,) in 0..k-1."""
+    heads = StepHeads(features.shape[0], features.shape[2], k)
+    opt = torch.optim.Adam(heads.parameters(), lr=lr)
+    for _ in range(epochs):
+        loss = sum(nn.functional.cross_entropy(heads(features[s].float(), s), labels) for s in range(features.shape[0]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return heads.eval()
+
+
+def row_groups(prompt_ids: list[str], unet_rows: int) -> list[torch.Tensor]:
+    """Rows of the UNet batch per prompt: each image's row and, with classifier-free guidance (2B
+    rows), its unconditional twin B rows earlier."""
+    b = len(prompt_ids)
+    groups = []
+    for pid in dict.fromkeys(prompt_ids):
+        rows = [i for i, p in enumerate(prompt_ids) if p == pid]
+        groups.append(torch.tensor(rows + [r + b for r in rows] if unet_rows == 2 * b else rows))
+    return groups
+
+
+class _Steps:
+    """The denoising step of each UNet call (its timestep's position in the scheduler's schedule)."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler, self.step = scheduler, 0
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        hits = (self.scheduler.timesteps == torch.as_tensor(t).to(self.scheduler.timesteps)).nonzero()
+        self.step = int(hits[0]) if len(hits) else 0
+
+
+class BalancingAct(Method):
+    """Guide each prompt's batch toward the target distribution through h-space classifiers."""
+
+    level = "guidance"
+    architectures = ("sd", "sdxl")
+    source = "Parihar et al., Balancing Act: Distribution-Guided Debiasing in Diffusion Models (CVPR 2024; rishubhpar/debiasing_gen_models)"
+
+    def __init__(self, attributes: str = "gender", loss_strength: float = LOSS_STRENGTH,
+                 scaling_strength: float = SCALING_STRENGTH, temperature: float = TEMPERATURE,
+                 train_images: int = 8, train_suite: str = "occupations", split: str = "train",
+                 labeller_model: str = "auto", head_epochs: int = 100, head_lr: float = 1e-3,
+                 cache: bool = True) -> None:
+        super().__init__()
+        self.attributes = parse_attributes(attributes)
+        self.loss_strength, self.scaling = float(loss_strength), float(scaling_strength)
+        self.temperature = float(temperature)
+        self.train_images, self.epochs, self.lr = int(train_images), int(head_epochs), float(head_lr)
+        if self.temperature <= 0 or self.train_images < 1 or self.epochs < 1 or self.lr <= 0:
+            raise UserError("balancingact: temperature and head_lr must be positive, train_images and head_epochs >= 1")
+        self.train_suite, self.split, self.labeller_model, self.cache = train_suite, split, labeller_model, bool(cache)
+        self.args: dict[str, Any] = {"attributes": self.attributes, "loss_strength": self.loss_strength,
+                                     "scaling_strength": self.scaling, "temperature": self.temperature,
+                                     "train_images": self.train_images, "train_suite": train_suite, "split": split,
+                                     "labeller_model": labeller_model, "head_epochs": self.epochs, "head_lr": self.lr}
+        self.heads: list[StepHeads] = []
+        self.targets = [torch.full((attribute(a).k,), 1.0 / attribute(a).k) for a in self.attributes]
+        self.steps: int | None = None
+
+    # training ------------------------------------------------------------------------------
+    def labeller(self, context: MethodContext) -> Any:
+        """The zero-shot CLIP that pseudo-labels the training images (never the run's own classifier)."""
+        from fairbench.classifiers import build_classifier
+
+        model = self.labeller_model
+        if model == "auto":
+            model = SYNTHCLIP_LABELLER if getattr(context.classifier, "name", "") == "synthface" else CLIP_LABELLER
+        self.args["labeller"] = model
+        return build_classifier("clip", {"model": model, "attributes": ",".join(self.attributes)})
+
+    def training_units(self, context: MethodContext) -> list[tuple[str, str, int]]:
+        """(prompt id, text, seed) of the training images; seeds apart from the benchmark's."""
+        suite = load_suite(self.train_suite)
+        prompts = suite.select(self.split)  # type: ignore[arg-type]
+        if not prompts:
+            raise UserError(f"suite {suite.name!r} has no {self.split!r} prompts to train Balancing Act's heads on")
+        return [(p.id, suite.text(p), unit_seed(context.seed, f"balancingact:{p.id}", i))
+                for p in prompts for i in range(self.train_images)]
+
+    def collect(self, backend: DiffusersBackend, context: MethodContext, labeller: Any) -> tuple[torch.Tensor, np.ndarray]:
+        """h of each training image's conditional row at every step (S, N, F; float16), and its labels (N, A)."""
+        params = context.params or SamplingParams()
+        units = self.training_units(context)
+        recorded: list[torch.Tensor] = []
+        b = {"rows": 0}
+
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            half = output[b["rows"]:] if output.shape[0] == 2 * b["rows"] else output
+            recorded.append(half.detach().flatten(1).to(torch.float16).cpu())
+
+        feats, labels = [], []
+        handle = backend.unet.mid_block.register_forward_hook(record)
+        try:
+            for start in tqdm(range(0, len(units), context.batch_size), desc="balancingact heads data",
+                              unit="batch", disable=not context.progress):
+                chunk = units[start: start + context.batch_size]
+                b["rows"], recorded[:] = len(chunk), []
+                cond = backend.encode([t for _, t, _ in chunk], params.negative_prompt, params.guidance_scale)
+                images, _ = backend.generate(cond, [torch.Generator("cpu").manual_seed(s) for _, _, s in chunk], params)
+                probs = labeller.predict(images)
+                feats.append(torch.stack(recorded))
+                labels += [[int(np.argmax(probs[a][i])) for a in self.attributes] for i in range(len(chunk))]
+        finally:
+            handle.remove()
+        return torch.cat(feats, dim=1), np.asarray(labels)
+
+    def cache_path(self, backend: DiffusersBackend, context: MethodContext) -> Any:
+        """Cache folder keyed by everything that determines the heads."""
+        from fairbench.metrics.quality import cache_dir
+
+        blob = json.dumps({"args": self.args, "units": self.training_units(context),
+                           "params": (context.params or SamplingParams()).to_dict(), "batch_size": context.batch_size,
+                           "model": backend.source, "weights": weights_fingerprint(backend.text_encoders | {"unet": backend.unet})},
+                          sort_keys=True, default=str)
+        return cache_dir().parent / "balancingact" / hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def prepare(self, backend: DiffusersBackend, suite: Any, context: MethodContext | None = None) -> None:
+        """Train (or load from the cache) one set of per-step heads per attribute."""
+        if context is None:
+            raise UserError("balancingact trains its heads with the run's sampling settings; none were given")
+        labeller = self.labeller(context)
+        self.steps = (context.params or SamplingParams()).steps
+        path = self.cache_path(backend, context) if self.cache else None
+        if path is not None and (path / "heads.json").is_file():  # written last: the heads are complete
+            tensors = load_safetensors_file(path / "heads.safetensors", "Balancing Act heads")
+            self.heads = []
+            for a in self.attributes:
+                w = tensors[f"{a}.weight"]
+                heads = StepHeads(w.shape[0], w.shape[2], w.shape[1])
+                heads.load_state_dict({"weight": w, "bias": tensors[f"{a}.bias"]})
+                self.heads.append(heads.eval())
+            self.args["heads"] = json.loads((path / "heads.json").read_text())["training"]
+            return
+        feats, labels = self.collect(backend, context, labeller)
+        torch.manual_seed(context.seed)
+        self.heads = [fit_heads(feats, torch.as_tensor(labels[:, j]), attribute(a).k, self.epochs, self.lr)
+                      for j, a in enumerate(self.attributes)]
+        self.args["heads"] = {"images": int(feats.shape[1]), "steps": int(feats.shape[0]),
+                              "features": int(feats.shape[2]),
+                              "shares": {a: np.bincount(labels[:, j], minlength=attribute(a).k).tolist()
+                                         for j, a in enumerate(self.attributes)}}
+        if path is not None:
+            atomic_save_tensors(path / "heads.safetensors",
+                                {f"{a}.{n}": p.detach() for a, h in zip(self.attributes, self.heads)
+                                 for n, p in h.state_dict().items()})
+            atomic_write_json(path / "heads.json", {"args": {k: v for k, v in self.args.items() if k != "heads"},
+                                                    "training": self.args["heads"]})
+
+    # generation ----------------------------------------------------------------------------
+    def generate(self, backend: DiffusersBackend, cond: Conditioning, generators: list[torch.Generator],
+                 params: SamplingParams, units: list[WorkUnit]) -> tuple[list[Any], list[bool]]:
+        """The pipeline's own loop, with the mid-block output guided at every step."""
+        if not self.heads:
+            raise RuntimeError("BalancingAct.prepare() must run before generation")
+        if params.steps != self.steps:
+            raise UserError(f"balancingact's heads were trained for {self.steps} steps; this run samples {params.steps}")
+        steps = _Steps(backend.pipe.scheduler)
+        prompt_ids = [u.prompt_id for u in units]
+        heads = [h.to(backend.device) for h in self.heads]
+
+        def guide(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            return guided_h(output, steps.step, heads, self.targets, row_groups(prompt_ids, output.shape[0]),
+                            self.temperature, self.loss_strength, self.scaling)
+
+        hooks = [backend.unet.register_forward_pre_hook(steps, with_kwargs=True),
+                 backend.unet.mid_block.register_forward_hook(guide)]
+        try:
+            return backend.generate(cond, generators, params)
+        finally:
+            for hook in hooks:
+                hook.remove()
