@@ -93,12 +93,14 @@ def test_fairimagen_same_images_in_another_batch_size(tiny_pipelines, tmp_path):
 @pytest.mark.parametrize("arch", ["sd1", "sdxl"])
 def test_balancingact_runs_and_resumes_identically(tiny_pipelines, tiny_clip, tmp_path, arch):
     # its heads learn from the model's own generations, labelled by a zero-shot CLIP (here the tiny one)
-    out, args = tmp_path / "run", ["--method-arg", f"labeller_model={tiny_clip[0]}", "--method-arg", "train_images=1",
-                                   "--method-arg", "head_epochs=3", "--method-arg", "split=test"]
-    _run(tiny_pipelines[arch], out, "balancingact", *args)
+    out = tmp_path / "run"
+    argv = run_args(tiny_pipelines[arch], out, "--method", "balancingact", "--n", "2", "--limit", "2", "--steps", "3",
+                    "--no-baseline", "--method-arg", f"labeller_model={tiny_clip[0]}", "--method-arg", "train_images=1",
+                    "--method-arg", "head_epochs=3", "--method-arg", "split=test")
+    assert main(argv) == 0
     first = _images(out)
     (out / "images" / "author" / "00001.png").unlink()
-    _run(tiny_pipelines[arch], out, "balancingact", *args)
+    assert main(argv) == 0
     assert _images(out) == first
     heads = json.loads((out / "run.json").read_text())["method"]["args"]["heads"]
     assert heads["images"] == 31 and heads["steps"] == 3
