@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from fairbench.errors import UserError
 from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
-from fairbench.methods.base import Method, MethodContext
+from fairbench.methods.base import Method, MethodContext, step_index
 from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams, weights_fingerprint
 from fairbench.prompts import attribute, load_suite, parse_attributes
 from fairbench.units import WorkUnit, unit_seed
@@ -111,9 +111,7 @@ class _Steps:
         self.scheduler, self.step = scheduler, 0
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        t = args[1] if len(args) > 1 else kwargs["timestep"]
-        hits = (self.scheduler.timesteps == torch.as_tensor(t).to(self.scheduler.timesteps)).nonzero()
-        self.step = int(hits[0]) if len(hits) else 0
+        self.step = step_index(self.scheduler, args[1] if len(args) > 1 else kwargs["timestep"])
 
 
 class BalancingAct(Method):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from fairbench.errors import UserError
-from fairbench.methods.base import Method, MethodContext
+from fairbench.methods.base import Method, MethodContext, step_index
 from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams
 from fairbench.prompts import attribute, parse_attributes, render_template
 from fairbench.units import WorkUnit
@@ -133,8 +133,7 @@ class FairDiffusion(Method):
             eps_edit = original(x, timestep, ctx, *args, **edit_kwargs)
             eps_edit = (eps_edit[0] if isinstance(eps_edit, tuple) else eps_edit.sample).view(e.shape[0], b, *pred.shape[1:])
             u, c = pred[:b], pred[b:]
-            hits = (scheduler.timesteps == timestep).nonzero()
-            step = int(hits[0]) if len(hits) else 0
+            step = step_index(scheduler, timestep)
             mom = state.get("momentum", torch.zeros_like(u))
             guided, state["momentum"] = sega_guidance(u, c, eps_edit, signs.to(u.device, u.dtype), mom,
                                                       params.guidance_scale, self.edit_scale, self.threshold,

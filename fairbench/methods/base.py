@@ -46,6 +46,12 @@ class MethodContext:
         return self.suite.select(self.split, self.limit)
 
 
+def step_index(scheduler: Any, timestep: Any) -> int:
+    """Position of a UNet call's timestep in the scheduler's schedule (0 where it is not in it)."""
+    hits = (scheduler.timesteps == torch.as_tensor(timestep).to(scheduler.timesteps)).nonzero()
+    return int(hits[0]) if len(hits) else 0
+
+
 class Method:
     """Base class: identity at every level. Subclasses set `level` and override one hook."""
 
