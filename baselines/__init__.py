@@ -7,6 +7,8 @@ third-party package would plug in its own method. One module per method:
   hardprompt     prompt text   a uniformly sampled group named per image (reference upper bound)
   debiasvl       embedding     calibrated projection (Chuang et al. 2023)
   fairimagen     embedding     FairPCA projection plus empirical noise (Fu et al. 2025)
+  itigen         embedding     inclusive tokens learned from reference images (Zhang et al. 2023)
+  fairqueue      guidance      ITI-GEN's tokens, queued after the base prompt, attention amplified (Teo et al. 2024)
   fairdiffusion  guidance      SEGA guidance, random direction per image (Friedrich et al. 2023)
   balancingact   guidance      distribution guidance on h-space classifiers (Parihar et al. 2024)
   uce            weights       closed-form cross-attention edit (Gandikota et al. 2024)
@@ -20,11 +22,14 @@ def register() -> None:
     from baselines.entigen import Entigen
     from baselines.fairdiffusion import FairDiffusion
     from baselines.fairimagen import FairImagen
+    from baselines.fairqueue import FairQueue
     from baselines.hardprompt import HardPrompt
+    from baselines.itigen import ITIGen
     from baselines.uce import UCE
     from fairbench.methods import register_method
 
     for name, cls in (("entigen", Entigen), ("hardprompt", HardPrompt), ("debiasvl", DebiasVL),
-                      ("fairimagen", FairImagen), ("fairdiffusion", FairDiffusion), ("balancingact", BalancingAct),
+                      ("fairimagen", FairImagen), ("itigen", ITIGen), ("fairqueue", FairQueue),
+                      ("fairdiffusion", FairDiffusion), ("balancingact", BalancingAct),
                       ("uce", UCE)):
         register_method(name, cls)

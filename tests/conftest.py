@@ -8,8 +8,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # caches (reference statistics, Fair Mapping and UCE results) go to a temporary folder, never the user's
@@ -107,3 +109,14 @@ def tiny_clip(tmp_path_factory):
     return out, model, proc
 
 
+@pytest.fixture(scope="session")
+def references(tmp_path_factory):
+    """Two random images per gender group, in ITI-GEN's <attribute>/<group>/ layout."""
+    root = tmp_path_factory.mktemp("refs")
+    rng = np.random.default_rng(0)
+    for g, group in enumerate(("male", "female")):
+        (root / "gender" / group).mkdir(parents=True)
+        for i in range(2):
+            pixels = (rng.random((30, 30, 3)) * 127 + 128 * g).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "gender" / group / f"{i}.png")
+    return root

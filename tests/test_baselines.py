@@ -44,10 +44,12 @@ def _pixels(backend, method, units):
 # registry ---------------------------------------------------------------------------------------
 def test_baselines_registered_with_level_and_source():
     levels = {e.name: e.meta["level"] for e in METHODS}
-    names = ("entigen", "hardprompt", "debiasvl", "fairimagen", "fairdiffusion", "balancingact", "uce")
+    names = ("entigen", "hardprompt", "debiasvl", "fairimagen", "itigen", "fairqueue", "fairdiffusion", "balancingact",
+             "uce")
     assert {k: levels[k] for k in names} == {
         "entigen": "text", "hardprompt": "text", "debiasvl": "embedding", "fairimagen": "embedding",
-        "fairdiffusion": "guidance", "balancingact": "guidance", "uce": "weights"}
+        "itigen": "embedding", "fairqueue": "guidance", "fairdiffusion": "guidance", "balancingact": "guidance",
+        "uce": "weights"}
     assert all(METHODS.entry(n).meta["source"] for n in names)
 
 

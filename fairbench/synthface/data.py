@@ -239,6 +239,22 @@ def render_set(n: int, seed: int, n_occupations: int | None = None, balanced: bo
     return RenderSet(images=render_labels(lab, seed * 1_000_003 + np.arange(n)), **lab)
 
 
+# benchmark attribute -> the RenderSet field that labels it (the renderer's own groups, in attributes.yaml order)
+RENDER_FIELDS = {"gender": "gender", "skin_tone": "skin", "age2": "age"}
+
+
+def group_renders(attr: str, per_group: int, seed: int) -> list[np.ndarray]:
+    """`per_group` renders of each group of `attr` (uint8, per_group x 32 x 32 x 3 each), every other
+    attribute uniform: the reference images of a method that learns from images of each group."""
+    if attr not in RENDER_FIELDS:
+        raise ValueError(f"synthface renders no {attr!r}; it renders {', '.join(RENDER_FIELDS)}")
+    k = attribute(attr).k
+    lab = sample_labels(per_group * k, seed, balanced=True)
+    lab[RENDER_FIELDS[attr]] = np.repeat(np.arange(k), per_group)
+    images = render_labels(lab, seed * 1_000_003 + np.arange(per_group * k))
+    return [images[g * per_group:(g + 1) * per_group] for g in range(k)]
+
+
 def kind_probabilities(neutral_share: float | None = None) -> np.ndarray:
     """Probabilities of KINDS among non-empty captions; `neutral_share` overrides the neutral kind's
     (named kinds rescaled to the rest). None: KINDS as listed (5/9 neutral)."""
