@@ -11,6 +11,7 @@ third-party package would plug in its own method. One module per method:
   fairqueue      guidance      ITI-GEN's tokens, queued after the base prompt, attention amplified (Teo et al. 2024)
   fairdiffusion  guidance      SEGA guidance, random direction per image (Friedrich et al. 2023)
   balancingact   guidance      distribution guidance on h-space classifiers (Parihar et al. 2024)
+  selfdebias     guidance      unsupervised h-space modes, guided toward uniform (Korada et al. 2026)
   uce            weights       closed-form cross-attention edit (Gandikota et al. 2024)
 """
 
@@ -25,11 +26,12 @@ def register() -> None:
     from baselines.fairqueue import FairQueue
     from baselines.hardprompt import HardPrompt
     from baselines.itigen import ITIGen
+    from baselines.selfdebias import SelfDebias
     from baselines.uce import UCE
     from fairbench.methods import register_method
 
     for name, cls in (("entigen", Entigen), ("hardprompt", HardPrompt), ("debiasvl", DebiasVL),
                       ("fairimagen", FairImagen), ("itigen", ITIGen), ("fairqueue", FairQueue),
                       ("fairdiffusion", FairDiffusion), ("balancingact", BalancingAct),
-                      ("uce", UCE)):
+                      ("selfdebias", SelfDebias), ("uce", UCE)):
         register_method(name, cls)

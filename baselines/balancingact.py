@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,28 @@ def row_groups(prompt_ids: list[str], unet_rows: int) -> list[torch.Tensor]:
     return groups
 
 
+def generations_with_h(backend: DiffusersBackend, context: MethodContext, units: list[tuple[str, str, int]],
+                       desc: str) -> Iterator[tuple[torch.Tensor, list[Any]]]:
+    """Per batch of (prompt id, text, seed) units: the mid-block output h at every step (S, R, F; float16,
+    R = the UNet's rows: with classifier-free guidance the unconditional half first) and the images."""
+    params = context.params or SamplingParams()
+    recorded: list[torch.Tensor] = []
+
+    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        recorded.append(output.detach().flatten(1).to(torch.float16).cpu())
+
+    handle = backend.unet.mid_block.register_forward_hook(record)
+    try:
+        for start in tqdm(range(0, len(units), context.batch_size), desc=desc, unit="batch", disable=not context.progress):
+            chunk = units[start: start + context.batch_size]
+            recorded[:] = []
+            cond = backend.encode([t for _, t, _ in chunk], params.negative_prompt, params.guidance_scale)
+            images, _ = backend.generate(cond, [torch.Generator("cpu").manual_seed(s) for _, _, s in chunk], params)
+            yield torch.stack(recorded), images
+    finally:
+        handle.remove()
+
+
 class _Steps:
     """The denoising step of each UNet call (its timestep's position in the scheduler's schedule)."""
 
@@ -164,29 +187,11 @@ class BalancingAct(Method):
 
     def collect(self, backend: DiffusersBackend, context: MethodContext, labeller: Any) -> tuple[torch.Tensor, np.ndarray]:
         """h of each training image's conditional row at every step (S, N, F; float16), and its labels (N, A)."""
-        params = context.params or SamplingParams()
-        units = self.training_units(context)
-        recorded: list[torch.Tensor] = []
-        b = {"rows": 0}
-
-        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            half = output[b["rows"]:] if output.shape[0] == 2 * b["rows"] else output
-            recorded.append(half.detach().flatten(1).to(torch.float16).cpu())
-
         feats, labels = [], []
-        handle = backend.unet.mid_block.register_forward_hook(record)
-        try:
-            for start in tqdm(range(0, len(units), context.batch_size), desc="balancingact heads data",
-                              unit="batch", disable=not context.progress):
-                chunk = units[start: start + context.batch_size]
-                b["rows"], recorded[:] = len(chunk), []
-                cond = backend.encode([t for _, t, _ in chunk], params.negative_prompt, params.guidance_scale)
-                images, _ = backend.generate(cond, [torch.Generator("cpu").manual_seed(s) for _, _, s in chunk], params)
-                probs = labeller.predict(images)
-                feats.append(torch.stack(recorded))
-                labels += [[int(np.argmax(probs[a][i])) for a in self.attributes] for i in range(len(chunk))]
-        finally:
-            handle.remove()
+        for h, images in generations_with_h(backend, context, self.training_units(context), "balancingact heads data"):
+            probs = labeller.predict(images)
+            feats.append(h[:, -len(images):])
+            labels += [[int(np.argmax(probs[a][i])) for a in self.attributes] for i in range(len(images))]
         return torch.cat(feats, dim=1), np.asarray(labels)
 
     def cache_path(self, backend: DiffusersBackend, context: MethodContext) -> Any:

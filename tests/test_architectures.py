@@ -106,6 +106,23 @@ def test_balancingact_runs_and_resumes_identically(tiny_pipelines, tiny_clip, tm
     assert heads["images"] == 31 and heads["steps"] == 3
 
 
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+def test_selfdebias_runs_and_resumes_identically(tiny_pipelines, tiny_clip, tmp_path, arch):
+    # its modes come from the model's own generations, embedded by a CLIP (here the tiny one); no labels
+    out = tmp_path / "run"
+    argv = run_args(tiny_pipelines[arch], out, "--method", "selfdebias", "--n", "2", "--limit", "2", "--steps", "3",
+                    "--no-baseline", "--method-arg", f"clip_model={tiny_clip[0]}", "--method-arg", "train_images=1",
+                    "--method-arg", "epochs=1", "--method-arg", "hidden=16", "--method-arg", "k_max=3",
+                    "--method-arg", "split=test")
+    assert main(argv) == 0
+    first = _images(out)
+    (out / "images" / "author" / "00001.png").unlink()
+    assert main(argv) == 0
+    assert _images(out) == first
+    modes = json.loads((out / "run.json").read_text())["method"]["args"]["modes"]
+    assert modes["images"] == 31 and modes["steps"] == 3
+
+
 @pytest.mark.parametrize("arch", UNET_ARCHS)
 @pytest.mark.parametrize("method", ["itigen", "fairqueue"])
 def test_itigen_and_fairqueue_run_resume_and_keep_their_images_in_another_batch_size(tiny_pipelines, tiny_clip,
@@ -132,7 +149,7 @@ def test_itigen_and_fairqueue_run_resume_and_keep_their_images_in_another_batch_
 
 
 @pytest.mark.parametrize("method", ["fairmap", "debiasvl", "fairimagen", "itigen", "fairqueue", "fairdiffusion",
-                                    "balancingact", "uce"])
+                                    "balancingact", "selfdebias", "uce"])
 def test_methods_that_need_a_unet_refuse_a_transformer_pipeline_before_generation(tiny_pipelines, tmp_path,
                                                                                    capsys, method):
     out = tmp_path / "run"
