@@ -32,6 +32,7 @@ from fairbench.io import (atomic_write_bytes, atomic_write_json, atomic_write_te
 from fairbench.labels import label_images
 from fairbench.methods import build_method, check_architecture
 from fairbench.methods.base import MethodContext
+from fairbench.methods.probe import embedding_probe, probe_attributes
 from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
 from fairbench.models import load_backend, resolve_device
@@ -217,6 +218,9 @@ def run_one(cfg: RunConfig) -> RunOutcome:
             "status": "generating",
             "seed_rule": "sha256(f'{seed}\\x1f{prompt_id}\\x1f{sample_idx}')[:8] >> 1; one CPU torch.Generator per image",
         }
+        probed = probe_attributes(suite, method, list(classifier.specs()))
+        if probed and rank == 0:
+            record["embedding_probe"] = embedding_probe(backend, method, suite, units, probed, cfg.ci_level)
         if rank == 0:
             write_run_json(run_dir, record)
         if state is not None:  # no rank writes an image before rank 0 has cleared the killed run's temp files

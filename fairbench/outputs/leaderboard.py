@@ -39,6 +39,10 @@ def leaderboard_rows(run_dir: Path) -> list[dict]:
                             f"{m}_floor": est["floor"], f"{m}_corrected": c["value"],
                             f"{m}_corrected_ci_low": c["ci_low"], f"{m}_corrected_ci_high": c["ci_high"],
                             f"{m}_bias_bound": c["bias_bound"]})
+        probe = run.get("embedding_probe", {}).get(attr)
+        if probe:
+            row.update({"embedding_gap": probe["value"], "embedding_gap_ci_low": probe["ci_low"],
+                        "embedding_gap_ci_high": probe["ci_high"]})
         row.update(run_level_columns(metrics))
         rows.append(row)
     return rows
@@ -131,6 +135,8 @@ def markdown_table(df: pd.DataFrame, metrics: tuple[str, ...] = ("bias_gap", "kl
     if "n_skewed" in df:
         view["skewed prompts"] = [f"{int(k)} of {int(t)}" for k, t in zip(df["n_skewed"], df["n_tested"])]
     view["faces / images"] = [f"{int(f)} / {int(n)}" for f, n in zip(df["n_faces"], df["n_images"])]
+    if "embedding_gap" in df:  # embedding-level methods and vanilla only (docs/metrics.md)
+        view["embedding gap"] = _interval(df, "embedding_gap")
     if "alignment:family_accuracy" in df:
         view["family acc."] = _interval(df, "alignment:family_accuracy")
     fd_cols = [c for c in df.columns if c.startswith("quality:") and c.count(":") == 1]
