@@ -28,22 +28,20 @@ Unpublished details, each a parameter with its default:
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from baselines.hspace import cache_folder, generate_guided, generations_with_h, training_units
 from fairbench.errors import UserError
 from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
-from fairbench.methods.base import Method, MethodContext, step_index
-from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams, weights_fingerprint
-from fairbench.prompts import attribute, load_suite, parse_attributes
-from fairbench.units import WorkUnit, unit_seed
+from fairbench.methods.base import Method, MethodContext
+from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams
+from fairbench.prompts import attribute, parse_attributes
+from fairbench.units import WorkUnit
 
 TEMPERATURE = 8.0
 LOSS_STRENGTH = 500.0
@@ -105,38 +103,6 @@ def row_groups(prompt_ids: list[str], unet_rows: int) -> list[torch.Tensor]:
     return groups
 
 
-def generations_with_h(backend: DiffusersBackend, context: MethodContext, units: list[tuple[str, str, int]],
-                       desc: str) -> Iterator[tuple[torch.Tensor, list[Any]]]:
-    """Per batch of (prompt id, text, seed) units: the mid-block output h at every step (S, R, F; float16,
-    R = the UNet's rows: with classifier-free guidance the unconditional half first) and the images."""
-    params = context.params or SamplingParams()
-    recorded: list[torch.Tensor] = []
-
-    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        recorded.append(output.detach().flatten(1).to(torch.float16).cpu())
-
-    handle = backend.unet.mid_block.register_forward_hook(record)
-    try:
-        for start in tqdm(range(0, len(units), context.batch_size), desc=desc, unit="batch", disable=not context.progress):
-            chunk = units[start: start + context.batch_size]
-            recorded[:] = []
-            cond = backend.encode([t for _, t, _ in chunk], params.negative_prompt, params.guidance_scale)
-            images, _ = backend.generate(cond, [torch.Generator("cpu").manual_seed(s) for _, _, s in chunk], params)
-            yield torch.stack(recorded), images
-    finally:
-        handle.remove()
-
-
-class _Steps:
-    """The denoising step of each UNet call (its timestep's position in the scheduler's schedule)."""
-
-    def __init__(self, scheduler: Any) -> None:
-        self.scheduler, self.step = scheduler, 0
-
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.step = step_index(self.scheduler, args[1] if len(args) > 1 else kwargs["timestep"])
-
-
 class BalancingAct(Method):
     """Guide each prompt's batch toward the target distribution through h-space classifiers."""
 
@@ -178,12 +144,8 @@ class BalancingAct(Method):
 
     def training_units(self, context: MethodContext) -> list[tuple[str, str, int]]:
         """(prompt id, text, seed) of the training images; seeds apart from the benchmark's."""
-        suite = load_suite(self.train_suite)
-        prompts = suite.select(self.split)  # type: ignore[arg-type]
-        if not prompts:
-            raise UserError(f"suite {suite.name!r} has no {self.split!r} prompts to train Balancing Act's heads on")
-        return [(p.id, suite.text(p), unit_seed(context.seed, f"balancingact:{p.id}", i))
-                for p in prompts for i in range(self.train_images)]
+        return training_units(self.train_suite, self.split, self.train_images, context.seed, "balancingact",
+                              "train Balancing Act's heads on")
 
     def collect(self, backend: DiffusersBackend, context: MethodContext, labeller: Any) -> tuple[torch.Tensor, np.ndarray]:
         """h of each training image's conditional row at every step (S, N, F; float16), and its labels (N, A)."""
@@ -196,13 +158,7 @@ class BalancingAct(Method):
 
     def cache_path(self, backend: DiffusersBackend, context: MethodContext) -> Any:
         """Cache folder keyed by everything that determines the heads."""
-        from fairbench.metrics.quality import cache_dir
-
-        blob = json.dumps({"args": self.args, "units": self.training_units(context),
-                           "params": (context.params or SamplingParams()).to_dict(), "batch_size": context.batch_size,
-                           "model": backend.source, "weights": weights_fingerprint(backend.text_encoders | {"unet": backend.unet})},
-                          sort_keys=True, default=str)
-        return cache_dir().parent / "balancingact" / hashlib.sha256(blob.encode()).hexdigest()[:24]
+        return cache_folder("balancingact", self.args, self.training_units(context), backend, context)
 
     def prepare(self, backend: DiffusersBackend, suite: Any, context: MethodContext | None = None) -> None:
         """Train (or load from the cache) one set of per-step heads per attribute."""
@@ -244,18 +200,11 @@ class BalancingAct(Method):
             raise RuntimeError("BalancingAct.prepare() must run before generation")
         if params.steps != self.steps:
             raise UserError(f"balancingact's heads were trained for {self.steps} steps; this run samples {params.steps}")
-        steps = _Steps(backend.pipe.scheduler)
         prompt_ids = [u.prompt_id for u in units]
         heads = [h.to(backend.device) for h in self.heads]
 
-        def guide(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            return guided_h(output, steps.step, heads, self.targets, row_groups(prompt_ids, output.shape[0]),
+        def guide(h: torch.Tensor, step: int, scheduler: Any) -> torch.Tensor:
+            return guided_h(h, step, heads, self.targets, row_groups(prompt_ids, h.shape[0]),
                             self.temperature, self.loss_strength, self.scaling)
 
-        hooks = [backend.unet.register_forward_pre_hook(steps, with_kwargs=True),
-                 backend.unet.mid_block.register_forward_hook(guide)]
-        try:
-            return backend.generate(cond, generators, params)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        return generate_guided(backend, cond, generators, params, guide)

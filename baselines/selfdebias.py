@@ -37,7 +37,6 @@ Unpublished details or choices here, each a parameter with its default:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from typing import Any
@@ -48,13 +47,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from baselines.balancingact import _Steps, generations_with_h
+from baselines.hspace import cache_folder, generate_guided, generations_with_h, training_units
 from fairbench.errors import UserError
-from fairbench.io import atomic_save_tensors, atomic_write_json, cache_root, load_safetensors_file
+from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
 from fairbench.methods.base import Method, MethodContext
-from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams, weights_fingerprint
-from fairbench.prompts import load_suite
-from fairbench.units import WorkUnit, unit_seed
+from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams
+from fairbench.units import WorkUnit
 
 LOSS_STRENGTH = 2500.0
 SCALING_STRENGTH = 2600.0 * 1e4
@@ -191,12 +189,8 @@ class SelfDebias(Method):
 
     def training_units(self, context: MethodContext) -> list[tuple[str, str, int]]:
         """(prompt id, text, seed) of the unlabelled generations; seeds apart from the benchmark's."""
-        suite = load_suite(self.train_suite)
-        prompts = suite.select(self.split)  # type: ignore[arg-type]
-        if not prompts:
-            raise UserError(f"suite {suite.name!r} has no {self.split!r} prompts to discover SelfDebias's modes on")
-        return [(p.id, suite.text(p), unit_seed(context.seed, f"selfdebias:{p.id}", i))
-                for p in prompts for i in range(self.train_images)]
+        return training_units(self.train_suite, self.split, self.train_images, context.seed, "selfdebias",
+                              "discover SelfDebias's modes on")
 
     def collect(self, backend: DiffusersBackend, context: MethodContext, clip: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """h (S, 2 kinds or 1, N, F; float16) and CLIP embeddings (3, N, E: plain, two augmentations)."""
@@ -256,11 +250,7 @@ class SelfDebias(Method):
 
     def cache_path(self, backend: DiffusersBackend, context: MethodContext, clip: str) -> Any:
         """Cache folder keyed by everything that determines the projection and the modes."""
-        blob = json.dumps({"args": self.args, "clip": clip, "units": self.training_units(context),
-                           "params": (context.params or SamplingParams()).to_dict(), "batch_size": context.batch_size,
-                           "model": backend.source, "weights": weights_fingerprint(backend.text_encoders | {"unet": backend.unet})},
-                          sort_keys=True, default=str)
-        return cache_root() / "selfdebias" / hashlib.sha256(blob.encode()).hexdigest()[:24]
+        return cache_folder("selfdebias", self.args, self.training_units(context), backend, context, clip=clip)
 
     def prepare(self, backend: DiffusersBackend, suite: Any, context: MethodContext | None = None) -> None:
         """Generate, project and cluster (or load all of it from the cache)."""
@@ -309,23 +299,15 @@ class SelfDebias(Method):
             raise RuntimeError("SelfDebias.prepare() must run before generation")
         if params.steps != self.steps:
             raise UserError(f"selfdebias's modes were found for {self.steps} steps; this run samples {params.steps}")
-        steps = _Steps(backend.pipe.scheduler)
         prompt_ids = [u.prompt_id for u in units]
         projector = self.projector.to(backend.device)
-        scheduler = backend.pipe.scheduler
 
-        def guide(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        def guide(h: torch.Tensor, step: int, scheduler: Any) -> torch.Tensor:
             # the schedule is read at call time: the pipeline sets it when sampling starts
-            if int(scheduler.timesteps[steps.step]) >= self.timestep_below:
-                return output
-            centroids = {k: c.to(output.device) for k, c in self.centroids[steps.step].items()}
-            return guide_h(output, steps.step, projector, centroids, kind_groups(prompt_ids, output.shape[0]),
+            if int(scheduler.timesteps[step]) >= self.timestep_below:
+                return h
+            centroids = {k: c.to(h.device) for k, c in self.centroids[step].items()}
+            return guide_h(h, step, projector, centroids, kind_groups(prompt_ids, h.shape[0]),
                            self.loss_strength, self.scaling, self.temperature, self.inner_steps)
 
-        hooks = [backend.unet.register_forward_pre_hook(steps, with_kwargs=True),
-                 backend.unet.mid_block.register_forward_hook(guide)]
-        try:
-            return backend.generate(cond, generators, params)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        return generate_guided(backend, cond, generators, params, guide)
