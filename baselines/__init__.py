@@ -13,6 +13,7 @@ third-party package would plug in its own method. One module per method:
   balancingact   guidance      distribution guidance on h-space classifiers (Parihar et al. 2024)
   selfdebias     guidance      unsupervised h-space modes, guided toward uniform (Korada et al. 2026)
   uce            weights       closed-form cross-attention edit (Gandikota et al. 2024)
+  finetune       weights       LoRA trained through the sampler, distributional alignment (Shen et al. 2024)
 """
 
 
@@ -24,6 +25,7 @@ def register() -> None:
     from baselines.fairdiffusion import FairDiffusion
     from baselines.fairimagen import FairImagen
     from baselines.fairqueue import FairQueue
+    from baselines.finetune import Finetune
     from baselines.hardprompt import HardPrompt
     from baselines.itigen import ITIGen
     from baselines.selfdebias import SelfDebias
@@ -33,5 +35,5 @@ def register() -> None:
     for name, cls in (("entigen", Entigen), ("hardprompt", HardPrompt), ("debiasvl", DebiasVL),
                       ("fairimagen", FairImagen), ("itigen", ITIGen), ("fairqueue", FairQueue),
                       ("fairdiffusion", FairDiffusion), ("balancingact", BalancingAct),
-                      ("selfdebias", SelfDebias), ("uce", UCE)):
+                      ("selfdebias", SelfDebias), ("uce", UCE), ("finetune", Finetune)):
         register_method(name, cls)

@@ -123,6 +123,31 @@ def test_selfdebias_runs_and_resumes_identically(tiny_pipelines, tiny_clip, tmp_
     assert modes["images"] == 31 and modes["steps"] == 3
 
 
+@pytest.mark.parametrize("arch", ["sd1", "sd2"])
+def test_finetune_runs_and_resumes_identically(tiny_pipelines, tiny_clip, tmp_path, arch):
+    # LoRA on the text encoder trained through the sampler against a zero-shot CLIP (here the tiny one)
+    out = tmp_path / "run"
+    argv = run_args(tiny_pipelines[arch], out, "--method", "finetune", "--n", "2", "--limit", "2", "--steps", "8",
+                    "--no-baseline", "--method-arg", f"clip_model={tiny_clip[0]}", "--method-arg", "max_steps=1",
+                    "--method-arg", "images_per_prompt=2", "--method-arg", "batch=2", "--method-arg", "rank=4",
+                    "--method-arg", "split=test")
+    assert main(argv) == 0
+    first = _images(out)
+    (out / "images" / "author" / "00001.png").unlink()
+    assert main(argv) == 0
+    assert _images(out) == first
+    training = json.loads((out / "run.json").read_text())["method"]["args"]["training"]
+    assert training["steps"] == 1 and training["prompts"] == 31
+
+
+def test_finetune_refuses_sdxl_in_one_line(tiny_pipelines, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(run_args(tiny_pipelines["sdxl"], out, "--method", "finetune", "--no-baseline")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method 'finetune'" in err[0] and "StableDiffusionXLPipeline" in err[0]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("arch", UNET_ARCHS)
 @pytest.mark.parametrize("method", ["itigen", "fairqueue"])
 def test_itigen_and_fairqueue_run_resume_and_keep_their_images_in_another_batch_size(tiny_pipelines, tiny_clip,
@@ -149,7 +174,7 @@ def test_itigen_and_fairqueue_run_resume_and_keep_their_images_in_another_batch_
 
 
 @pytest.mark.parametrize("method", ["fairmap", "debiasvl", "fairimagen", "itigen", "fairqueue", "fairdiffusion",
-                                    "balancingact", "selfdebias", "uce"])
+                                    "balancingact", "selfdebias", "uce", "finetune"])
 def test_methods_that_need_a_unet_refuse_a_transformer_pipeline_before_generation(tiny_pipelines, tmp_path,
                                                                                    capsys, method):
     out = tmp_path / "run"

@@ -45,11 +45,11 @@ def _pixels(backend, method, units):
 def test_baselines_registered_with_level_and_source():
     levels = {e.name: e.meta["level"] for e in METHODS}
     names = ("entigen", "hardprompt", "debiasvl", "fairimagen", "itigen", "fairqueue", "fairdiffusion", "balancingact",
-             "selfdebias", "uce")
+             "selfdebias", "uce", "finetune")
     assert {k: levels[k] for k in names} == {
         "entigen": "text", "hardprompt": "text", "debiasvl": "embedding", "fairimagen": "embedding",
         "itigen": "embedding", "fairqueue": "guidance", "fairdiffusion": "guidance", "balancingact": "guidance",
-        "selfdebias": "guidance", "uce": "weights"}
+        "selfdebias": "guidance", "uce": "weights", "finetune": "weights"}
     assert all(METHODS.entry(n).meta["source"] for n in names)
 
 

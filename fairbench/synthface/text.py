@@ -54,12 +54,17 @@ def _read_text_encoder(source: str) -> tuple[torch.nn.Module, object]:
     return model, tokenizer
 
 
-@torch.no_grad()
-def encode_texts(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int = 256) -> torch.Tensor:
-    """(N, MAX_TOKENS, 384) last hidden states, padded to MAX_TOKENS like SD's 77-token states."""
+def token_states(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int = 256) -> torch.Tensor:
+    """(N, MAX_TOKENS, 384) last hidden states, padded to MAX_TOKENS like SD's 77-token states (with autograd)."""
     out = []
     for i in range(0, len(texts), batch_size):
         tok = tokenizer(texts[i : i + batch_size], padding="max_length", max_length=MAX_TOKENS, truncation=True,
                         return_tensors="pt").to(model.device)
         out.append(model(**tok).last_hidden_state)
     return torch.cat(out) if out else torch.zeros(0, MAX_TOKENS, model.config.hidden_size)
+
+
+@torch.no_grad()
+def encode_texts(texts: list[str], model: torch.nn.Module, tokenizer, batch_size: int = 256) -> torch.Tensor:
+    """token_states without autograd (what the pipeline conditions on)."""
+    return token_states(texts, model, tokenizer, batch_size)
