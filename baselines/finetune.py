@@ -22,7 +22,8 @@ attribute, exp-3-debias-gender-race for two). As published, per training step:
      w = 1 where the target is the original image's class (or no face), 0.2 elsewhere; the face
      region's gradient is scaled the same way (1 or 0.2);
   5. AdamW lr 5e-5 (betas 0.9/0.999, weight decay 0.01, constant), gradients averaged over the
-     batches, a step skipped when they are not finite; an EMA (decay 0.996) of the adapters.
+     batches, a step skipped when they are not finite; diffusers' EMAModel of the adapters (decay
+     (1 + s) / (10 + s) at its s-th update, capped at 0.996).
   Adapters: LoRA rank 50 on the text encoder's attention and MLP projections (`patch_mlp`), and/or
   on the UNet's attention projections (q, k, v, out); the paper's main setting is the text encoder.
 
@@ -57,6 +58,7 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 from scipy.stats import binom
+from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm import tqdm
 
@@ -473,7 +475,7 @@ def train_adapters(method: Finetune, backend: DiffusersBackend, clip: Any, promp
     names = list(params_by_name)
     optimizer = torch.optim.AdamW(list(params_by_name.values()), lr=method.lr, betas=(0.9, 0.999), weight_decay=1e-2,
                                   eps=1e-8)
-    ema = {k: p.detach().clone() for k, p in params_by_name.items()}
+    ema = EMAModel(list(params_by_name.values()), decay=method.decay)  # the authors' EMA, its warm-up included
     start, history = 0, []
     if folder is not None and (folder / "state.json").is_file():
         state = json.loads((folder / "state.json").read_text())
@@ -482,7 +484,8 @@ def train_adapters(method: Finetune, backend: DiffusersBackend, clip: Any, promp
         with torch.no_grad():
             for k, p in params_by_name.items():
                 p.copy_(saved[f"param.{k}"])
-                ema[k] = saved[f"ema.{k}"].clone()
+        ema.shadow_params = [saved[f"ema.{k}"].clone() for k in names]
+        ema.optimization_step = state["ema_steps"]
         _load_optimizer(optimizer, names, {k[4:]: v for k, v in saved.items() if k.startswith("opt.")})
     unet = backend.unet
     # only the adapters learn: the pipeline's own weights get no gradients (diffusers loads them trainable)
@@ -501,23 +504,23 @@ def train_adapters(method: Finetune, backend: DiffusersBackend, clip: Any, promp
             order = np.random.default_rng([method.seed, epoch]).permutation(len(prompts))
             record = trainer.step(prompts[order[pos]], step, optimizer)
             if record["finite"]:
-                with torch.no_grad():
-                    for k, p in params_by_name.items():
-                        ema[k].mul_(method.decay).add_(p.detach(), alpha=1 - method.decay)
+                ema.step(list(params_by_name.values()))
             history.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()})
             if folder is not None and ((step + 1) % method.every == 0 or step + 1 == method.max_steps):
                 tensors = {f"param.{k}": p.detach() for k, p in params_by_name.items()}
-                tensors.update({f"ema.{k}": v for k, v in ema.items()})
+                tensors.update({f"ema.{k}": v for k, v in zip(names, ema.shadow_params)})
                 tensors.update({f"opt.{k}": v for k, v in _optimizer_state(optimizer, names).items()})
                 atomic_save_tensors(folder / "checkpoint.safetensors", tensors)
-                atomic_write_json(folder / "state.json", {"steps_done": step + 1, "history": history})
+                atomic_write_json(folder / "state.json", {"steps_done": step + 1, "history": history,
+                                                          "ema_steps": ema.optimization_step})
     finally:
         adapters.remove()
         for p in frozen:
             p.requires_grad_(True)
         if not was_checkpointing and hasattr(unet, "disable_gradient_checkpointing"):
             unet.disable_gradient_checkpointing()
-    result = {k: (ema[k] if method.use_ema else p.detach()).clone() for k, p in params_by_name.items()}
+    shadow = dict(zip(names, ema.shadow_params))
+    result = {k: (shadow[k] if method.use_ema else p.detach()).clone() for k, p in params_by_name.items()}
     training = {"clip": clip.model_id, "prompts": len(prompts), "steps": method.max_steps,
                 "last": history[-1] if history else None,
                 "gap_first_10": float(np.mean([h["gap"] for h in history[:10]])) if history else None,
