@@ -90,54 +90,36 @@ def test_fairimagen_same_images_in_another_batch_size(tiny_pipelines, tmp_path):
     assert _images(tmp_path / "4") == _images(tmp_path / "1")
 
 
-@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
-def test_balancingact_runs_and_resumes_identically(tiny_pipelines, tiny_clip, tmp_path, arch):
-    # its heads learn from the model's own generations, labelled by a zero-shot CLIP (here the tiny one)
+# methods that learn from the model's own generations, each with its own tiny CLIP settings; the training
+# record's entry and what it must say
+LEARNING = {
+    # heads on h, labelled by a zero-shot CLIP
+    "balancingact": (("labeller_model={clip}", "train_images=1", "head_epochs=3"), "3",
+                     "heads", {"images": 31, "steps": 3}),
+    # modes of h, embedded by a CLIP; no labels
+    "selfdebias": (("clip_model={clip}", "train_images=1", "epochs=1", "hidden=16", "k_max=3"), "3",
+                   "modes", {"images": 31, "steps": 3}),
+    # LoRA on the text encoder trained through the sampler against a zero-shot CLIP
+    "finetune": (("clip_model={clip}", "max_steps=1", "images_per_prompt=2", "batch=2", "rank=4"), "8",
+                 "training", {"steps": 1, "prompts": 31}),
+}
+
+
+@pytest.mark.parametrize("method,arch", [("balancingact", "sd1"), ("balancingact", "sdxl"), ("selfdebias", "sd1"),
+                                         ("selfdebias", "sdxl"), ("finetune", "sd1"), ("finetune", "sd2")])
+def test_learning_methods_run_and_resume_identically(tiny_pipelines, tiny_clip, tmp_path, method, arch):
+    args, steps, entry, expected = LEARNING[method]
     out = tmp_path / "run"
-    argv = run_args(tiny_pipelines[arch], out, "--method", "balancingact", "--n", "2", "--limit", "2", "--steps", "3",
-                    "--no-baseline", "--method-arg", f"labeller_model={tiny_clip[0]}", "--method-arg", "train_images=1",
-                    "--method-arg", "head_epochs=3", "--method-arg", "split=test")
+    extra = [x for a in (*args, "split=test") for x in ("--method-arg", a.format(clip=tiny_clip[0]))]
+    argv = run_args(tiny_pipelines[arch], out, "--method", method, "--n", "2", "--limit", "2", "--steps", steps,
+                    "--no-baseline", *extra)
     assert main(argv) == 0
     first = _images(out)
     (out / "images" / "author" / "00001.png").unlink()
     assert main(argv) == 0
     assert _images(out) == first
-    heads = json.loads((out / "run.json").read_text())["method"]["args"]["heads"]
-    assert heads["images"] == 31 and heads["steps"] == 3
-
-
-@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
-def test_selfdebias_runs_and_resumes_identically(tiny_pipelines, tiny_clip, tmp_path, arch):
-    # its modes come from the model's own generations, embedded by a CLIP (here the tiny one); no labels
-    out = tmp_path / "run"
-    argv = run_args(tiny_pipelines[arch], out, "--method", "selfdebias", "--n", "2", "--limit", "2", "--steps", "3",
-                    "--no-baseline", "--method-arg", f"clip_model={tiny_clip[0]}", "--method-arg", "train_images=1",
-                    "--method-arg", "epochs=1", "--method-arg", "hidden=16", "--method-arg", "k_max=3",
-                    "--method-arg", "split=test")
-    assert main(argv) == 0
-    first = _images(out)
-    (out / "images" / "author" / "00001.png").unlink()
-    assert main(argv) == 0
-    assert _images(out) == first
-    modes = json.loads((out / "run.json").read_text())["method"]["args"]["modes"]
-    assert modes["images"] == 31 and modes["steps"] == 3
-
-
-@pytest.mark.parametrize("arch", ["sd1", "sd2"])
-def test_finetune_runs_and_resumes_identically(tiny_pipelines, tiny_clip, tmp_path, arch):
-    # LoRA on the text encoder trained through the sampler against a zero-shot CLIP (here the tiny one)
-    out = tmp_path / "run"
-    argv = run_args(tiny_pipelines[arch], out, "--method", "finetune", "--n", "2", "--limit", "2", "--steps", "8",
-                    "--no-baseline", "--method-arg", f"clip_model={tiny_clip[0]}", "--method-arg", "max_steps=1",
-                    "--method-arg", "images_per_prompt=2", "--method-arg", "batch=2", "--method-arg", "rank=4",
-                    "--method-arg", "split=test")
-    assert main(argv) == 0
-    first = _images(out)
-    (out / "images" / "author" / "00001.png").unlink()
-    assert main(argv) == 0
-    assert _images(out) == first
-    training = json.loads((out / "run.json").read_text())["method"]["args"]["training"]
-    assert training["steps"] == 1 and training["prompts"] == 31
+    record = json.loads((out / "run.json").read_text())["method"]["args"][entry]
+    assert {k: record[k] for k in expected} == expected
 
 
 def test_finetune_refuses_sdxl_in_one_line(tiny_pipelines, tmp_path, capsys):

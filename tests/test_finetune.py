@@ -188,12 +188,35 @@ def test_training_resumes_identically_and_the_cache_is_used(tiny_sd, tiny_clip, 
 def test_images_move_and_are_deterministic(tiny_sd, tiny_clip):
     suite = load_suite("occupations")
     units = make_units(suite, "finetune", "m", 2, 0, "test", 2)
-    outs = []
-    for _ in range(2):
-        backend = load_backend(str(tiny_sd))
-        m = _method(tiny_clip, cache=False)
-        m.prepare(backend, suite, MethodContext(suite, "test", 2, PARAMS, None, None, 0, 8))
-        outs.append(_images(backend, m, units))
-    assert np.array_equal(outs[0], outs[1])
+    context = MethodContext(suite, "test", 2, PARAMS, None, None, 0, 8)
+    methods = [_method(tiny_clip, cache=False) for _ in range(2)]
+    backends = [load_backend(str(tiny_sd)) for _ in methods]
+    for m, backend in zip(methods, backends):
+        m.prepare(backend, suite, context)
+    first, second = (_images(b, m, units) for m, b in zip(methods, backends))
+    assert np.array_equal(first, second)
     _, vanilla, _ = generate_batch(load_backend(str(tiny_sd)), build_method("vanilla", None), units, PARAMS)
-    assert not np.array_equal(outs[0], np.stack([np.asarray(im) for im in vanilla]))
+    assert not np.array_equal(first, np.stack([np.asarray(im) for im in vanilla]))
+
+
+def test_the_ema_follows_the_authors_warm_up(tiny_sd, tiny_clip, monkeypatch):
+    # diffusers' EMAModel: the first update copies, the s-th (s >= 2) keeps (s) / (9 + s) of the average
+    import baselines.finetune as ft
+
+    steps: list[dict[str, torch.Tensor]] = []
+    real_step = ft.Trainer.step
+
+    def recording(self, *args):
+        out = real_step(self, *args)
+        steps.append({k: p.detach().clone() for k, p in self.adapters.parameters().items()})
+        return out
+
+    monkeypatch.setattr(ft.Trainer, "step", recording)
+    suite = load_suite("occupations")
+    m = _method(tiny_clip, cache=False, max_steps=3)
+    m.prepare(load_backend(str(tiny_sd)), suite, MethodContext(suite, "test", 2, PARAMS, None, None, 0, 8))
+    expected = {k: v.clone() for k, v in steps[0].items()}
+    for s, params in enumerate(steps[1:], start=2):
+        decay = min(s / (9 + s), 0.996)
+        expected = {k: decay * expected[k] + (1 - decay) * params[k] for k in expected}
+    assert all(torch.allclose(m.weights[k], expected[k], atol=1e-7) for k in expected)
