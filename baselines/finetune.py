@@ -51,6 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ FACTOR = 0.2  # factor1 (loss weight) and factor2 (gradient on the face region),
 UNCERTAINTY = 0.2
 EMA_DECAY = 0.996
 TARGET_SAMPLES = 100
-MAX_STEPS = 150
+MAX_STEPS = 120
 SYNTHCLIP = "synthclip"
 CLIP_L14 = "openai/clip-vit-large-patch14"
 TEXT_LAYERS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",  # CLIP's text tower
@@ -497,6 +498,7 @@ def train_adapters(method: Finetune, backend: DiffusersBackend, clip: Any, promp
         unet.enable_gradient_checkpointing()
     adapters.install()
     trainer = Trainer(method, backend, clip, params)
+    began = time.perf_counter()
     try:
         for step in tqdm(range(start, method.max_steps), desc="finetune", unit="step", disable=not progress,
                          initial=start, total=method.max_steps):
@@ -505,6 +507,7 @@ def train_adapters(method: Finetune, backend: DiffusersBackend, clip: Any, promp
             record = trainer.step(prompts[order[pos]], step, optimizer)
             if record["finite"]:
                 ema.step(list(params_by_name.values()))
+            record["seconds"] = time.perf_counter() - began  # wall time of this process's steps so far
             history.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()})
             if folder is not None and ((step + 1) % method.every == 0 or step + 1 == method.max_steps):
                 tensors = {f"param.{k}": p.detach() for k, p in params_by_name.items()}
@@ -522,6 +525,8 @@ def train_adapters(method: Finetune, backend: DiffusersBackend, clip: Any, promp
     shadow = dict(zip(names, ema.shadow_params))
     result = {k: (shadow[k] if method.use_ema else p.detach()).clone() for k, p in params_by_name.items()}
     training = {"clip": clip.model_id, "prompts": len(prompts), "steps": method.max_steps,
+                "seconds": round(sum(h["seconds"] for i, h in enumerate(history)
+                                     if i + 1 == len(history) or history[i + 1]["seconds"] < h["seconds"]), 1),
                 "last": history[-1] if history else None,
                 "gap_first_10": float(np.mean([h["gap"] for h in history[:10]])) if history else None,
                 "gap_last_10": float(np.mean([h["gap"] for h in history[-10:]])) if history else None}

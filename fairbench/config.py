@@ -14,11 +14,55 @@ from fairbench.io import load_yaml_file
 
 DEFAULT_MODEL = "synthface-vl"
 
-# Fields that define which images a run contains; a resumed run must match them exactly.
-IDENTITY_FIELDS = (
-    "method", "method_args", "model", "suite", "split", "limit", "n", "seed", "steps", "guidance_scale",
-    "height", "width", "negative_prompt", "scheduler", "dtype", "shard", "batch_size", "batch_invariant",
-)
+# A run's identity, defined once: every RunConfig field's tier (tests/test_identity.py holds the table).
+#   units      which images the run holds (the prompts, their seeds, the model, the shard)
+#   method     what acts on the model
+#   sampling   how every image is drawn
+#   precision  pixels move by numerical noise only: the dtype
+#   batching   pixels move by numerical noise only: the batch shape
+#   labelling  what labels the images
+#   scoring    how labels and images become numbers (recomputed by `fairbench score`)
+#   runtime    where the process runs and writes
+TIERS: dict[str, str] = {
+    "method": "method", "method_args": "method",
+    "model": "units", "suite": "units", "split": "units", "limit": "units", "n": "units", "seed": "units",
+    "steps": "sampling", "guidance_scale": "sampling", "height": "sampling", "width": "sampling",
+    "negative_prompt": "sampling", "scheduler": "sampling",
+    "dtype": "precision",
+    "shard": "units",
+    "batch_size": "batching", "batch_invariant": "batching",
+    "classifier": "labelling", "classifier_args": "labelling", "detector": "labelling", "face_margin": "labelling",
+    "low_confidence": "scoring", "n_boot": "scoring", "ci_level": "scoring", "reference": "scoring",
+    "extractor": "scoring", "extractor_args": "scoring", "clip_model": "scoring",
+    "device": "runtime", "out": "runtime", "baseline": "runtime", "baseline_out": "runtime", "progress": "runtime",
+}
+# what run.json records beside the spec that identifies the images: the suite file's and the weights' hashes
+RECORDED_TIERS: dict[str, str] = {"suite_sha256": "units", "model_fingerprint": "units"}
+# What each reader of two runs' settings does with a difference in a tier (a tier not named is accepted):
+# resume continues one run; merge joins the shards of one run (which differ in `shard` by definition);
+# compare pairs a method's run with its baseline (the method is what it measures); check tests a run
+# against a regression reference.
+POLICY: dict[str, dict[str, str]] = {
+    "resume": {"units": "refuse", "method": "refuse", "sampling": "refuse", "precision": "refuse",
+               "batching": "refuse"},
+    "merge": {"units": "refuse", "method": "refuse", "sampling": "refuse", "precision": "refuse",
+              "batching": "refuse", "labelling": "refuse"},
+    "compare": {"units": "refuse", "sampling": "refuse", "precision": "refuse", "labelling": "refuse",
+                "batching": "note"},
+    "check": {"units": "refuse", "method": "refuse", "labelling": "refuse", "sampling": "flag", "precision": "flag",
+              "batching": "flag"},
+}
+
+
+def tier_fields(*tiers: str, recorded: bool = False) -> tuple[str, ...]:
+    """The settings in `tiers`, in table order (with run.json's recorded ones when asked)."""
+    table = {**TIERS, **RECORDED_TIERS} if recorded else TIERS
+    return tuple(k for k, t in table.items() if t in tiers)
+
+
+def identity_fields(reader: str, action: str = "refuse", recorded: bool = False) -> tuple[str, ...]:
+    """The settings on which `reader` (resume, merge, compare, check) takes `action` when two runs differ."""
+    return tier_fields(*(t for t, a in POLICY[reader].items() if a == action), recorded=recorded)
 
 
 class RunConfig(BaseModel):
@@ -100,7 +144,7 @@ class RunConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide which images the run holds."""
-        keys = [k for k in IDENTITY_FIELDS if not (k == "batch_size" and self.batch_invariant)]
+        keys = [k for k in identity_fields("resume") if not (k == "batch_size" and self.batch_invariant)]
         return {k: getattr(self, k) for k in keys}
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from fairbench import __version__
 from fairbench.classifiers import build_classifier
-from fairbench.config import RunConfig, build_config
+from fairbench.config import RunConfig, build_config, tier_fields
 from fairbench.errors import UserError
 from fairbench.faces import DETECTORS
 from fairbench.generation.engine import run_generation
@@ -130,8 +130,9 @@ def baseline_config(cfg: RunConfig) -> RunConfig:
     Its directory is `--baseline-out`, else runs/vanilla-<model>-<suite> beside the method's run;
     when that holds a vanilla run of other settings, a name suffixed with these settings' hash.
     """
-    base = cfg.model_copy(update={"method": "vanilla", "method_args": {}, "out": None, "reference": None,
-                                  "clip_model": None, "baseline": False, "baseline_out": None})
+    vanilla = RunConfig(method="vanilla")  # the method tier at its defaults; the method run's own outputs dropped
+    base = cfg.model_copy(update={**{k: getattr(vanilla, k) for k in tier_fields("method")}, "out": None,
+                                  "reference": None, "clip_model": None, "baseline": False, "baseline_out": None})
     if cfg.baseline_out:
         return base.model_copy(update={"out": cfg.baseline_out})
     parent = run_dir_of(cfg).parent

@@ -9,16 +9,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fairbench.config import identity_fields
 from fairbench.errors import UserError
 from fairbench.generation.manifest import check_no_links, finished_rows
 from fairbench.io import LOCK, TMP_SUFFIX, write_jsonl
 from fairbench.outputs.rundir import MANIFEST, RUN_JSON, read_record
 
-IGNORED = ("shard", "out", "device", "progress")  # settings that may differ between the shards of one run
-
-
 def _settings(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record["spec"].items() if k not in IGNORED}
+    """The settings the shards of one run share (every one that merge refuses to mix, but the shard itself)."""
+    return {k: record["spec"].get(k) for k in identity_fields("merge") if k != "shard"}
 
 
 def place_image(src: Path, dst: Path) -> None:

@@ -29,18 +29,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fairbench.config import identity_fields
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_text
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.metrics.paired import SwapTest, metric_change, net_group_changes, share_change, swap_test
-from fairbench.outputs.pairing import (FACE, FAMILY, NUMERIC_SETTINGS, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align,
-                                       differences, run_side)
+from fairbench.outputs.pairing import FACE, FAMILY, Side, align, differences, run_side
 from fairbench.outputs.rundir import read_json, read_record
 
 REFERENCE_SCHEMA = 2
 FAIRNESS_KEYS = ("fd", "kl", "bias_gap")
-REFUSED = (*UNIT_SETTINGS, "method", "method_args", "classifier", "detector")
-FLAGGED = (*SAMPLING_SETTINGS, *NUMERIC_SETTINGS)
+REFUSED = identity_fields("check", "refuse", recorded=True)
+FLAGGED = identity_fields("check", "flag")
 UNIT_COLUMNS = ("prompt_id", "seed", "sha256")
 
 

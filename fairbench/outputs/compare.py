@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fairbench.config import identity_fields
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json, atomic_write_text, check_writable_target
 from fairbench.metrics.correction import aggregate_corrected, correctable, mean_floor, paired_corrected
@@ -20,7 +21,7 @@ from fairbench.metrics.fairness import FAIRNESS_METRICS, uniform
 from fairbench.metrics.skew import skew_test
 from fairbench.metrics.paired import (NO_LABEL, aggregate, counts, flows, majority_flows, paired_bootstrap_many,
                                       share_metric, sign_test, transitions)
-from fairbench.outputs.pairing import (ADHERENCE, FACE, FAMILY, SAMPLING_SETTINGS, UNIT_SETTINGS, Side, align, differences,
+from fairbench.outputs.pairing import (ADHERENCE, FACE, FAMILY, Side, align, differences,
                                        run_side)
 from fairbench.outputs.rundir import COMPARE_JSON, FIGURES, TABLES, read_json, read_record
 from fairbench.outputs.tables import kid_text, terminal_console
@@ -30,8 +31,9 @@ COMPARE_SCHEMA = 2
 # on the corrected estimates (the image-paired tests need the same units)
 PROMPT_PAIRED = ("n", "seed")
 VERDICT_METRICS = ("bias_gap", "kl")
-# two runs compared must agree on these; a batch size may differ (pixels move by noise only)
-MUST_MATCH = (*UNIT_SETTINGS, *SAMPLING_SETTINGS, "dtype", "classifier", "detector")
+# two runs compared must agree on these; a batch shape may differ (pixels move by noise only), and is noted
+MUST_MATCH = identity_fields("compare", "refuse", recorded=True)
+NOTED = identity_fields("compare", "note")
 
 
 def pairing_notes(run: Side, base: Side, allowed: tuple[str, ...] = ()) -> list[str]:
@@ -40,7 +42,7 @@ def pairing_notes(run: Side, base: Side, allowed: tuple[str, ...] = ()) -> list[
     if diff:
         more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
         raise UserError(f"{run.name} and {base.name} do not pair: {diff[0]}{more}")
-    return differences(run, base, ("batch_size", "batch_invariant"))
+    return differences(run, base, NOTED)
 
 
 def _changes(ref: np.ndarray, run: np.ndarray, prompt: np.ndarray, n_prompts: int, k: int, metrics: dict[str, Any],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fairbench.config import tier_fields
 from fairbench.errors import UserError, did_you_mean
 from fairbench.metrics.fairness import FAIRNESS_METRICS
 from fairbench.outputs.rundir import read_run
@@ -67,7 +68,7 @@ def run_level_columns(metrics: dict) -> dict:
 def method_identity(run: dict) -> str:
     """(method, its arguments, model) of a run: pairs a run with its explicit-prompt run."""
     spec = run["spec"]
-    return json.dumps([spec["method"], spec.get("method_args") or {}, spec["model"]], sort_keys=True)
+    return json.dumps({k: spec.get(k) for k in (*tier_fields("method"), "model")}, sort_keys=True)
 
 
 def explicit_columns(explicit_dirs: list[Path]) -> dict[str, dict]:

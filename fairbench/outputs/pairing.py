@@ -14,18 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fairbench.config import tier_fields
 from fairbench.errors import UserError
 from fairbench.generation.manifest import finished_rows
 from fairbench.labels import read_labels
 from fairbench.metrics.paired import NO_LABEL, label_codes
 from fairbench.outputs.rundir import LABELS, read_metrics, read_record
 
-# Settings that decide which units a run holds: two runs pair only when they agree on all of them.
-UNIT_SETTINGS = ("suite", "suite_sha256", "split", "limit", "n", "seed", "model", "model_fingerprint")
-# Settings that change every image: a comparison across them measures them, not the method.
-SAMPLING_SETTINGS = ("steps", "guidance_scale", "height", "width", "negative_prompt", "scheduler")
-# Settings that move pixels by numerical noise only (a batch shape, a precision).
-NUMERIC_SETTINGS = ("dtype", "batch_size", "batch_invariant")
 FACE = "face"
 FAMILY = "family_match"
 ADHERENCE = "adherence:"
@@ -46,11 +41,11 @@ class Side:
 def settings_of(record: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run that pairing compares."""
     spec = record["spec"]
-    out = {k: spec.get(k) for k in (*SAMPLING_SETTINGS, *NUMERIC_SETTINGS, "suite", "split", "limit", "n", "seed",
-                                      "model", "method", "method_args")}
+    out = {k: spec[k] for k in tier_fields("units", "method", "sampling", "precision", "batching", "labelling")
+           if k in spec}
     out.update(suite_sha256=record.get("suite", {}).get("file_sha256"),
                model_fingerprint=record.get("model", {}).get("weights_fingerprint"),
-               classifier=metrics.get("classifier"), detector=spec.get("detector"))
+               classifier=metrics.get("classifier"))  # the classifier that labelled the images
     return out
 
 
@@ -111,9 +106,10 @@ def run_side(run_dir: str | Path) -> Side:
 
 
 def differences(a: Side, b: Side, keys: tuple[str, ...]) -> list[str]:
-    """'key: A there, B here' for every setting in `keys` on which the sides differ."""
+    """'key: A there, B here' for every setting in `keys` on which the sides differ (a setting only one side
+    records, e.g. a reference written before the setting existed, cannot be compared)."""
     return [f"{k}: {b.settings.get(k)!r} in {b.name}, {a.settings.get(k)!r} in {a.name}"
-            for k in keys if a.settings.get(k) != b.settings.get(k)]
+            for k in keys if k in a.settings and k in b.settings and a.settings[k] != b.settings[k]]
 
 
 def align(a: Side, b: Side) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
