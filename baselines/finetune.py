@@ -364,7 +364,7 @@ class Trainer:
         unet, sched = self.backend.unet, self.scheduler
         with torch.set_grad_enabled(grad):
             n = len(noise)
-            cond = torch.cat([self.states([""] * n), self.states([prompt] * n)]).to(unet.dtype)
+            cond = torch.cat([self.states([self.params.negative_prompt] * n), self.states([prompt] * n)]).to(unet.dtype)
             sched.set_timesteps(steps)
             coefs = gradient_coefficients(sched)
             x = noise.to(unet.dtype) * sched.init_noise_sigma
@@ -405,7 +405,8 @@ class Trainer:
                             generator=torch.Generator().manual_seed(int(rng.integers(2 ** 62))))
         with torch.no_grad():  # 1. the finetuned model's images and classes -> 2. targets
             adapters.enable(True)
-            probs = [torch.softmax(lg, -1).numpy() for lg in self.logits(self.features(self.sample(prompt, noise, steps, False)))]
+            feats = self.features(self.sample(prompt, noise, steps, False))
+            probs = [torch.softmax(lg, -1).numpy() for lg in self.logits(feats)]
             targets = dynamic_targets(probs, rng, m.uncertainty)
             adapters.enable(False)  # 3. the original model on the same noise
             orig_feats = self.features(self.sample(prompt, noise, steps, False))

@@ -13,8 +13,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import binom
 
-from baselines.finetune import (TEXT_LAYERS, Adapters, Finetune, LoRALinear, dynamic_targets, gradient_coefficients, loss_weights,
-                                rank_targets, transport_plan, transport_targets)
+from baselines.finetune import (TEXT_LAYERS, Adapters, Finetune, LoRALinear, dynamic_targets, gradient_coefficients,
+                                loss_weights, rank_targets, transport_plan, transport_targets)
 from fairbench.errors import UserError
 from fairbench.generation.engine import generate_batch
 from fairbench.methods import MethodContext, build_method
