@@ -220,7 +220,7 @@ def run_one(cfg: RunConfig) -> RunOutcome:
             "seed_rule": "sha256(f'{seed}\\x1f{prompt_id}\\x1f{sample_idx}')[:8] >> 1; one CPU torch.Generator per image",
         }
         probed = probe_attributes(suite, method, list(classifier.specs()))
-        if probed and rank == 0:
+        if probed and rank == 0 and backend.arch != "other":  # pipelines fairbench conditions by text have no states
             record["embedding_probe"] = embedding_probe(backend, method, suite, units, probed, cfg.ci_level)
         if rank == 0:
             write_run_json(run_dir, record)
