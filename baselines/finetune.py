@@ -67,6 +67,7 @@ from fairbench.errors import UserError
 from fairbench.io import atomic_save_tensors, atomic_write_json, cache_root, load_safetensors_file
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import DiffusersBackend, SamplingParams, weights_fingerprint
+from fairbench.models.dual_encoder import _features
 from fairbench.prompts import attribute, parse_attributes
 
 from baselines.hspace import training_units
@@ -385,8 +386,6 @@ class Trainer:
         """The CLIP's normalised image features of [0, 1] images (resized and normalised as its processor does)."""
         size = self.clip.image_size
         px = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-        from fairbench.models.dual_encoder import _features
-
         feats = _features(self.clip.model.get_image_features(pixel_values=(px - self.mean) / self.std))
         return torch.nn.functional.normalize(feats, dim=-1)
 
