@@ -48,7 +48,6 @@ Unpublished details or departures here, each a parameter with its default:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -64,13 +63,13 @@ from torch import nn
 from tqdm import tqdm
 
 from fairbench.errors import UserError
-from fairbench.io import atomic_save_tensors, atomic_write_json, cache_root, load_safetensors_file
+from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import DiffusersBackend, SamplingParams, weights_fingerprint
 from fairbench.models.dual_encoder import _features
 from fairbench.prompts import attribute, parse_attributes
 
-from baselines.hspace import training_units
+from baselines.hspace import cache_folder, training_units
 
 RANK = 50
 LR = 5e-5
@@ -304,10 +303,12 @@ class Finetune(Method):
                                  self.rank, self.seed)
         clip = DualEncoder(clip_name, device=backend.device)
         clip.model.requires_grad_(False)
-        prompts = [t for _, t, _ in training_units(self.train_suite, self.split, 1, self.seed, "finetune",
-                                                   "finetune on")]
+        units = training_units(self.train_suite, self.split, 1, self.seed, "finetune", "finetune on")
+        prompts = [t for _, t, _ in units]
         params = context.params or SamplingParams()
-        folder = self.cache_folder(backend, clip, prompts, params) if self.cache else None
+        spec = {k: v for k, v in self.args.items() if k != "training"}
+        folder = cache_folder("finetune", spec, units, backend, context,
+                              clip=weights_fingerprint({"clip": clip.model})) if self.cache else None
         self.weights, self.args["training"] = train_adapters(self, backend, clip, prompts, params, folder,
                                                              context.progress)
 
@@ -315,14 +316,6 @@ class Finetune(Method):
         """The pipeline parts the adapters sit in."""
         return {"text_encoder": backend.text_encoder, "unet": backend.unet} if len(self.parts) == 2 else \
             {self.parts[0]: getattr(backend, self.parts[0])}
-
-    def cache_folder(self, backend: DiffusersBackend, clip: Any, prompts: list[str], params: SamplingParams) -> Path:
-        """Where the adapters of this specification live: everything that determines them."""
-        spec = {k: v for k, v in self.args.items() if k != "training"}
-        blob = json.dumps({"args": spec, "prompts": prompts, "params": params.to_dict(), "model": backend.source,
-                           "weights": weights_fingerprint(backend.text_encoders | {"unet": backend.unet}),
-                           "clip": weights_fingerprint({"clip": clip.model})}, sort_keys=True, default=str)
-        return cache_root() / "finetune" / hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def apply_to_model(self, backend: DiffusersBackend) -> None:
         """Merge the trained adapters (their EMA by default) into the pipeline's weights."""
