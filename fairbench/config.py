@@ -71,42 +71,47 @@ class RunConfig(BaseModel):
     # inf and NaN are refused everywhere: `--guidance-scale inf` would make NaN images with exit 0
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
-    method: str = "vanilla"
-    method_args: dict[str, Any] = Field(default_factory=dict)
-    model: str = DEFAULT_MODEL
-    suite: str = "occupations"
+    method: str = Field(default="vanilla", description="debiasing method (fairbench ls methods)")
+    method_args: dict[str, Any] = Field(default_factory=dict, description="method argument (repeatable)")
+    model: str = Field(default=DEFAULT_MODEL, description="registered name, hub id or local pipeline folder")
+    suite: str = Field(default="occupations", description="registered suite name or path of a suite YAML")
     split: Literal["train", "test", "all"] = "test"
-    limit: int | None = Field(default=None, gt=0)
+    limit: int | None = Field(default=None, gt=0, description="only the first N prompts of the split")
     n: int = Field(default=16, gt=0, le=1_000_000, description="images per prompt")
-    seed: int = Field(default=0, ge=0)
-    batch_size: int | None = Field(default=None, gt=0, le=65_536, description="None: the model's default")
-    batch_invariant: bool = False
-    steps: int | None = Field(default=None, gt=0, le=10_000, description="None: the model's default")
-    guidance_scale: float | None = Field(default=None, ge=0, description="None: the model's default")
+    seed: int = Field(default=0, ge=0, description="global seed (per-image seeds derive from it)")
+    batch_size: int | None = Field(default=None, gt=0, le=65_536, description="default: the model's")
+    batch_invariant: bool = Field(default=False, description="compute each image on its own: bits independent of "
+                                                             "--batch-size (slower)")
+    steps: int | None = Field(default=None, gt=0, le=10_000, description="sampling steps (default: the model's)")
+    guidance_scale: float | None = Field(default=None, ge=0, description="default: the model's")
     height: int | None = Field(default=None, gt=0)
     width: int | None = Field(default=None, gt=0)
     negative_prompt: str = ""
-    scheduler: str | None = None
+    scheduler: str | None = Field(default=None, description="ddim, ddpm, dpm++, euler, euler_a, lms, pndm")
     dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
-        default=None, description="None: the model's default on this device (synthface: bfloat16 where native)")
-    device: str = "auto"
-    classifier: str | None = None
-    classifier_args: dict[str, Any] = Field(default_factory=dict)
-    detector: str | None = None
-    face_margin: float | None = Field(default=None, ge=0, description="None: the classifier's own margin")
-    low_confidence: float = Field(default=0.8, ge=0, le=1)
-    n_boot: int = Field(default=1000, gt=0, le=1_000_000)
-    ci_level: float = Field(default=0.95, gt=0, lt=1)
-    reference: str | None = Field(default=None, description="image folder or run dir for FD/KID")
-    extractor: str = "auto"
-    extractor_args: dict[str, Any] = Field(default_factory=dict)
-    clip_model: str | None = None
-    shard: str | None = None
-    out: str | None = None
+        default=None, description="default: the model's (synthface: bfloat16 where the device has it natively; "
+                                  "SD: float32)")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
+    classifier: str | None = Field(default=None, description="attribute classifier (fairbench ls classifiers)")
+    classifier_args: dict[str, Any] = Field(default_factory=dict, description="classifier argument (repeatable)")
+    detector: str | None = Field(default=None, description="face detector (fairbench ls detectors)")
+    face_margin: float | None = Field(default=None, ge=0, description="face crop margin (default: the classifier's)")
+    low_confidence: float = Field(default=0.8, ge=0, le=1, description="classifier confidence below which a label "
+                                                                       "counts as low-confidence")
+    n_boot: int = Field(default=1000, gt=0, le=1_000_000, description="bootstrap replicates")
+    ci_level: float = Field(default=0.95, gt=0, lt=1, description="interval level")
+    reference: str | None = Field(default=None, description="image folder or run directory to compute FD/KID against")
+    extractor: str = Field(default="auto", description="FD features: auto (synthface on synthface, else inception), "
+                                                       "clip, dinov2")
+    extractor_args: dict[str, Any] = Field(default_factory=dict, description="extractor argument (repeatable)")
+    clip_model: str | None = Field(default=None, description="hub id or folder of a CLIP model for the CLIP score")
+    shard: str | None = Field(default=None, description="i/N: generate only shard i of N (merge with `fairbench merge`)")
+    out: str | None = Field(default=None, description="run directory (default runs/<method>-<model>-<suite>)")
     baseline: bool = Field(default=True, description="for a method other than vanilla: also run (or resume) vanilla "
                                                      "with the same settings and end with the paired verdict")
-    baseline_out: str | None = Field(default=None, description="run directory of that vanilla run (default: beside --out)")
-    progress: bool = True
+    baseline_out: str | None = Field(default=None, description="run directory of the vanilla baseline "
+                                                               "(default: beside --out)")
+    progress: bool = Field(default=True, description="progress bars on stderr")
 
     @field_validator("limit", "n", "seed", "batch_size", "steps", "guidance_scale", "height", "width", "face_margin",
                      "low_confidence", "n_boot", "ci_level", mode="before")

@@ -135,7 +135,7 @@ def inside_out(template: str, name: str) -> str:
 def cells(plan: Plan, progress: bool = True) -> list[Cell]:
     """Every run of the plan, vanilla runs first, then cheapest first (fewest weighted images to generate)."""
     from fairbench.methods import build_method
-    from fairbench.runner import slug
+    from fairbench.outputs.rundir import slug
 
     for m in plan.methods:  # a misspelt method or argument fails here, before any run starts
         build_method(m.method, m.args)

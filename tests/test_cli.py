@@ -162,7 +162,7 @@ def _fake_run(d: Path, method: str, args: dict, suite: str, adherence: dict | No
     d.mkdir(parents=True)
     (d / "run.json").write_text(json.dumps({
         "spec": {"method": method, "method_args": args, "model": "synthface", "split": "test", "n": 4, "seed": 0},
-        "suite": {"name": suite}, "method": {"level": "none"}}))
+        "suite": {"name": suite}, "method": {"level": "none"}, "status": "complete"}))
     est = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "floor": 0.375,
            "corrected": {"value": 0.45, "ci_low": 0.2, "ci_high": 0.7, "bias_bound": 0.05}}
     res = {"n_prompts_with_faces": 2, "n_images": 8, "n_faces": 8, "no_face_rate": 0.0,

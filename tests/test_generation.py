@@ -180,7 +180,7 @@ def test_weights_fingerprint_sees_any_tensor_change_and_ignores_precision():
 
 
 def test_resume_hint_names_a_flag_only_where_one_value_says_it():
-    from fairbench.runner import resume_hint
+    from fairbench.pipeline import resume_hint
 
     assert resume_hint("negative_prompt", "blurry, low quality") == (
         "pass --negative-prompt 'blurry, low quality' to resume it, or choose another --out")

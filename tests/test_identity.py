@@ -12,6 +12,7 @@ from fairbench.cli.main import main
 from fairbench.config import POLICY, RECORDED_TIERS, TIERS, RunConfig, identity_fields
 from fairbench.generation import merge
 from fairbench.outputs import check, compare
+from fairbench.outputs.rundir import RunRecord
 from fairbench.runner import baseline_config
 
 EXPECTED_TIERS = {
@@ -57,7 +58,7 @@ def test_the_readers_use_the_table():
     assert set(compare.MUST_MATCH) == set(identity_fields("compare", recorded=True))
     assert set(compare.NOTED) == EXPECTED_TIERS["batching"]
     spec = {k: None for k in TIERS} | {"method": "m", "model": "x", "n_boot": 10, "shard": "0/2"}
-    assert set(merge._settings({"spec": spec})) == set(identity_fields("merge")) - {"shard"}
+    assert set(merge._settings(RunRecord.model_construct(spec=spec))) == set(identity_fields("merge")) - {"shard"}
 
 
 def test_the_vanilla_baseline_differs_from_its_method_run_only_in_the_method_tier_and_outputs(tmp_path):
@@ -102,6 +103,9 @@ def test_the_leaderboard_joins_explicit_runs_on_the_method_tier_and_the_model():
 
     spec = {k: None for k in TIERS} | {"method": "itigen", "method_args": {"a": 1}, "model": "w", "n": 5, "seed": 3}
     other = dict(spec, n=40, suite="explicit", seed=0)
-    assert method_identity({"spec": spec}) == method_identity({"spec": other})
-    assert method_identity({"spec": spec}) != method_identity({"spec": dict(spec, method_args={"a": 2})})
-    assert json.loads(method_identity({"spec": spec})) == {"method": "itigen", "method_args": {"a": 1}, "model": "w"}
+    def record(spec: dict) -> RunRecord:
+        return RunRecord.model_construct(spec=spec)
+
+    assert method_identity(record(spec)) == method_identity(record(other))
+    assert method_identity(record(spec)) != method_identity(record(dict(spec, method_args={"a": 2})))
+    assert json.loads(method_identity(record(spec))) == {"method": "itigen", "method_args": {"a": 1}, "model": "w"}

@@ -93,6 +93,26 @@ def test_clip_score_equals_hand_computation(tiny_clip):
     assert truncated == 1
 
 
+def test_clip_score_interval_is_at_the_runs_level(tmp_path, monkeypatch):
+    from fairbench.metrics import clipscore
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "prompt": "a nurse"}] * 4
+    monkeypatch.setattr(clipscore, "run_rows", lambda run_dir: rows)
+
+    class Fixed:
+        model_id, revision, max_tokens = "fixed", None, 77
+
+        def score(self, images, texts):
+            return np.array([10.0, 20.0, 30.0, 40.0])[: len(images)], 0
+
+    # by hand: mean 25, sd 12.9099 (ddof 1), se 6.45497; z = 1.64485 at 90 %, 2.57583 at 99 %
+    for level, half in ((0.90, 10.61749), (0.99, 16.62691)):
+        got = clipscore.clip_score_run(tmp_path, Fixed(), level=level)
+        assert got["clip_score"] == 25.0 and got["level"] == level
+        assert (got["ci_low"], got["ci_high"]) == pytest.approx((25.0 - half, 25.0 + half), abs=1e-4)
+
+
 def test_quality_of_a_folder_against_itself_and_cache(tiny_clip, tmp_path, monkeypatch):
     from fairbench.metrics.features import CLIPExtractor
     from fairbench.metrics.quality import quality

@@ -66,7 +66,7 @@ def test_check_passes_unchanged_and_fails_on_bias_shift_and_quality_drop(synth_r
     labels.to_parquet(shifted / "labels.parquet")
     from fairbench.classifiers import build_classifier
     from fairbench.config import RunConfig
-    from fairbench.runner import evaluate_run
+    from fairbench.pipeline import evaluate_run
 
     spec = json.loads((shifted / "run.json").read_text())["spec"]
     evaluate_run(shifted, labels, build_classifier("synthface"), RunConfig(**spec))

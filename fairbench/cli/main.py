@@ -48,60 +48,49 @@ def _key_values(items: list[str] | None, flag: str) -> dict[str, Any] | None:
     return out
 
 
+# a mapping field is given one KEY=VALUE at a time: --method-arg for method_args
+def _flag(name: str, field: Any) -> str:
+    """The CLI flag of a RunConfig field: --<field>, --<x>-arg for a mapping x_args, --no-<field> for a switch
+    that is on by default."""
+    if name.endswith("_args"):
+        return f"--{name.removesuffix('_args').replace('_', '-')}-arg"
+    return f"--{'no-' if field.default is True else ''}{name.replace('_', '-')}"
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
+    """`fairbench run`: one flag per RunConfig field, typed and explained by the field itself."""
+    import types
+    import typing
+
+    from fairbench.config import RunConfig
+
     p = sub.add_parser("run", help="generate, detect, classify and score (resumes an interrupted run)")
     p.add_argument("--config", help="YAML file of run options (CLI flags override it)")
-    p.add_argument("--method", help="debiasing method (fairbench ls methods); default vanilla")
-    p.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="method argument (repeatable)")
-    p.add_argument("--model", help="registered name, hub id or local pipeline folder")
-    p.add_argument("--suite", help="registered suite name or path of a suite YAML")
-    p.add_argument("--split", choices=["train", "test", "all"])
-    p.add_argument("--limit", type=int, help="only the first N prompts of the split")
-    p.add_argument("--n", type=int, help="images per prompt")
-    p.add_argument("--seed", type=int, help="global seed (per-image seeds derive from it)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--batch-invariant", action="store_const", const=True, default=None,
-                   help="compute each image on its own: bits independent of --batch-size (slower)")
-    p.add_argument("--steps", type=int, help="sampling steps")
-    p.add_argument("--guidance-scale", type=float)
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--negative-prompt")
-    p.add_argument("--scheduler", help="ddim, ddpm, dpm++, euler, euler_a, lms, pndm")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                   help="default: the model's (synthface: bfloat16 where the device has it natively; SD: float32)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--classifier", help="attribute classifier (fairbench ls classifiers)")
-    p.add_argument("--classifier-arg", action="append", metavar="KEY=VALUE", help="classifier argument (repeatable)")
-    p.add_argument("--detector", help="face detector (fairbench ls detectors)")
-    p.add_argument("--n-boot", type=int, help="bootstrap replicates")
-    p.add_argument("--ci-level", type=float, help="interval level, e.g. 0.95")
-    p.add_argument("--reference", help="image folder or run directory to compute FD/KID against")
-    p.add_argument("--extractor", help="FD features: auto (synthface on synthface, else inception), clip, dinov2")
-    p.add_argument("--extractor-arg", action="append", metavar="KEY=VALUE")
-    p.add_argument("--clip-model", help="hub id or folder of a CLIP model for the CLIP score")
-    p.add_argument("--shard", help="i/N: generate only shard i of N (merge with `fairbench merge`)")
-    p.add_argument("--out", help="run directory (default runs/<method>-<model>-<suite>)")
-    p.add_argument("--no-baseline", dest="baseline", action="store_const", const=False, default=None,
-                   help="do not run or reuse vanilla with the same settings, and print no paired verdict")
-    p.add_argument("--baseline-out", help="run directory of the vanilla baseline (default: beside --out)")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    for name, field in RunConfig.model_fields.items():
+        flag, help_ = _flag(name, field), field.description
+        kind = field.annotation
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: the flag takes an X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if name.endswith("_args"):
+            p.add_argument(flag, dest=name, action="append", metavar="KEY=VALUE", help=help_)
+        elif kind is bool:  # a switch: only its non-default value can be given
+            p.add_argument(flag, dest=name, action="store_const", const=not field.default, default=None,
+                           help=f"turn off: {help_}" if field.default else help_)
+        elif typing.get_origin(kind) is typing.Literal:
+            p.add_argument(flag, dest=name, choices=list(typing.get_args(kind)), help=help_)
+        else:
+            p.add_argument(flag, dest=name, type=kind, help=help_)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """fairbench run."""
-    from fairbench.config import build_config
+    from fairbench.config import RunConfig, build_config
     from fairbench.outputs.tables import print_summary
     from fairbench.runner import run
 
-    fields = ["method", "model", "suite", "split", "limit", "n", "seed", "batch_size", "batch_invariant", "steps", "guidance_scale",
-              "height", "width", "negative_prompt", "scheduler", "dtype", "device", "classifier", "detector",
-              "n_boot", "ci_level", "reference", "extractor", "clip_model", "shard", "out", "baseline", "baseline_out",
-              "progress"]
-    cfg = build_config(args.config, method_args=_key_values(args.method_arg, "--method-arg"),
-                       classifier_args=_key_values(args.classifier_arg, "--classifier-arg"),
-                       extractor_args=_key_values(args.extractor_arg, "--extractor-arg"),
-                       **{f: getattr(args, f) for f in fields})
+    cfg = build_config(args.config, **{name: _key_values(getattr(args, name), _flag(name, field))
+                                       if name.endswith("_args") else getattr(args, name)
+                                       for name, field in RunConfig.model_fields.items()})
     outcome = run(cfg)
     if outcome.metrics is not None:
         print_summary(outcome.metrics, f"{cfg.method} on {cfg.model}: {outcome.run_dir}")
@@ -221,7 +210,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fairbench.outputs.tables import kid_text
-    from fairbench.runner import quality_run
+    from fairbench.pipeline import quality_run
 
     if not args.reference and not args.clip_model:
         raise UserError("give --reference (for FD/KID) and/or --clip-model (for the CLIP score)")

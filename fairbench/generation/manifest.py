@@ -171,4 +171,4 @@ def finished_rows(run_dir: Path, n_units: Any) -> list[dict[str, Any]]:
 
 def run_rows(run_dir: Path) -> list[dict[str, Any]]:
     """`finished_rows` of a run directory, with the number of units its run.json records."""
-    return finished_rows(run_dir, read_record(run_dir).get("n_units"))
+    return finished_rows(run_dir, read_record(run_dir).n_units)

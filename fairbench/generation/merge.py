@@ -13,11 +13,12 @@ from fairbench.config import identity_fields
 from fairbench.errors import UserError
 from fairbench.generation.manifest import check_no_links, finished_rows
 from fairbench.io import LOCK, TMP_SUFFIX, write_jsonl
-from fairbench.outputs.rundir import MANIFEST, RUN_JSON, read_record
+from fairbench.outputs.rundir import MANIFEST, RUN_JSON, RunRecord, read_record
 
-def _settings(record: dict[str, Any]) -> dict[str, Any]:
+
+def _settings(record: RunRecord) -> dict[str, Any]:
     """The settings the shards of one run share (every one that merge refuses to mix, but the shard itself)."""
-    return {k: record["spec"].get(k) for k in identity_fields("merge") if k != "shard"}
+    return {k: record.spec.get(k) for k in identity_fields("merge") if k != "shard"}
 
 
 def place_image(src: Path, dst: Path) -> None:
@@ -40,14 +41,14 @@ def place_image(src: Path, dst: Path) -> None:
         raise
 
 
-def check_shards(shard_dirs: list[Path], out: Path) -> tuple[dict[str, Any], list[tuple[Path, dict[str, Any]]]]:
+def check_shards(shard_dirs: list[Path], out: Path) -> tuple[RunRecord, list[tuple[Path, dict[str, Any]]]]:
     """Check, writing nothing, that the shards are one finished run split N ways, each image its unit's own
     and unchanged, and that `out` is new or holds this same run. Returns the merged run record (shard
     removed from its spec) and every shard's manifest rows with the shard that holds them."""
     if any(Path(d).resolve() == out.resolve() for d in shard_dirs):
         raise UserError(f"--out {out} is one of the shards: merge into a new directory")
     records = [read_record(d) for d in shard_dirs]
-    shards = [r["spec"].get("shard") for r in records]
+    shards = [r.spec.get("shard") for r in records]
     if not all(isinstance(s, str) and re.fullmatch(r"\d+/\d+", s) for s in shards):
         raise UserError("every directory to merge must be a shard run (made with --shard i/N)")
     counts = {int(s.split("/")[1]) for s in shards}
@@ -60,23 +61,23 @@ def check_shards(shard_dirs: list[Path], out: Path) -> tuple[dict[str, Any], lis
         if other != identity:
             key = next(k for k in {**identity, **other} if identity.get(k) != other.get(k))
             raise UserError(f"{d} is a different run ({key}: {other.get(key)!r} vs {identity.get(key)!r})")
-    prints = {r.get("model", {}).get("weights_fingerprint") for r in records}
+    prints = {r.fingerprint for r in records}
     if len(prints) > 1:
         raise UserError(f"the shards were generated with different model weights (fingerprints "
                         f"{sorted(str(p)[:12] for p in prints)})")
     for d, r in zip(shard_dirs, records):
-        if r.get("status") != "shard generated":
-            raise UserError(f"{d} has not finished generating (status {r.get('status')!r}); re-run it first")
-    rows = [(d, row) for d, r in zip(shard_dirs, records) for row in finished_rows(d, r.get("n_units"))]
-    record = dict(records[0])
-    record["spec"] = {**records[0]["spec"], "shard": None, "out": str(out)}
-    record["merged_from"] = [str(d) for d in shard_dirs]
-    record["n_units"] = len(rows)
+        if r.status != "shard generated":
+            raise UserError(f"{d} has not finished generating (status {r.status!r}); re-run it first")
+    rows = [(d, row) for d, r in zip(shard_dirs, records) for row in finished_rows(d, r.n_units)]
+    record = records[0].model_copy(deep=True)
+    record.spec = {**records[0].spec, "shard": None, "out": str(out)}
+    record.merged_from = [str(d) for d in shard_dirs]
+    record.n_units = len(rows)
     check_merge_target(out, record)
     return record, rows
 
 
-def check_merge_target(out: Path, record: dict[str, Any]) -> None:
+def check_merge_target(out: Path, record: RunRecord) -> None:
     """`out` must be a new or empty folder, or the same merged run (a merge repeated, or resumed after it
     was killed); never another run's folder or a folder of other files."""
     if not out.is_dir() or all(p.name == LOCK for p in out.iterdir()):
@@ -84,7 +85,7 @@ def check_merge_target(out: Path, record: dict[str, Any]) -> None:
     if not (out / RUN_JSON).is_file():
         raise UserError(f"--out {out} is a folder of other files, not a fairbench run: merge into a new directory")
     old = read_record(out)
-    if _settings(old) != _settings(record) or "merged_from" not in old:
+    if _settings(old) != _settings(record) or old.merged_from is None:
         raise UserError(f"--out {out} holds another run: merge into a new directory")
     check_no_links(out)
 

@@ -59,7 +59,7 @@ def embedding_probe(backend: DiffusersBackend, method: Method, suite: SuiteSpec,
                 spreads[a][unit.prompt_id].append(float(distance_spread(d)))
     out: dict[str, Any] = {}
     for a in attributes:
-        per_prompt = np.array([np.mean(spreads[a][pid]) for pid in order])
-        out[a] = {**embedding_gap(per_prompt, level), "distance": "token", "units_per_prompt": per_prompt,
-                  "per_prompt": dict(zip(order, per_prompt.round(6).tolist()))}
+        gaps = np.array([np.mean(spreads[a][pid]) for pid in order])
+        out[a] = {**embedding_gap(gaps, level), "distance": "token", "units_per_prompt": per_prompt,
+                  "per_prompt": dict(zip(order, gaps.round(6).tolist()))}
     return out

@@ -38,8 +38,11 @@ class CLIPScorer:
 
 
 def clip_score_run(run_dir: str | Path, scorer: CLIPScorer, batch_size: int = 32,
-                   text_field: str = "prompt") -> dict[str, Any]:
-    """Mean CLIP score of a run's images against their neutral prompts (or `prompt_used`)."""
+                   text_field: str = "prompt", level: float = 0.95) -> dict[str, Any]:
+    """Mean CLIP score of a run's images against their neutral prompts (or `prompt_used`), with its normal
+    interval at `level`."""
+    from scipy.stats import norm
+
     rows = run_rows(Path(run_dir))
     if not rows:
         raise UserError(f"{run_dir} has no images")
@@ -51,6 +54,7 @@ def clip_score_run(run_dir: str | Path, scorer: CLIPScorer, batch_size: int = 32
         truncated += t
     allv = np.concatenate(scores)
     se = float(allv.std(ddof=1) / np.sqrt(len(allv))) if len(allv) > 1 else float("nan")
-    return {"clip_score": float(allv.mean()), "ci_low": float(allv.mean() - 1.96 * se),
-            "ci_high": float(allv.mean() + 1.96 * se), "n": len(allv), "model": scorer.model_id,
+    half = float(norm.ppf((1 + level) / 2)) * se
+    return {"clip_score": float(allv.mean()), "ci_low": float(allv.mean() - half),
+            "ci_high": float(allv.mean() + half), "level": level, "n": len(allv), "model": scorer.model_id,
             "revision": scorer.revision, "text": text_field, "max_tokens": scorer.max_tokens, "truncated": truncated}

@@ -70,10 +70,10 @@ def reference_of(side: Side) -> dict[str, Any]:
 def write_reference(run_dir: Path, out: Path) -> dict[str, Any]:
     """Write a run's reference file for `check` (a few kB at CI size)."""
     record = read_record(run_dir)
-    if record.get("status") != "complete":
-        raise UserError(f"{run_dir} is not a complete run (status {record.get('status')!r}): finish it first")
+    if record.status != "complete":
+        raise UserError(f"{run_dir} is not a complete run (status {record.status!r}): finish it first")
     ref = reference_of(run_side(run_dir))
-    ref.update(fairbench_version=record.get("fairbench_version"), hardware=record.get("hardware"))
+    ref.update(fairbench_version=record.fairbench_version, hardware=record.hardware)
     # compact, and in insertion order (attributes keep the classifier's order)
     atomic_write_text(out, json.dumps(ref, separators=(",", ":")) + "\n")
     return ref

@@ -179,7 +179,7 @@ def quality_cost(run_dir: Path, baseline_dir: Path, extractor: str = "auto") -> 
     from fairbench.metrics.features import build_extractor, resolve_extractor
     from fairbench.metrics.quality import quality
 
-    extractor = resolve_extractor(extractor, read_record(run_dir)["spec"].get("classifier"))
+    extractor = resolve_extractor(extractor, read_record(run_dir).spec.get("classifier"))
     try:
         q = quality(run_dir, baseline_dir, build_extractor(extractor, None))
     except UserError as exc:
@@ -224,7 +224,7 @@ def compare_runs(run_dir: str | Path, baseline_dir: str | Path, extractor: str =
     s = run.metrics.get("settings", {})
     result = compare_sides(run, base, n_boot or s.get("n_boot", 1000), level or s.get("level", 0.95),
                            s.get("seed", 0))
-    result["method_source"] = read_record(d).get("method", {}).get("source")
+    result["method_source"] = read_record(d).method.source
     if result["mode"] == "image-paired":
         result["quality"] = quality_cost(d, b, extractor)
     atomic_write_json(d / COMPARE_JSON, result)

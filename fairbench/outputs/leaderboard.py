@@ -10,7 +10,7 @@ import pandas as pd
 from fairbench.config import tier_fields
 from fairbench.errors import UserError, did_you_mean
 from fairbench.metrics.fairness import FAIRNESS_METRICS
-from fairbench.outputs.rundir import read_run
+from fairbench.outputs.rundir import RunRecord, read_run
 
 LEADERBOARD_SCHEMA = 3
 ID_COLUMNS = ["schema_version", "run", "method", "method_level", "model", "suite", "split", "n_per_prompt",
@@ -20,12 +20,12 @@ ID_COLUMNS = ["schema_version", "run", "method", "method_level", "model", "suite
 def leaderboard_rows(run_dir: Path) -> list[dict]:
     """One row per attribute of a finished run."""
     run, metrics = read_run(run_dir)
-    spec = run["spec"]
+    spec = run.spec
     rows = []
     for attr, res in metrics["attributes"].items():
         row = {
             "schema_version": LEADERBOARD_SCHEMA, "run": Path(run_dir).name, "method": spec["method"],
-            "method_level": run.get("method", {}).get("level"), "model": spec["model"], "suite": run["suite"]["name"],
+            "method_level": run.method.level, "model": spec["model"], "suite": run.suite.name,
             "split": spec["split"], "n_per_prompt": spec["n"], "seed": spec["seed"],
             "classifier": metrics.get("classifier"), "attribute": attr,
             "n_prompts": res["n_prompts_with_faces"], "n_images": res["n_images"], "n_faces": res["n_faces"],
@@ -40,7 +40,7 @@ def leaderboard_rows(run_dir: Path) -> list[dict]:
                             f"{m}_floor": est["floor"], f"{m}_corrected": c["value"],
                             f"{m}_corrected_ci_low": c["ci_low"], f"{m}_corrected_ci_high": c["ci_high"],
                             f"{m}_bias_bound": c["bias_bound"]})
-        probe = run.get("embedding_probe", {}).get(attr)
+        probe = (run.embedding_probe or {}).get(attr)
         if probe:
             row.update({"embedding_gap": probe["value"], "embedding_gap_ci_low": probe["ci_low"],
                         "embedding_gap_ci_high": probe["ci_high"]})
@@ -65,9 +65,9 @@ def run_level_columns(metrics: dict) -> dict:
     return cols
 
 
-def method_identity(run: dict) -> str:
+def method_identity(run: RunRecord) -> str:
     """(method, its arguments, model) of a run: pairs a run with its explicit-prompt run."""
-    spec = run["spec"]
+    spec = run.spec
     return json.dumps({k: spec.get(k) for k in (*tier_fields("method"), "model")}, sort_keys=True)
 
 

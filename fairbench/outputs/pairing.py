@@ -19,7 +19,7 @@ from fairbench.errors import UserError
 from fairbench.generation.manifest import finished_rows
 from fairbench.labels import read_labels
 from fairbench.metrics.paired import NO_LABEL, label_codes
-from fairbench.outputs.rundir import LABELS, read_metrics, read_record
+from fairbench.outputs.rundir import LABELS, RunRecord, read_metrics, read_record
 
 FACE = "face"
 FAMILY = "family_match"
@@ -38,13 +38,12 @@ class Side:
     metrics: dict[str, Any] = field(default_factory=dict)  # metrics.json of a run side
 
 
-def settings_of(record: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+def settings_of(record: RunRecord, metrics: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run that pairing compares."""
-    spec = record["spec"]
+    spec = record.spec
     out = {k: spec[k] for k in tier_fields("units", "method", "sampling", "precision", "batching", "labelling")
            if k in spec}
-    out.update(suite_sha256=record.get("suite", {}).get("file_sha256"),
-               model_fingerprint=record.get("model", {}).get("weights_fingerprint"),
+    out.update(suite_sha256=record.suite.file_sha256, model_fingerprint=record.fingerprint,
                classifier=metrics.get("classifier"))  # the classifier that labelled the images
     return out
 
@@ -93,14 +92,14 @@ def run_side(run_dir: str | Path) -> Side:
     if not d.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
     record, metrics = read_record(d), read_metrics(d)
-    spec = record["spec"]
+    spec = record.spec
     prompts = load_run_suite(d, spec["suite"]).select(spec["split"], spec.get("limit"))
     labels = read_labels(d / LABELS)
     # attributes in the classifier's order (the order of their label columns)
     attrs = sorted((a for a in metrics["attributes"] if "*" not in a and a in labels.columns),
                    key=list(labels.columns).index)
     groups = {a: metrics["attributes"][a]["groups"] for a in attrs}
-    units = unit_table(labels, finished_rows(d, record.get("n_units")), groups, expected_families(prompts),
+    units = unit_table(labels, finished_rows(d, record.n_units), groups, expected_families(prompts),
                        {p.id: p.requested for p in prompts if p.requested}, str(d / LABELS))
     return Side(str(d), settings_of(record, metrics), units, groups, [p.id for p in prompts], metrics)
 

