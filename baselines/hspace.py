@@ -3,8 +3,6 @@ UNet's mid-block output recorded, their units and cache folder, and each UNet ca
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fairbench.errors import UserError
-from fairbench.io import cache_root
+from fairbench import cache
 from fairbench.methods.base import MethodContext, step_index
 from fairbench.models.backend import DiffusersBackend, SamplingParams, weights_fingerprint
 from fairbench.prompts import load_suite
@@ -35,11 +33,10 @@ def training_units(suite_name: str, split: str, per_prompt: int, seed: int, tag:
 def cache_folder(kind: str, args: dict[str, Any], units: list[tuple[str, str, int]], backend: DiffusersBackend,
                  context: MethodContext, **extra: Any) -> Path:
     """The cache folder of what a method learned from its generations, keyed by everything that determines it."""
-    blob = json.dumps({"args": args, **extra, "units": units, "params": (context.params or SamplingParams()).to_dict(),
-                       "batch_size": context.batch_size, "model": backend.source,
-                       "weights": weights_fingerprint(backend.text_encoders | {"unet": backend.unet})},
-                      sort_keys=True, default=str)
-    return cache_root() / kind / hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return cache.folder(kind, {"args": args, **extra, "units": units,
+                               "params": (context.params or SamplingParams()).to_dict(),
+                               "batch_size": context.batch_size, "model": backend.source,
+                               "weights": weights_fingerprint(backend.text_encoders | {"unet": backend.unet})})
 
 
 def generations_with_h(backend: DiffusersBackend, context: MethodContext, units: list[tuple[str, str, int]],

@@ -54,7 +54,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from fairbench.errors import UserError
-from fairbench.io import atomic_save_tensors, atomic_write_json, cache_root, load_safetensors_file, sha256_file
+from fairbench import cache
+from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file, sha256_file
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import Conditioning, DiffusersBackend, weights_fingerprint
 from fairbench.prompts import attribute, parse_attributes
@@ -315,19 +316,18 @@ class ITIGen(Method):
             if text_width != width:
                 raise UserError(f"itigen: {clip.model_id!r}'s text tower is {text_width} wide; the pipeline's {part} "
                                 f"is {width} wide, so its tokens cannot be inserted there")
-            key = self.cache_key(clip, [h for _, h in refs])
+            folder = cache.folder("itigen", self.cache_spec(clip, [h for _, h in refs]))
             self.tokens[part], self.args["training"][part] = train_tokens(
-                self, clip, [r for r, _ in refs], (cache_root() / "itigen" / key) if self.cache else None, progress)
+                self, clip, [r for r, _ in refs], folder if self.cache else None, progress)
 
     def token_spec(self) -> dict[str, Any]:
         """The arguments that determine the tokens (a subclass's own arguments do not)."""
         return {k: self.args[k] for k in TOKEN_ARGS}
 
-    def cache_key(self, clip: Any, reference_hashes: list[str]) -> str:
+    def cache_spec(self, clip: Any, reference_hashes: list[str]) -> dict[str, Any]:
         """Everything that determines the trained tokens."""
-        blob = json.dumps({"spec": self.token_spec(), "clip": clip.model_id, "word": self.word, "references": reference_hashes,
-                           "clip_weights": weights_fingerprint({"clip": clip.model})}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+        return {"spec": self.token_spec(), "clip": clip.model_id, "word": self.word, "references": reference_hashes,
+                "clip_weights": weights_fingerprint({"clip": clip.model})}
 
     # generation ----------------------------------------------------------------------------
     def combination_of(self, unit: WorkUnit) -> int:

@@ -35,6 +35,7 @@ from fairbench.errors import UserError
 from fairbench.labels import label_batch
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import DiffusersBackend
+from fairbench import cache
 from fairbench.io import atomic_save_tensors, atomic_write_json
 from fairbench.prompts import attribute, load_suite, parse_attributes, subject_of
 from fairbench.units import unit_seed
@@ -180,8 +181,6 @@ class UCE(Method):
 
     def cache_path(self, backend: DiffusersBackend) -> Any:
         """Cache folder keyed by everything that determines the edit."""
-        from fairbench.metrics.quality import cache_dir
-
         ctx = self.context
         assert ctx is not None and ctx.params is not None
         h = hashlib.sha256()
@@ -189,10 +188,9 @@ class UCE(Method):
             if "attn2.to_" in name:
                 h.update(name.encode() + t.detach().cpu().float().numpy().tobytes())
         spec = {k: v for k, v in self.args.items() if k != "history"}
-        blob = json.dumps({"args": spec, "concepts": self.concept_texts(), "params": ctx.params.to_dict(),
-                           "seed": ctx.seed, "batch_size": ctx.batch_size, "classifier": ctx.classifier.name,
-                           "model": backend.source, "unet": h.hexdigest()}, sort_keys=True)
-        return cache_dir().parent / "uce" / hashlib.sha256(blob.encode()).hexdigest()[:24]
+        return cache.folder("uce", {"args": spec, "concepts": self.concept_texts(), "params": ctx.params.to_dict(),
+                                    "seed": ctx.seed, "batch_size": ctx.batch_size, "classifier": ctx.classifier.name,
+                                    "model": backend.source, "unet": h.hexdigest()})
 
     def apply_to_model(self, backend: DiffusersBackend) -> None:
         """The published loop (or its cached result): measure, stop within tolerance, else edit and repeat."""

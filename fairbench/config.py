@@ -132,12 +132,16 @@ class RunConfig(BaseModel):
         return v
 
     def with_model_defaults(self) -> "RunConfig":
-        """Fill the unset model-dependent options (steps, guidance, batch size, classifier, detector, dtype)."""
+        """Resolve every option that depends on the model: the unset steps, guidance, batch size, classifier,
+        detector and dtype, and the `auto` extractor (which follows the classifier). The device stays as given
+        (`auto` is this process's accelerator, resolved where the work runs)."""
+        from fairbench.metrics.features import resolve_extractor
         from fairbench.models import default_dtype, model_defaults, resolve_device
 
         update = {k: v for k, v in model_defaults(self.model).items() if getattr(self, k) is None}
         if self.dtype is None:  # the model's wish, where this device computes it natively
             update["dtype"] = default_dtype(self.model, resolve_device(self.device))
+        update["extractor"] = resolve_extractor(self.extractor, update.get("classifier", self.classifier))
         return self.model_copy(update=update)
 
     def shard_pair(self) -> tuple[int, int]:

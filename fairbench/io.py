@@ -14,11 +14,6 @@ from typing import Any, Iterable, Iterator
 from fairbench.errors import UserError
 
 
-def cache_root() -> Path:
-    """fairbench's cache folder: $FAIRBENCH_CACHE, else ~/.cache/fairbench."""
-    return Path(os.environ.get("FAIRBENCH_CACHE", Path.home() / ".cache" / "fairbench"))
-
-
 def file_mode() -> int:
     """The mode open() gives a new file under the current umask (mkstemp's 0600 would hide results)."""
     try:  # Linux reports the umask without changing it (os.umask would, racing other threads)
@@ -159,8 +154,15 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+NAME_MAX = 255  # bytes in one file or folder name, on every common file system
+
+
 def check_writable_target(path: Path) -> None:
     """Check, without creating anything, that `path` is a writable folder or could be created as one."""
+    long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        raise UserError(f"output directory {str(path)!r}: the folder name {long[:40]!r}... is "
+                        f"{len(os.fsencode(long))} bytes, more than a file system allows ({NAME_MAX})")
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

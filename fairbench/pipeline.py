@@ -27,7 +27,8 @@ from fairbench.classifiers import build_classifier
 from fairbench.config import RunConfig, build_config
 from fairbench.errors import UserError
 from fairbench.faces import DETECTORS
-from fairbench.io import atomic_write_bytes, atomic_write_json, check_writable_target, ensure_writable_dir, run_lock
+from fairbench.io import (LOCK, atomic_write_bytes, atomic_write_json, check_writable_target, ensure_writable_dir,
+                          run_lock)
 from fairbench.labels import label_images
 from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
@@ -60,8 +61,8 @@ class ImageSource:
     def check(self) -> None:
         """Refusals that only read; made before the directory exists and again under its lock."""
 
-    def prepare(self, detector: Any, classifier: Any) -> None:
-        """Load what making the images needs (a model, a method), writing nothing."""
+    def prepare(self, device: str, detector: Any, classifier: Any) -> None:
+        """Load what making the images needs (a model, a method) on `device`, writing nothing."""
 
     def start(self) -> RunRecord:
         """Under the lock: the first record of the run (and any file it names)."""
@@ -82,11 +83,12 @@ def execute(source: ImageSource) -> RunOutcome:
     cfg, run_dir, main = source.cfg, source.run_dir, source.rank == 0
     # 1. check: everything that can refuse the run happens before the directory exists, so a refused run
     #    leaves nothing behind
-    check_writable_target(run_dir)
+    check_run_target(run_dir)
     source.check()
-    # 2. prepare
-    detector, classifier = build_labellers(cfg)
-    source.prepare(detector, classifier)
+    # 2. prepare, on this process's device
+    device = resolve_device(cfg.device)
+    detector, classifier = build_labellers(cfg, device)
+    source.prepare(device, detector, classifier)
     ensure_writable_dir(run_dir)
     # 3. lock, and check again now that no other process can write the run; a refusal leaves run.json as it was
     with run_lock(run_dir) if main else contextlib.nullcontext():
@@ -112,6 +114,19 @@ def provenance() -> dict[str, Any]:
     """The run.json fields that say what made a run: fairbench's version and commit, libraries, hardware."""
     return {"fairbench_version": __version__, "git_sha": git_sha(), "versions": library_versions(),
             "hardware": hardware()}
+
+
+def check_run_target(run_dir: Path) -> None:
+    """A run directory is a new, empty or fairbench run folder that can be written, and never a symbolic link
+    (a run's files would land outside the path given) or a folder of someone's other files."""
+    check_writable_target(run_dir)
+    if run_dir.is_symlink():
+        raise UserError(f"--out {run_dir} is a symbolic link: give the folder it points to, or a new folder")
+    if run_dir.is_dir() and not (run_dir / RUN_JSON).is_file() and not any(run_dir.glob("manifest*.jsonl")):
+        others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)  # a run's own files say it is one
+        if others:
+            raise UserError(f"--out {run_dir} is a folder of other files (e.g. {others[0]!r}), not a fairbench run: "
+                            f"choose a new or empty folder")
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -146,9 +161,8 @@ def recorded_config(run_dir: Path, record: RunRecord, **overrides: Any) -> RunCo
         raise UserError(f"{Path(run_dir) / RUN_JSON}: {exc}") from None
 
 
-def build_labellers(cfg: RunConfig) -> tuple[Any, Any]:
-    """(face detector, attribute classifier) of a run config, on its device."""
-    device = resolve_device(cfg.device)
+def build_labellers(cfg: RunConfig, device: str) -> tuple[Any, Any]:
+    """(face detector, attribute classifier) of a run config, on `device`."""
     detector = DETECTORS.get(cfg.detector)(device=device)
     return detector, build_classifier(cfg.classifier, cfg.classifier_args, device=device)
 

@@ -50,6 +50,9 @@ class AttributeSpec(_Strict):
         return len(self.groups)
 
 
+RESERVED_VARS = {"a"}  # {a} is the indefinite article, filled by fairbench, never by a prompt
+
+
 class PromptSpec(_Strict):
     """One prompt of a suite: an id safe to use in file names, template variables, a split."""
 
@@ -63,6 +66,10 @@ class PromptSpec(_Strict):
     def _check_id(self) -> "PromptSpec":
         if not SAFE_ID.fullmatch(self.id):  # fullmatch: "nurse\n" would pass match() with a $ anchor
             raise ValueError(f"prompt id {self.id!r} must match {SAFE_ID.pattern} (it names files)")
+        taken = sorted(RESERVED_VARS & set(self.vars))
+        if taken:
+            raise ValueError(f"prompt {self.id!r}: variable {taken[0]!r} is reserved ({{a}} is the indefinite article); "
+                             "give it another name")
         return self
 
 
@@ -90,6 +97,20 @@ class SuiteSpec(_Strict):
                 template_fields(t)
         return self
 
+    @model_validator(mode="after")
+    def _known_requests(self) -> "SuiteSpec":
+        # a requested group no attribute has would score as never matched, a silent 0 % adherence
+        attrs = load_attributes()
+        for p in self.prompts:
+            for attr, group in p.requested.items():
+                if attr not in attrs:
+                    raise ValueError(f"prompt {p.id!r} requests attribute {attr!r}, which is not defined "
+                                     f"({', '.join(attrs)})")
+                if group not in attrs[attr].group_names:
+                    raise ValueError(f"prompt {p.id!r} requests {attr} {group!r}, which is not one of its groups "
+                                     f"({', '.join(attrs[attr].group_names)})")
+        return self
+
     def select(self, split: Split = "all", limit: int | None = None) -> list[PromptSpec]:
         """Prompts of `split` in file order, the first `limit` of them."""
         chosen = [p for p in self.prompts if split == "all" or p.split == split]
@@ -103,7 +124,7 @@ class SuiteSpec(_Strict):
         """The prompt specialised to one group ("... of a female doctor")."""
         if not self.group_template:
             raise UserError(f"suite {self.name!r} has no group_template, so prompts cannot name a group")
-        return render_template(self.group_template, group=adjective, **prompt.vars)
+        return render_template(self.group_template, **{**prompt.vars, "group": adjective})
 
 
 _A_BEFORE_VOWEL = ("uni", "use", "usu", "eu", "one", "ur")  # vowel letter, consonant sound
@@ -139,7 +160,7 @@ def template_fields(template: str) -> set[str]:
     return names
 
 
-def fill_named(template: str, what: str = "template", **variables: str) -> str:
+def fill_named(template: str, what: str = "template", /, **variables: str) -> str:
     """Fill the `{name}` fields of `template` from `variables` only: no attribute or index access, no format
     specifications, so a template can never reach Python objects (str.format could)."""
     try:
@@ -155,7 +176,7 @@ def fill_named(template: str, what: str = "template", **variables: str) -> str:
     return _FIELD.sub(sub, template)
 
 
-def render_template(template: str, **variables: str) -> str:
+def render_template(template: str, /, **variables: str) -> str:
     """Fill `template`'s named variables; `{a}` becomes the indefinite article of the word after it."""
     text = fill_named(template, a="\x00", **variables)
     return re.sub(r"\x00\s+(\S+)", lambda m: f"{indefinite_article(m.group(1))} {m.group(1)}", text)

@@ -9,11 +9,19 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from fairbench.errors import UserError, did_you_mean
 
 T = TypeVar("T")
+
+
+_FINITE = ConfigDict(allow_inf_nan=False)
+
+
+def _is_model(hint: Any) -> bool:
+    """Whether a type carries its own pydantic config (TypeAdapter refuses a second one)."""
+    return isinstance(hint, type) and (hasattr(hint, "model_config") or hasattr(hint, "__pydantic_config__"))
 
 
 def bind_arguments(cls: Any, args: dict[str, Any], what: str) -> dict[str, Any]:
@@ -36,8 +44,10 @@ def bind_arguments(cls: Any, args: dict[str, Any], what: str) -> dict[str, Any]:
         if key not in hints:
             bound[key] = value
             continue
-        try:  # strict: a YAML/CLI value is already typed, so "5" for an int or 1 for a bool is a mistake
-            bound[key] = TypeAdapter(hints[key]).validate_python(value, strict=True)
+        try:  # strict: a YAML/CLI value is already typed, so "5" for an int or 1 for a bool is a mistake;
+            # NaN and infinity are no setting of anything (lr=.nan would train to NaN weights)
+            adapter = TypeAdapter(hints[key], config=None if _is_model(hints[key]) else _FINITE)
+            bound[key] = adapter.validate_python(value, strict=True)
         except ValidationError as exc:
             expected = getattr(hints[key], "__name__", None) or str(hints[key])
             raise UserError(f"{what}: argument {key}={value!r} must be {expected} "

@@ -12,8 +12,7 @@ from typing import Any
 
 from fairbench.config import RunConfig, tier_fields
 from fairbench.errors import UserError
-from fairbench.io import check_writable_target
-from fairbench.pipeline import RunOutcome, check_resume, execute
+from fairbench.pipeline import RunOutcome, check_resume, check_run_target, execute
 from fairbench.outputs.rundir import default_out, run_dir_of
 from fairbench.sources import Existing, Generate, Import, Merge, process_info
 
@@ -48,7 +47,7 @@ def run(cfg: RunConfig) -> RunOutcome:
     if base_cfg is not None:  # refused before the method's images are made, not after
         if Path(base_cfg.out).resolve() == run_dir_of(cfg).resolve():
             raise UserError(f"--baseline-out {base_cfg.out} is the method's --out: give the vanilla run its own folder")
-        check_writable_target(Path(base_cfg.out))
+        check_run_target(Path(base_cfg.out))
         check_resume(Path(base_cfg.out), base_cfg)
     outcome = run_one(cfg)
     if base_cfg is None:

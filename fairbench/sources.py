@@ -16,10 +16,9 @@ from fairbench.io import atomic_write_bytes, atomic_write_text, sha256_file
 from fairbench.outputs.rundir import RUN_SUITE, RunRecord, read_record, run_dir_of, slug, write_record
 from fairbench.pipeline import ImageSource, check_resume, holds_run, provenance, quality_run, recorded_config
 from fairbench.prompts import SUITES, load_suite
-from fairbench.units import make_units
+from fairbench.units import SEED_RULE, make_units
 
 MAX_IMAGES = 1_000_000  # one run's units are built in memory; a larger job is several runs
-SEED_RULE = "sha256(f'{seed}\\x1f{prompt_id}\\x1f{sample_idx}')[:8] >> 1; one CPU torch.Generator per image"
 
 
 def process_info() -> tuple[int, int, Any]:
@@ -45,11 +44,9 @@ def suite_identity(cfg: RunConfig) -> dict[str, Any]:
 
 def check_quality_settings(cfg: RunConfig, n_images: int) -> None:
     """Refuse, before any image exists, quality settings that would fail once the images are made."""
-    from fairbench.metrics.features import resolve_extractor
     from fairbench.metrics.quality import list_images
     from fairbench.models.dual_encoder import check_dual_encoder
 
-    resolve_extractor(cfg.extractor, cfg.classifier)  # also the paired verdict's, with or without --reference
     if cfg.clip_model:
         check_dual_encoder(cfg.clip_model)
     if not cfg.reference:
@@ -91,15 +88,15 @@ class Generate(ImageSource):
         check_resume(self.run_dir, self.cfg)
         check_no_links(self.run_dir)
 
-    def prepare(self, detector: Any, classifier: Any) -> None:
+    def prepare(self, device: str, detector: Any, classifier: Any) -> None:
         from fairbench.methods import check_architecture
         from fairbench.methods.base import MethodContext
-        from fairbench.models import load_backend, resolve_device
+        from fairbench.models import load_backend
         from fairbench.models.backend import SamplingParams
 
         cfg = self.cfg
-        self.backend = load_backend(cfg.model, dtype=cfg.dtype, device=resolve_device(cfg.device),
-                                    scheduler=cfg.scheduler)
+        self.device = device
+        self.backend = load_backend(cfg.model, dtype=cfg.dtype, device=device, scheduler=cfg.scheduler)
         check_architecture(cfg.method, self.method, self.backend)
         check_same_weights(self.run_dir, self.backend.fingerprint)
         self.params = SamplingParams(cfg.steps, cfg.guidance_scale, cfg.height, cfg.width, cfg.negative_prompt)
@@ -156,10 +153,8 @@ class Generate(ImageSource):
         cfg = self.cfg
         if not (cfg.reference or cfg.clip_model):
             return metrics
-        from fairbench.models import resolve_device
-
         return quality_run(self.run_dir, cfg.reference, cfg.extractor, cfg.extractor_args, cfg.clip_model,
-                           device=resolve_device(cfg.device))
+                           device=self.device)
 
 
 class Import(ImageSource):

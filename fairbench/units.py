@@ -9,6 +9,10 @@ from fairbench.generation.manifest import unit_key
 from fairbench.prompts import SuiteSpec, Split
 
 
+# how unit_seed derives a seed, as run.json records it
+SEED_RULE = "sha256(f'{seed}\\x1f{prompt_id}\\x1f{sample_idx}')[:8] >> 1; one CPU torch.Generator per image"
+
+
 def unit_seed(global_seed: int, prompt_id: str, sample_idx: int) -> int:
     """Seed of one image: sha256 of (global seed, prompt id, sample index), first 63 bits.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,10 @@ CASES = {
     "method-arg bool for a float": lambda t: [*RUN, "--method", "fairmap", "--method-arg", "lr=true"],
     "method-arg for a method without arguments": lambda t: [*RUN, "--method-arg", "a=1"],
     "classifier-arg name typo": lambda t: [*RUN, "--classifier-arg", "weigths=x"],
+    "method-arg NaN": lambda t: [*RUN, "--method", "fairmap", "--method-arg", "lr=.nan"],
+    "method-arg infinite": lambda t: [*RUN, "--method", "fairmap", "--method-arg", "lambda_fair=.inf"],
+    "method-arg negative width": lambda t: [*RUN, "--method", "fairmap", "--method-arg", "hidden=-5"],
+    "method-arg steps beyond any budget": lambda t: [*RUN, "--method", "fairmap", "--method-arg", "steps=1000000000000"],
     # suite files
     "suite template positional field": lambda t: [*RUN, "--suite", _suite(t, "{0} {occupation}")],
     "suite template unmatched brace": lambda t: [*RUN, "--suite", _suite(t, "a photo of { {occupation}")],
@@ -72,6 +78,12 @@ CASES = {
     "suite id that is a path": lambda t: [*RUN, "--suite", _suite(t, "a {occupation}", ("../x",))],
     "suite truncated YAML": lambda t: [*RUN, "--suite", _config(t, b"name: [s\n")],
     "suite file missing": lambda t: [*RUN, "--suite", str(t / "nope.yaml")],
+    "suite variable named a": lambda t: [*RUN, "--suite", _config(
+        t, b'name: s\ntemplate: "{a} {a}"\nprompts:\n  - id: p\n    vars: {a: nurse}\n')],
+    "suite requests a group its attribute lacks": lambda t: [*RUN, "--suite", _config(
+        t, b'name: s\ntemplate: "{x}"\nprompts:\n  - id: p\n    vars: {x: nurse}\n    requested: {gender: alien}\n')],
+    "suite requests an attribute that is not defined": lambda t: [*RUN, "--suite", _config(
+        t, b'name: s\ntemplate: "{x}"\nprompts:\n  - id: p\n    vars: {x: nurse}\n    requested: {mood: calm}\n')],
     # train and synthface
     "train a method with nothing to train": lambda t: ["train", "--method", "vanilla", "--out", str(t / "ck")],
     "train steps 0": lambda t: ["train", "--method", "fairmap", "--method-arg", "steps=0", "--out", str(t / "ck")],
@@ -82,6 +94,10 @@ CASES = {
     "synthface grid of a missing model": lambda t: ["synthface", "grid", "--model", str(t / "nope"),
                                                     "--out", str(t / "g.png")],
     "synthface subcommand typo": lambda t: ["synthface", "trian"],
+    "synthface train lr -1": lambda t: ["synthface", "train", "--lr", "-1", "--out", str(t / "st")],
+    "synthface train lr NaN": lambda t: ["synthface", "train", "--lr", "nan", "--out", str(t / "st")],
+    "synthface train neutral share 2": lambda t: ["synthface", "train", "--neutral-share", "2", "--out", str(t / "st")],
+    "synthface train-clip warmup -1": lambda t: ["synthface", "train-clip", "--warmup", "-1", "--out", str(t / "c")],
     "synthface grid without --out": lambda t: ["synthface", "grid", "--n", "2"],
     "synthface train expression share 1.5": lambda t: ["synthface", "train", "--expressions", "--expression-share",
                                                        "1.5", "--out", str(t / "u")],
@@ -130,6 +146,13 @@ def finished(tmp_path_factory) -> Path:
     (base / "broken").mkdir()
     (base / "broken" / "run.json").write_text((base / "run" / "run.json").read_text())
     (base / "broken" / "metrics.json").write_text("{}")
+    shutil.copytree(base / "run", base / "thin")  # a metrics.json that lost its aggregates
+    metrics = json.loads((base / "thin" / "metrics.json").read_text())
+    for res in metrics["attributes"].values():
+        del res["aggregate"]
+    (base / "thin" / "metrics.json").write_text(json.dumps(metrics))
+    shutil.copytree(base / "run", base / "thin-compare")  # a compare.json that lacks what `compare` writes
+    (base / "thin-compare" / "compare.json").write_text('{"a": 1}')
     (base / "fake").mkdir()
     for name in ("a.png", "b.png"):
         (base / "fake" / name).write_text("not an image")
@@ -137,6 +160,10 @@ def finished(tmp_path_factory) -> Path:
 
 
 RUN_CASES = {
+    "report of metrics without aggregates": lambda b, t: ["report", str(b / "thin")],
+    "leaderboard of metrics without aggregates": lambda b, t: ["leaderboard", str(b / "thin"), "--out", str(t / "x.csv")],
+    "compare metrics without aggregates": lambda b, t: ["compare", str(b / "thin"), "--baseline", str(b / "run")],
+    "report of a compare.json without its fields": lambda b, t: ["report", str(b / "thin-compare")],
     "report of an empty metrics.json": lambda b, t: ["report", str(b / "broken")],
     "leaderboard of an empty metrics.json": lambda b, t: ["leaderboard", str(b / "broken"), "--out", str(t / "x.csv")],
     "leaderboard lists a run twice": lambda b, t: ["leaderboard", str(b / "run"), str(b / "run"), "--out", str(t / "x.csv")],
@@ -204,13 +231,14 @@ RUN_CASES = {
 @pytest.mark.parametrize("case", list(RUN_CASES))
 def test_on_finished_runs_one_line_exit_2_and_nothing_written(finished, tmp_path, capsys, case):
     argv = RUN_CASES[case](finished, tmp_path)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    files = lambda d: sorted(p.relative_to(d) for p in d.rglob("*") if p.name != ".fairbench.lock")
+    before, runs_before = files(tmp_path), files(finished)
     assert main(argv) == 2, case
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     if "typo" in case:
         assert "Did you mean" in err[0]
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert files(tmp_path) == before and files(finished) == runs_before
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -364,3 +392,49 @@ def test_a_read_only_run_directory_is_a_one_line_error_and_unchanged(finished, t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(run) in err[0], err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_an_out_that_is_a_link_or_a_folder_of_other_files_or_too_long_a_name_is_refused(tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "link").symlink_to(outside)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("my work")
+    for out, says in ((tmp_path / "link", "symbolic link"), (mine, "folder of other files"),
+                      (tmp_path / ("x" * 300), "more than a file system allows")):
+        assert main([*RUN, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert list(outside.iterdir()) == [] and [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "mine", "outside"]
+
+
+def _bomb_png(side: int) -> bytes:
+    """A PNG header that claims side x side pixels (PIL refuses it by its size, before decoding anything)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = zlib.compress(b"\x00" * (side + 1))  # one row: the size alone makes it a bomb
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("kind", ["decompression bomb", "NUL in a name", "newline in a name"])
+def test_score_refuses_a_bomb_and_control_characters_in_names(tmp_path, capsys, kind):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    if kind == "decompression bomb":
+        (images / "a.png").write_bytes(_bomb_png(20_000))  # 400 M pixels: more than twice PIL's limit
+        name = "a.png"
+    else:
+        name = "a\x00.png" if kind == "NUL in a name" else "a\n.png"
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": name, "prompt_id": "nurse", "prompt": "a nurse"}) + "\n")
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["score", str(images), "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert sorted(tmp_path.rglob("*")) == before

@@ -165,9 +165,11 @@ def _fake_run(d: Path, method: str, args: dict, suite: str, adherence: dict | No
         "suite": {"name": suite}, "method": {"level": "none"}, "status": "complete"}))
     est = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "floor": 0.375,
            "corrected": {"value": 0.45, "ci_low": 0.2, "ci_high": 0.7, "bias_bound": 0.05}}
-    res = {"n_prompts_with_faces": 2, "n_images": 8, "n_faces": 8, "no_face_rate": 0.0,
+    res = {"groups": ["a", "b"], "per_prompt": [], "n_prompts_with_faces": 2, "n_images": 8, "n_faces": 8,
+           "no_face_rate": 0.0,
            "aggregate": {"fd": est, "bias_gap": est, "kl": est}, "skew_test": {"n_skewed": 1, "n_tested": 2}}
     metrics = {"schema_version": 2, "attributes": {"gender": res, "skin_tone": res, "age2": res},
+               "n_images": 8, "n_faces": 8, "no_face_rate": 0.0,
                "classifier": "synthface", "settings": {"n_boot": 10, "level": 0.95, "seed": 0}}
     if adherence:
         metrics["adherence"] = adherence

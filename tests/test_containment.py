@@ -181,7 +181,7 @@ def test_merge_of_clean_shards_equals_the_unsharded_run_and_repeats(shards, orig
 # 2. stale temp files ---------------------------------------------------------------------------------
 
 
-def test_run_into_a_folder_of_user_files_removes_none_of_them(original, tmp_path):
+def test_run_into_a_folder_of_user_files_is_refused_and_touches_none_of_them(original, tmp_path, capsys):
     out = tmp_path / "d"
     (out / "sub").mkdir(parents=True)
     mine = {out / ".notes.tmp": b"notes", out / "sub" / ".draft.tmp": b"draft",
@@ -191,11 +191,14 @@ def test_run_into_a_folder_of_user_files_removes_none_of_them(original, tmp_path
     _OPENED.clear()
     _WATCHED.update(os.path.realpath(p) for p in mine)
     try:
-        assert main([*ARGS, "--out", str(out)]) == 0
+        assert main([*ARGS, "--out", str(out)]) == 2
         assert not _OPENED
     finally:
         _WATCHED.clear()
+    assert "is a folder of other files" in _one_line(capsys)
     assert all(p.read_bytes() == data for p, data in mine.items())
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [".notes.tmp", ".run.json.abcdefgh.tmp",
+                                                                            "sub", "sub/.draft.tmp"]
 
 
 def test_resume_removes_only_the_temp_files_fairbench_names(copy):

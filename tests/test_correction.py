@@ -170,3 +170,31 @@ def test_classifier_correction_closed_form_and_the_confusion_uncertainty():
     assert few["value"] == pytest.approx(many["value"])
     # ten held-out faces per row leave the matrix uncertain: the interval widens
     assert (few["ci_high"] - few["ci_low"])[0] > 1.5 * (many["ci_high"] - many["ci_low"])[0]
+
+
+def test_metric_ranges_by_hand():
+    from fairbench.metrics.correction import metric_range
+
+    half, quarter = np.full(2, 0.5), np.full(4, 0.25)
+    assert metric_range("bias_gap", half) == pytest.approx((0.0, 1.0))
+    assert metric_range("kl", half) == pytest.approx((0.0, math.log(2)))
+    assert metric_range("kl", quarter) == pytest.approx((0.0, math.log(4)))
+    assert metric_range("fd", quarter) == pytest.approx((0.0, math.sqrt(0.75)))  # ||(0.75, -0.25, -0.25, -0.25)||
+    assert metric_range("dp_ratio", np.array([0.7, 0.3])) == pytest.approx((0.0, 1.0))  # 1 at uniform, not the target
+    assert metric_range("mad", np.array([0.7, 0.3])) == pytest.approx((0.0, 0.5))  # mad ignores the target
+
+
+def test_corrected_intervals_stay_inside_the_metrics_range_and_keep_their_coverage():
+    from fairbench.metrics.correction import metric_range, prompt_corrected, within
+
+    tiny = prompt_corrected(np.array([1, 1]), "bias_gap")  # 2 faces: the uncut interval is far wider than [0, 1]
+    assert (tiny.low, tiny.high) == (0.0, 1.0) and tiny.value < 0  # the estimate itself is left as it is
+    kl = prompt_corrected(np.array([3, 1]), "kl")
+    assert 0.0 <= kl.low <= kl.high <= math.log(2)
+    # the truth lies in the range, so cutting to the range never changes whether the interval covers it
+    rng = np.random.default_rng(0)
+    span = metric_range("bias_gap", np.full(2, 0.5))
+    for _ in range(200):
+        value, half, truth = rng.normal(0.5, 0.6), abs(rng.normal(0, 0.5)), rng.uniform(*span)
+        cut = within(value, half, 0.0, span)
+        assert (cut.low <= truth <= cut.high) == (value - half <= truth <= value + half)

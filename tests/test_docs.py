@@ -38,7 +38,7 @@ def test_real_sd_commands_parse_and_name_registered_things():
             continue
         assert args.model in MODELS and args.method in METHODS
         assert MODELS.get(args.model).count("/") == 1  # a hub id
-        bind_arguments(CLASSIFIERS.get(args.classifier), _key_values(args.classifier_arg, "--classifier-arg") or {},
+        bind_arguments(CLASSIFIERS.get(args.classifier), _key_values(args.classifier_args, "--classifier-arg") or {},
                        args.classifier)  # every --classifier-arg is a real argument of the right type
     page = (DOCS / "real-sd.md").read_text(encoding="utf-8")
     for name in ("sd15", "sd21", "sdxl"):  # the models table quotes the registry

@@ -64,7 +64,7 @@ class _Replay(ImageSource):
         locked = (self.run_dir / ".fairbench.lock").exists()
         self.calls.append("check under the lock" if locked else "check")
 
-    def prepare(self, detector, classifier) -> None:
+    def prepare(self, device, detector, classifier) -> None:
         assert not self.run_dir.exists()  # nothing is written before the lifecycle's step 3
         self.calls.append("prepare")
 

@@ -297,7 +297,7 @@ def test_the_registered_worlds_and_synthclip_load_offline(capsys):
     from fairbench.cli.main import main
     from fairbench.models import load_backend
     from fairbench.models.dual_encoder import DualEncoder
-    from fairbench.io import cache_root
+    from fairbench.cache import root as cache_root
     from fairbench.synthface.synthclip import ASSETS, DELTA
 
     vl, text = load_backend("synthface-vl"), load_backend("synthface")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fairbench.cli.argtypes import body_list, nonnegative_int, positive_int, share
+from fairbench.cli.argtypes import body_list, nonnegative_int, positive_float, positive_int, share
 from fairbench.errors import UserError
 
 
@@ -18,22 +18,22 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=positive_int, default=3600)
     t.add_argument("--batch-size", type=positive_int, default=64)
     t.add_argument("--n-renders", type=positive_int, default=40_000)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--max-minutes", type=float, help="checkpoint and stop after this long (resume later)")
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--warmup", type=int, default=200, help="linear warm-up steps before the cosine decay")
-    t.add_argument("--neutral-share", type=float, help="share of non-empty captions naming no group (default 5/9)")
+    t.add_argument("--seed", type=nonnegative_int, default=0)
+    t.add_argument("--max-minutes", type=positive_float, help="checkpoint and stop after this long (resume later)")
+    t.add_argument("--lr", type=positive_float, default=3e-4)
+    t.add_argument("--warmup", type=nonnegative_int, default=200, help="linear warm-up steps before the cosine decay")
+    t.add_argument("--neutral-share", type=share, help="share of non-empty captions naming no group (default 5/9)")
     t.add_argument("--init-from", help="UNet folder to start from (a second training stage)")
-    t.add_argument("--balanced-renders", type=int, default=0,
+    t.add_argument("--balanced-renders", type=nonnegative_int, default=0,
                    help="extra renders with uniform groups, used as the images of group-naming captions")
     t.add_argument("--fresh-named", action="store_true",
                    help="group-naming captions describe fresh renders of the occupation with the named groups "
                         "drawn uniformly (the others keep the world's skew)")
-    t.add_argument("--transformer-layers", type=int, default=1,
+    t.add_argument("--transformer-layers", type=positive_int, default=1,
                    help="transformer blocks per 8 x 8 attention; blocks --init-from lacks start as identities")
-    t.add_argument("--text-lr-scale", type=float, default=1.0,
+    t.add_argument("--text-lr-scale", type=positive_float, default=1.0,
                    help="learning-rate multiplier of the text pathway (cross-attention and grown blocks)")
-    t.add_argument("--timestep-power", type=float, default=1.0,
+    t.add_argument("--timestep-power", type=positive_float, default=1.0,
                    help="draw t = T * u**power (below 1: more high-noise steps, where the caption decides)")
     t.add_argument("--text-encoder", default="minilm",
                    help="minilm (the text-only world), synthclip (the installed one) or a trained synthclip folder "
@@ -49,10 +49,10 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--steps", type=positive_int, default=1400)
     k.add_argument("--batch-size", type=positive_int, default=128)
     k.add_argument("--n-renders", type=positive_int, default=40_000)
-    k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--max-minutes", type=float, help="checkpoint and stop after this long (resume later)")
-    k.add_argument("--lr", type=float, default=1e-3, help="image tower, projections and temperature")
-    k.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay")
+    k.add_argument("--seed", type=nonnegative_int, default=0)
+    k.add_argument("--max-minutes", type=positive_float, help="checkpoint and stop after this long (resume later)")
+    k.add_argument("--lr", type=positive_float, default=1e-3, help="image tower, projections and temperature")
+    k.add_argument("--warmup", type=nonnegative_int, default=100, help="linear warm-up steps before the cosine decay")
     k.add_argument("--hard-negatives", type=nonnegative_int, default=1,
                    help="counterfactual captions each group-naming caption brings as negatives (0: none)")
     k.add_argument("--expression-share", type=share, default=0.3,
@@ -77,7 +77,7 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     c = ss.add_parser("train-classifier", help="train the synthface attribute classifier on renders")
     c.add_argument("--out", default=".cache/synthface-classifier")
     c.add_argument("--steps", type=positive_int, default=1500)
-    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--seed", type=nonnegative_int, default=1)
     c.add_argument("--no-progress", action="store_true")
     v = ss.add_parser("evaluate-classifier",
                       help="re-measure a trained classifier on held-out renders (skewed and balanced) and "

@@ -111,7 +111,8 @@ def _checked_sha256(file: Path, row: int, path: Path) -> str:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # a decompression bomb (more pixels than PIL's limit) is refused like any file that is no image
         raise UserError(f"{file} (row {row} of {path}) is not a readable image: "
                         f"{str(exc).splitlines()[0][:120] or type(exc).__name__}") from None
     return sha256_bytes(data)
@@ -174,6 +175,10 @@ def read_external(images_dir: Path, path: Path, suite: str | None = None, model:
         blank = table.index[table[col].str.strip() == ""]
         if len(blank):
             raise UserError(f"prompts file {path}: row {blank[0] + 1} has no {what}")
+    control = table.index[table["image"].str.contains(r"[\x00-\x1f]", regex=True)]
+    if len(control):  # a NUL cannot be in a file name; a newline or tab is a mistake in the table
+        raise UserError(f"prompts file {path}: row {control[0] + 1} names an image with a control character "
+                        f"({table['image'][control[0]]!r})")
     dup = table["image"][table["image"].duplicated()]
     if len(dup):
         raise UserError(f"prompts file {path} lists image {dup.iloc[0]!r} twice")

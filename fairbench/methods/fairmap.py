@@ -26,7 +26,6 @@ embedding is not mapped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from fairbench.errors import UserError
+from fairbench.cache import folder as cache_folder
 from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import Conditioning, DiffusersBackend, weights_fingerprint
@@ -123,6 +123,9 @@ def text_loss(mapped: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     return ((mapped - original) ** 2).sum(dim=-1).mean()
 
 
+MAX_STEPS = 1_000_000  # a training budget beyond any run's; more is a typo, not a plan
+
+
 @dataclass
 class FairMapConfig:
     """Hyperparameters (the unpublished ones carry fairbench's defaults)."""
@@ -149,9 +152,10 @@ class FairMapConfig:
             raise UserError(f"fairmap: init must be one of {list(INITS)}, got {self.init!r}")
         if self.distance not in DISTANCES:
             raise UserError(f"fairmap: distance must be one of {sorted(DISTANCES)}, got {self.distance!r}")
-        for name in ("steps", "depth"):
-            if getattr(self, name) < 1:
-                raise UserError(f"fairmap: {name} must be at least 1, got {getattr(self, name)}")
+        for name, most in (("steps", MAX_STEPS), ("depth", 64), ("hidden", 65_536)):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= most:
+                raise UserError(f"fairmap: {name} must be between 1 and {most:,}, got {value}")
         if self.lr <= 0 or self.lambda_fair < 0:
             raise UserError("fairmap: "
                             f"lr must be positive and lambda_fair non-negative, got {self.lr} and {self.lambda_fair}")
@@ -364,20 +368,17 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     return net.eval(), meta
 
 
-def cache_key(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig) -> str:
+def cache_spec(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig) -> dict[str, Any]:
     """Everything that changes the trained map."""
-    texts = training_texts(suite, cfg.attributes, cfg.split)
-    blob = json.dumps({"cfg": asdict(cfg), "enc": text_encoder_hash(backend), "texts": texts}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return {"cfg": asdict(cfg), "enc": text_encoder_hash(backend),
+            "texts": training_texts(suite, cfg.attributes, cfg.split)}
 
 
 def train_and_save(backend: DiffusersBackend, suite: SuiteSpec, cfg: FairMapConfig, out: Path | None = None,
                    cache: bool = False) -> Path:
     """Fit and write a checkpoint (to `out`, or to the cache keyed by the full specification)."""
-    from fairbench.metrics.quality import cache_dir
-
     if out is None:
-        out = cache_dir().parent / "fairmap" / cache_key(backend, suite, cfg)
+        out = cache_folder("fairmap", cache_spec(backend, suite, cfg))
         if cache and (out / "mapping.json").is_file():
             return out
     net, stats = fit_mapping(backend, suite, cfg)

@@ -246,6 +246,23 @@ class Corrected:
 NAN = Corrected(float("nan"), float("nan"), float("nan"), float("nan"))
 
 
+def metric_range(metric: str, target: np.ndarray) -> tuple[float, float]:
+    """The values `metric` can take against `target`: between its lowest value (at the target, or at uniform
+    shares for the metrics that ignore the target) and its value at the most one-sided shares (each metric is
+    convex in the shares, so it peaks at a vertex of the simplex; dp_ratio, the one score, is 0 there and 1 at
+    uniform shares)."""
+    k = len(target)
+    values = FAIRNESS_METRICS.get(metric)(np.vstack([target, uniform(k), np.eye(k)]), target)
+    return float(np.nanmin(values)), float(np.nanmax(values))
+
+
+def within(value: float, half: float, bound: float, span: tuple[float, float]) -> Corrected:
+    """value +- half, cut to the values the quantity can take: the truth lies in `span`, so the cut interval
+    covers it exactly when the uncut one does (coverage unchanged), and an interval never claims values a
+    metric cannot have."""
+    return Corrected(value, max(value - half, span[0]), min(value + half, span[1]), bound)
+
+
 def prompt_corrected(counts: np.ndarray, metric: str, target: np.ndarray | None = None, n_sim: int = 1000,
                      level: float = 0.95, seed: int = 0) -> Corrected:
     """One prompt: U(X) +- (z * sd under the observed shares + bias bound); the sd is simulated."""
@@ -256,7 +273,7 @@ def prompt_corrected(counts: np.ndarray, metric: str, target: np.ndarray | None 
         return NAN
     z = float(student_t.ppf((1 + level) / 2, np.inf))
     half = z * corrected_sd(counts, metric, target, n_sim, seed) + bound
-    return Corrected(value, value - half, value + half, bound)
+    return within(value, half, bound, metric_range(metric, target))
 
 
 def aggregate_corrected(counts: np.ndarray, metric: str, target: np.ndarray | None = None, n_sim: int = 1000,
@@ -274,7 +291,7 @@ def aggregate_corrected(counts: np.ndarray, metric: str, target: np.ndarray | No
     # the spread over prompts, or the sampling spread alone where prompts agree too well to show it
     se = math.sqrt(max(float(values.var(ddof=1)), float(np.mean(model))) / len(values))
     half = float(student_t.ppf((1 + level) / 2, len(values) - 1)) * se + bound
-    return Corrected(value, value - half, value + half, bound)
+    return within(value, half, bound, metric_range(metric, target))
 
 
 def per_prompt_values(counts: np.ndarray, metric: str, target: np.ndarray,
@@ -354,5 +371,5 @@ def paired_corrected(before: np.ndarray, after: np.ndarray, metric: str, target:
     se = float(diff.std(ddof=1)) / math.sqrt(len(diff))
     bound = float(bb.mean() + ba.mean())
     half = float(student_t.ppf((1 + level) / 2, len(diff) - 1)) * se + bound
-    value = float(diff.mean())
-    return Corrected(value, value - half, value + half, bound)
+    lo, hi = metric_range(metric, target)
+    return within(float(diff.mean()), half, bound, (lo - hi, hi - lo))

@@ -10,7 +10,6 @@ its (sum, sum of outer products, count).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -23,7 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from fairbench.errors import UserError
 from fairbench.generation.manifest import IMAGE_SUFFIXES, run_rows
-from fairbench.io import cache_root, sha256_file
+from fairbench import cache
+from fairbench.io import sha256_file
 from fairbench.metrics.features import FeatureExtractor
 from fairbench.outputs.rundir import MANIFEST
 
@@ -60,16 +60,11 @@ def image_batches(paths: list[Path], size: int, batch_size: int) -> Iterator[tor
         yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def cache_dir() -> Path:
-    """Where reference statistics are cached (under fairbench.io.cache_root())."""
-    return cache_root() / "reference-stats"
-
-
-def cache_key(extractor: FeatureExtractor, content_hash: str) -> str:
-    """The one cache key of reference statistics: everything that changes them."""
-    parts = json.dumps({"extractor": extractor.identity, "input_size": extractor.input_size, "resize": "PIL bicubic",
-                        "content": content_hash}, sort_keys=True)
-    return hashlib.sha256(parts.encode()).hexdigest()[:32]
+def stats_path(extractor: FeatureExtractor, content_hash: str) -> Path:
+    """Where the reference statistics of an image set are cached, keyed by everything that changes them."""
+    spec = {"extractor": extractor.identity, "input_size": extractor.input_size, "resize": "PIL bicubic",
+            "content": content_hash}
+    return cache.root() / "reference-stats" / f"{cache.key(spec, 32)}.safetensors"
 
 
 def features_of(extractor: FeatureExtractor, paths: list[Path], batch_size: int) -> torch.Tensor:
@@ -82,7 +77,7 @@ def reference_features(extractor: FeatureExtractor, source: str | Path, batch_si
                        use_cache: bool = True) -> tuple[torch.Tensor, str, bool]:
     """Reference features, from the cache when the same extractor saw the same content before."""
     paths, content = list_images(source)
-    path = cache_dir() / f"{cache_key(extractor, content)}.safetensors"
+    path = stats_path(extractor, content)
     if use_cache and path.is_file():
         return load_file(path)["features"], content, True
     feats = features_of(extractor, paths, batch_size)

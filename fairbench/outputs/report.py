@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fairbench.errors import UserError
 from fairbench.generation.manifest import finished_rows
 from fairbench.io import atomic_write_text, check_writable_target
 from fairbench.metrics.evaluate import per_prompt_table, summary_table
@@ -82,12 +83,17 @@ def _compare_lines(run_dir: Path) -> list[str]:
     if not (run_dir / COMPARE_JSON).is_file():
         return []
     result = read_json(run_dir / COMPARE_JSON)
-    head, *rest = verdict_lines(result)
-    title = "Paired comparison" if result.get("mode") != "prompt-paired" else "Comparison"
-    lines = [f"## {title} with `{result['baseline']}`", "", head + ".", ""]
-    lines += [f"- {line.strip()}" for line in rest if " flips " in line or " corrected " in line or " skewed " in line
-              or line.lstrip().startswith(("face rate", "family acc.", "adherence", "quality", "note"))]
-    lines += ["", summary_frame(result).to_markdown(index=False, floatfmt=".3f"), ""]
+    try:  # compare.json is read back from disk: a file that lacks what `compare` writes is the user's to redo
+        head, *rest = verdict_lines(result)
+        title = "Paired comparison" if result.get("mode") != "prompt-paired" else "Comparison"
+        lines = [f"## {title} with `{result['baseline']}`", "", head + ".", ""]
+        lines += ["", summary_frame(result).to_markdown(index=False, floatfmt=".3f"), ""]
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        raise UserError(f"{run_dir / COMPARE_JSON} is not a complete comparison ({type(exc).__name__}: {exc}): "
+                        f"run `fairbench compare` again") from None
+    lines[4:4] = [f"- {line.strip()}" for line in rest if " flips " in line or " corrected " in line
+                  or " skewed " in line
+                  or line.lstrip().startswith(("face rate", "family acc.", "adherence", "quality", "note"))]
     if (run_dir / FIGURES / "compare.png").is_file():
         lines += ["![paired comparison](figures/compare.png)", ""]
     return lines
@@ -97,6 +103,7 @@ def render_report(run_dir: Path, baseline: Path | None = None) -> str:
     """Write the figures and return the markdown of the report."""
     run, metrics = read_run(run_dir)
     rows = finished_rows(run_dir, run.n_units)  # the grids show only images the metrics were computed on
+    compared = _compare_lines(run_dir)  # read (and refused) before any figure is written
     fig_dir = run_dir / FIGURES  # made by the first figure written, not before
     lines = _run_header(run, metrics)
     s = metrics["settings"]
@@ -116,7 +123,7 @@ def render_report(run_dir: Path, baseline: Path | None = None) -> str:
         if path:
             lines += [f"## {run.spec['method']} vs {base_run.spec['method']} (`{baseline}`)", "",
                       f"![comparison](figures/{path.name})", ""]
-    lines += _compare_lines(run_dir)
+    lines += compared
     for attr, res in metrics["attributes"].items():
         table = per_prompt_table(res)
         if table.empty or "*" in attr:

@@ -219,6 +219,68 @@ class RunRecord(BaseModel):
         return self.model.weights_fingerprint
 
 
+class _Open(BaseModel):
+    """Part of metrics.json: the keys its readers need are typed; others (per-metric extras) pass."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class Estimate(_Open):
+    """A value with its interval (None where undefined, e.g. no faces)."""
+
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+class MetricEstimate(Estimate):
+    """A fairness metric's plug-in estimate, its floor and its bias-corrected estimate."""
+
+    floor: float | None = None
+    corrected: Estimate | None = None
+
+
+class SkewCount(_Open):
+    """How many prompts the per-prompt skew test rejects."""
+
+    n_skewed: int = Field(ge=0)
+    n_tested: int = Field(ge=0)
+
+
+class AttributeResult(_Open):
+    """metrics.json's results for one attribute."""
+
+    groups: list[str]
+    n_prompts_with_faces: int = Field(ge=0)
+    n_images: int = Field(ge=0)
+    n_faces: int = Field(ge=0)
+    no_face_rate: float
+    aggregate: dict[str, MetricEstimate]
+    per_prompt: list[dict[str, Any]]
+    skew_test: SkewCount
+
+
+class MetricSettings(_Open):
+    """How the numbers were computed."""
+
+    n_boot: int = Field(gt=0)
+    level: float = Field(gt=0, lt=1)
+    seed: int
+
+
+class MetricsFile(_Open):
+    """metrics.json, as every reader of it (report, leaderboard, compare, check) needs it."""
+
+    schema_version: int
+    attributes: dict[str, AttributeResult]
+    settings: MetricSettings
+    classifier: str | None = None
+    n_images: int = Field(ge=0)
+    n_faces: int = Field(ge=0)
+    no_face_rate: float
+    nsfw_flagged: int = 0
+
+
 def write_record(run_dir: Path, record: RunRecord) -> None:
     """Write run.json atomically: the fields that were set."""
     atomic_write_json(run_dir / RUN_JSON, record.model_dump(exclude_unset=True))
@@ -253,4 +315,9 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
     if metrics.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{path} is schema {metrics.get('schema_version')!r}, this fairbench reads schema "
                         f"{SCHEMA_VERSION}: re-score the run (`fairbench run` with its flags resumes and re-scores it)")
+    try:
+        MetricsFile.model_validate(metrics)
+    except ValidationError as exc:
+        raise UserError(f"{path} is not a complete fairbench metrics file ({validation_message(exc, MetricsFile)}): "
+                        f"re-score the run with `fairbench classify`") from None
     return metrics

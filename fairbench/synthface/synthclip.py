@@ -25,7 +25,8 @@ import torch
 
 import fairbench.synthface.vision  # noqa: F401  (registers synthclip's image tower with transformers)
 from fairbench.errors import UserError
-from fairbench.io import atomic_write_json, cache_root, sha256_file
+from fairbench import cache
+from fairbench.io import atomic_write_json, sha256_file
 
 ASSETS = Path(__file__).resolve().parent / "assets_synthclip"
 TRAINED_TEXT_LAYERS = 3  # top BERT layers of MiniLM that are fine-tuned (of 6)
@@ -152,7 +153,7 @@ def synthclip_folder(source: Path = ASSETS) -> str:
         raise UserError(f"synthclip is not installed ({source / DELTA} is missing); "
                         "train it with `fairbench synthface train-clip`")
     digest = sha256_file(source / DELTA)
-    dest = cache_root() / f"synthclip-{digest[:16]}"
+    dest = cache.root() / f"synthclip-{digest[:16]}"
     if not (dest / "fairbench_source.json").is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         assemble(source, dest)

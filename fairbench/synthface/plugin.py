@@ -1,0 +1,62 @@
+"""The synthface worlds as a fairbench plugin.
+
+fairbench's core never names a world: this module registers the embedded worlds' models, their
+pipeline class, labellers, feature extractor, CLIP and command through the `fairbench.worlds` entry
+point (pyproject.toml), the mechanism a third party's world would use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# sampling and labelling defaults of both worlds (bfloat16 where the device computes it natively)
+DEFAULTS = {"steps": 15, "guidance_scale": 2.0, "batch_size": 64, "classifier": "synthface",
+            "detector": "synthface", "dtype": "bfloat16"}
+
+
+def load_pipeline(folder: Path, dtype: Any) -> Any:
+    """A SynthFacePipeline folder -> the pipeline, with one-line errors for a folder that lacks a part."""
+    import json
+
+    from fairbench.errors import UserError
+    from fairbench.synthface.pipeline import SynthFacePipeline
+
+    for part in ("unet", "scheduler"):
+        if not (folder / part / ("scheduler_config.json" if part == "scheduler" else "config.json")).is_file():
+            raise UserError(f"model folder {str(folder)!r} is a SynthFacePipeline without its {part} "
+                            f"({folder / part} is missing or has no config)")
+    try:
+        return SynthFacePipeline.from_folder(folder, dtype=dtype)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load the synthface pipeline in {str(folder)!r}: {first}") from None
+
+
+def register() -> None:
+    """Add the synthface worlds to fairbench's registries (called once, by the first registry lookup)."""
+    import fairbench.synthface.vision  # noqa: F401  (synthclip's image tower, registered with transformers' Auto classes)
+    from fairbench.classifiers import CLASSIFIERS
+    from fairbench.cli.commands import COMMANDS
+    from fairbench.faces import DETECTORS
+    from fairbench.metrics.features import EXTRACTORS
+    from fairbench.models import MODELS, PIPELINES
+    from fairbench.models.dual_encoder import DUAL_ENCODERS
+    from fairbench.synthface.cli import add_synthface, run_synthface
+    from fairbench.synthface.labellers import SynthFaceClassifier, SynthFaceDetector, SynthFaceExtractor
+    from fairbench.synthface.pipeline import world_assets
+    from fairbench.synthface.synthclip import synthclip_folder
+
+    # the embedded worlds ship inside fairbench (offline); their source is the package folder
+    MODELS.add("synthface", "synthface", folder=lambda: str(world_assets("synthface")), defaults=DEFAULTS,
+               family="embedded text-only world: frozen MiniLM text encoder, the bias lives in the denoiser")
+    MODELS.add("synthface-vl", "synthface-vl", folder=lambda: str(world_assets("synthface-vl")), defaults=DEFAULTS,
+               family="embedded vision-language world: synthclip text encoder trained on the world's images")
+    PIPELINES.add("SynthFacePipeline", load_pipeline, defaults=DEFAULTS)
+    DETECTORS.add("synthface", SynthFaceDetector, source="synthface classifier's face-present head")
+    CLASSIFIERS.add("synthface", SynthFaceClassifier, source=SynthFaceClassifier.source, extractor="synthface")
+    EXTRACTORS.add("synthface", SynthFaceExtractor, source="synthface classifier features (offline)")
+    # an entry with `folder` is assembled on demand (shipped as the tensors that differ from a package's model)
+    DUAL_ENCODERS.add("synthclip", "fairbench/synthface/assets_synthclip", folder=synthclip_folder,
+                      notes="the vision-language world's CLIP, trained on its renders (offline)")
+    COMMANDS.add("synthface", (add_synthface, run_synthface), help="train the synthface world's model and classifier")
