@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fairbench.errors import UserError
 from fairbench import cache
+from fairbench.errors import UserError
 from fairbench.methods.base import MethodContext, step_index
 from fairbench.models.backend import DiffusersBackend, SamplingParams, weights_fingerprint
 from fairbench.prompts import load_suite

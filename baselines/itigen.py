@@ -53,11 +53,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fairbench.errors import UserError
 from fairbench import cache
+from fairbench.errors import UserError
 from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file, sha256_file
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import Conditioning, DiffusersBackend, weights_fingerprint
+from fairbench.outputs.rundir import IMAGE_SUFFIXES  # the image files fairbench reads anywhere
 from fairbench.prompts import attribute, parse_attributes
 from fairbench.units import WorkUnit
 
@@ -75,7 +76,6 @@ SYNTHCLIP = "synthclip"
 PLACEHOLDERS = ("*", "x", "z", "a")  # the first that is one token, kept as one, in every tokenizer involved
 TOKEN_ARGS = ("attributes", "base_prompt", "token_length", "lr", "epochs", "steps_per_epoch", "lam",
               "reference_per_group", "reference_dir", "seed")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 # the mathematics ---------------------------------------------------------------------------------

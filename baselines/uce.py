@@ -31,12 +31,12 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from fairbench import cache
 from fairbench.errors import UserError
+from fairbench.io import atomic_save_tensors, atomic_write_json
 from fairbench.labels import label_batch
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import DiffusersBackend
-from fairbench import cache
-from fairbench.io import atomic_save_tensors, atomic_write_json
 from fairbench.prompts import attribute, load_suite, parse_attributes, subject_of
 from fairbench.units import unit_seed
 

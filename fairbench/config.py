@@ -89,8 +89,8 @@ class RunConfig(BaseModel):
     negative_prompt: str = ""
     scheduler: str | None = Field(default=None, description="ddim, ddpm, dpm++, euler, euler_a, lms, pndm")
     dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
-        default=None, description="default: the model's (synthface: bfloat16 where the device has it natively; "
-                                  "SD: float32)")
+        default=None, description="default: the model's (the embedded worlds: bfloat16 where the device "
+                                  "computes it natively; SD: float32)")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
     classifier: str | None = Field(default=None, description="attribute classifier (fairbench ls classifiers)")
     classifier_args: dict[str, Any] = Field(default_factory=dict, description="classifier argument (repeatable)")
@@ -101,8 +101,8 @@ class RunConfig(BaseModel):
     n_boot: int = Field(default=1000, gt=0, le=1_000_000, description="bootstrap replicates")
     ci_level: float = Field(default=0.95, gt=0, lt=1, description="interval level")
     reference: str | None = Field(default=None, description="image folder or run directory to compute FD/KID against")
-    extractor: str = Field(default="auto", description="FD features: auto (synthface on synthface, else inception), "
-                                                       "clip, dinov2")
+    extractor: str = Field(default="auto", description="FD features: auto (the classifier's own, else inception), "
+                                                       "inception, clip, dinov2")
     extractor_args: dict[str, Any] = Field(default_factory=dict, description="extractor argument (repeatable)")
     clip_model: str | None = Field(default=None, description="hub id or folder of a CLIP model for the CLIP score")
     shard: str | None = Field(default=None, description="i/N: generate only shard i of N (merge with `fairbench merge`)")

@@ -33,8 +33,9 @@ from fairbench.labels import label_images
 from fairbench.metrics.alignment import family_accuracy
 from fairbench.metrics.evaluate import EvalSettings, evaluate
 from fairbench.models import resolve_device
-from fairbench.outputs.rundir import (LABELS, METRICS_JSON, RUN_JSON, RunRecord, git_sha, hardware, library_versions,
-                                      read_metrics, read_record, remove_stale_temp_files, write_record)
+from fairbench.outputs.rundir import (LABELS, METRICS_JSON, RUN_JSON, RunRecord, git_sha, hardware, has_manifest,
+                                      library_versions, read_metrics, read_record, remove_stale_temp_files,
+                                      write_record)
 from fairbench.outputs.tables import write_tables
 from fairbench.prompts import load_run_suite
 
@@ -122,7 +123,7 @@ def check_run_target(run_dir: Path) -> None:
     check_writable_target(run_dir)
     if run_dir.is_symlink():
         raise UserError(f"--out {run_dir} is a symbolic link: give the folder it points to, or a new folder")
-    if run_dir.is_dir() and not (run_dir / RUN_JSON).is_file() and not any(run_dir.glob("manifest*.jsonl")):
+    if run_dir.is_dir() and not (run_dir / RUN_JSON).is_file() and not has_manifest(run_dir):
         others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)  # a run's own files say it is one
         if others:
             raise UserError(f"--out {run_dir} is a folder of other files (e.g. {others[0]!r}), not a fairbench run: "
@@ -131,7 +132,7 @@ def check_run_target(run_dir: Path) -> None:
 
 def holds_run(run_dir: Path) -> bool:
     """Whether a directory holds a run to resume: a run.json and a manifest (without images, no run yet)."""
-    return (run_dir / RUN_JSON).exists() and any(run_dir.glob("manifest*.jsonl"))
+    return (run_dir / RUN_JSON).exists() and has_manifest(run_dir)
 
 
 def check_resume(run_dir: Path, cfg: RunConfig) -> None:

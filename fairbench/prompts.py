@@ -246,6 +246,13 @@ def attribute(name: str) -> AttributeSpec:
     return attrs[name]
 
 
+@lru_cache(maxsize=1)
+def occupation_families() -> dict[str, str]:
+    """Occupation -> its family (prompts/families.yaml; a world may read more of the file than this)."""
+    doc = _load_yaml(prompts_dir() / "families.yaml")
+    return {occ: name for name, fam in doc["families"].items() for occ in fam["occupations"]}
+
+
 def parse_attributes(value: str | list[str]) -> list[str]:
     """Attribute names from a --method-arg value ("gender,skin_tone"), each checked against attributes.yaml."""
     names = [a.strip() for a in (value.split(",") if isinstance(value, str) else value) if a.strip()]

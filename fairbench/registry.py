@@ -14,6 +14,26 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from fairbench.errors import UserError, did_you_mean
 
 T = TypeVar("T")
+WORLDS = "fairbench.worlds"  # the entry-point group of world plugins (models, labellers, extractors, commands)
+_LOADED: dict[str, dict[str, str]] = {}  # entry-point group -> its plugins that failed to load (name -> error)
+
+
+def load_plugins(group: str) -> dict[str, str]:
+    """Call every plugin of an entry-point group once per process; returns those that failed (name -> error).
+
+    One group can feed several registries (a world adds a model, a detector, a classifier...), so the load is
+    per group, not per registry."""
+    if group in _LOADED:
+        return _LOADED[group]
+    broken = _LOADED[group] = {}  # marked first: a plugin's own lookups during its load do not load it again
+    for ep in entry_points(group=group):
+        try:
+            ep.load()()
+        except Exception as exc:  # one broken plugin must not break every lookup: name it, skip it
+            broken[ep.name] = f"{type(exc).__name__}: {exc}"
+            print(f"warning: the {group} plugin {ep.name!r} ({ep.value}) failed to load and is skipped "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
+    return broken
 
 
 _FINITE = ConfigDict(allow_inf_nan=False)
@@ -71,8 +91,6 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
         self._entry_point_group = entry_point_group
-        self._plugins_loaded = entry_point_group is None
-        self.broken_plugins: dict[str, str] = {}
 
     def register(self, name: str, **meta: Any) -> Callable[[T], T]:
         """Decorator form: `@REG.register("name", level=...)`."""
@@ -89,17 +107,13 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = Entry(name, obj, meta)
 
-    def _load_plugins(self) -> None:
-        if self._plugins_loaded:
-            return
-        self._plugins_loaded = True
-        for ep in entry_points(group=self._entry_point_group):
-            try:
-                ep.load()()
-            except Exception as exc:  # one broken plugin must not break every lookup: name it, skip it
-                self.broken_plugins[ep.name] = f"{type(exc).__name__}: {exc}"
-                print(f"warning: the {self._entry_point_group} plugin {ep.name!r} ({ep.value}) failed to load and "
-                      f"is skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+    @property
+    def broken_plugins(self) -> dict[str, str]:
+        """Plugins of this registry's entry-point group that failed to load (name -> error)."""
+        return self._load_plugins()
+
+    def _load_plugins(self) -> dict[str, str]:
+        return load_plugins(self._entry_point_group) if self._entry_point_group else {}
 
     def __contains__(self, name: str) -> bool:
         self._load_plugins()

@@ -13,7 +13,7 @@ from fairbench.errors import UserError
 from fairbench.generation.manifest import (MANIFEST, Manifest, check_no_links, completed_rows, consolidate,
                                            finished_rows)
 from fairbench.io import atomic_write_bytes, atomic_write_text, sha256_file
-from fairbench.outputs.rundir import RUN_SUITE, RunRecord, read_record, run_dir_of, slug, write_record
+from fairbench.outputs.rundir import RUN_SUITE, RunRecord, has_manifest, read_record, run_dir_of, slug, write_record
 from fairbench.pipeline import ImageSource, check_resume, holds_run, provenance, quality_run, recorded_config
 from fairbench.prompts import SUITES, load_suite
 from fairbench.units import SEED_RULE, make_units
@@ -176,8 +176,7 @@ class Import(ImageSource):
     def check(self) -> None:
         check_resume(self.run_dir, self.cfg)
         path = self.run_dir / RUN_SUITE  # never other prompts into a folder that holds a scored run
-        if (path.is_file() and any(self.run_dir.glob("manifest*.jsonl"))
-                and path.read_text(encoding="utf-8") != self.suite_text):
+        if path.is_file() and has_manifest(self.run_dir) and path.read_text(encoding="utf-8") != self.suite_text:
             raise UserError(f"{self.run_dir} holds scored images of other prompts ({path} differs); "
                             f"choose another --out")
         check_no_links(self.run_dir)

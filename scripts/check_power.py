@@ -98,7 +98,7 @@ def faceless(labels: pd.DataFrame, run: Path, k: int, rng: np.random.Generator) 
 @contextlib.contextmanager
 def coin_flip_classifier(seed: int) -> Iterator[None]:
     """Make the synthface classifier's outputs coin flips (same name, random one-hot labels)."""
-    from fairbench.classifiers.synthface import SynthFaceClassifier
+    from fairbench.synthface.labellers import SynthFaceClassifier
 
     original = SynthFaceClassifier.predict
     rng = np.random.default_rng(seed)

@@ -62,7 +62,8 @@ def test_runs_of_another_n_or_seed_compare_prompt_by_prompt_on_corrected_estimat
     assert "metrics" not in res["attributes"]["gender"] and "flips" not in res["attributes"]["gender"]
     assert gap["floor_before"] == gap["floor_after"] == pytest.approx(0.375)  # E|2X/4 - 1|, X ~ Bin(4, 1/2)
     assert gap["change"]["value"] == pytest.approx(gap["after"]["value"] - gap["before"]["value"])
-    assert gap["change"]["ci_low"] < gap["change"]["value"] < gap["change"]["ci_high"]
+    # the change is cut to what a change of the gap can be (-1 to 1), stretched to hold its estimate
+    assert gap["change"]["ci_low"] <= gap["change"]["value"] < gap["change"]["ci_high"] <= 1.0
     from fairbench.outputs.compare import verdict_lines
 
     assert "prompt by prompt over 2 prompts" in verdict_lines(res)[0]

@@ -144,10 +144,10 @@ def test_clip_templates_override_and_errors(tiny_clip, tmp_path):
 def test_synthface_labels_with_one_network_pass_per_image(monkeypatch):
     """On synthface the detector and classifier are one network: label_batch runs it once per image,
     and the labels equal those of separate passes."""
-    import fairbench.classifiers.synthface as synthface_classifier
+    import fairbench.synthface.labellers as synthface_classifier
     import fairbench.synthface.classifier as net_module
-    from fairbench.classifiers.synthface import SynthFaceClassifier
-    from fairbench.faces.synthface import SynthFaceDetector
+    from fairbench.synthface.labellers import SynthFaceClassifier
+    from fairbench.synthface.labellers import SynthFaceDetector
     from fairbench.labels import label_batch
     from fairbench.synthface.render import FaceSpec, render_face, render_negative
 

@@ -8,11 +8,11 @@ from fairbench.classifiers.agegender import AgeGenderClassifier
 from fairbench.classifiers.base import AttributeClassifier
 from fairbench.classifiers.clip import CLIPClassifier
 from fairbench.classifiers.fairface import FairFaceClassifier
-from fairbench.classifiers.synthface import SynthFaceClassifier
-from fairbench.registry import Registry
+from fairbench.registry import WORLDS, Registry
 
-CLASSIFIERS: Registry[type[AttributeClassifier]] = Registry("classifier")
-for _cls in (AgeGenderClassifier, FairFaceClassifier, CLIPClassifier, SynthFaceClassifier):
+# a classifier's entry may name `extractor`: the features `--extractor auto` uses on runs it labels
+CLASSIFIERS: Registry[type[AttributeClassifier]] = Registry("classifier", entry_point_group=WORLDS)
+for _cls in (AgeGenderClassifier, FairFaceClassifier, CLIPClassifier):
     CLASSIFIERS.add(_cls.name, _cls, source=_cls.source)
 
 

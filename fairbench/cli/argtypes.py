@@ -46,15 +46,3 @@ def share(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
     return value
-
-
-CLASSIFIER_BODIES = ("body", "expression_body")
-
-
-def body_list(text: str) -> tuple[str, ...]:
-    """argparse type: a comma-separated list of the synthface classifier's bodies, each at most once."""
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in CLASSIFIER_BODIES]
-    if not names or unknown or len(set(names)) < len(names):
-        raise argparse.ArgumentTypeError(f"expected distinct names from {', '.join(CLASSIFIER_BODIES)}, got {text!r}")
-    return names

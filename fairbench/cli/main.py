@@ -9,6 +9,7 @@ import traceback
 from typing import Any
 
 from fairbench.cli.argtypes import positive_int
+from fairbench.config import DEFAULT_MODEL
 from fairbench.errors import RegressionFound, UserError
 
 
@@ -198,13 +199,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_synthface(args: argparse.Namespace) -> int:
-    """fairbench synthface train|train-classifier|grid."""
-    from fairbench.cli.synthface import run_synthface
-
-    return run_synthface(args)
-
-
 def cmd_quality(args: argparse.Namespace) -> int:
     """fairbench quality RUN_DIR --reference SRC."""
     from pathlib import Path
@@ -353,9 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "apply; texts default to its own)")
     p.add_argument("--model", help="model name of the images (default: the file's model column, else 'external')")
     p.add_argument("--method", help="method name of the images (default: the file's method column, else 'external')")
-    p.add_argument("--classifier", help="default: the model's (synthface for synthface, else agegender)")
+    p.add_argument("--classifier", help="default: the model's (an embedded world's own, else agegender)")
     p.add_argument("--classifier-arg", action="append", metavar="KEY=VALUE")
-    p.add_argument("--detector", help="default: the model's (synthface for synthface, else mtcnn)")
+    p.add_argument("--detector", help="default: the model's (an embedded world's own, else mtcnn)")
     p.add_argument("--device", default="auto")
     p.add_argument("--n-boot", type=int, help="bootstrap replicates")
     p.add_argument("--ci-level", type=float, help="interval level, e.g. 0.95")
@@ -364,14 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quality", help="FD/KID against a reference set and/or CLIP score, added to metrics.json")
     p.add_argument("run_dir")
     p.add_argument("--reference", help="image folder or run directory")
-    p.add_argument("--extractor", default="auto", help="auto, synthface, inception, clip, dinov2")
+    p.add_argument("--extractor", default="auto", help="auto (the classifier's own features, else inception), "
+                                                      "inception, clip, dinov2 (fairbench ls extractors)")
     p.add_argument("--extractor-arg", action="append", metavar="KEY=VALUE")
     p.add_argument("--clip-model")
     p.add_argument("--clip-revision")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p = sub.add_parser("train", help="train a trainable method (fairmap) and write its checkpoint")
     p.add_argument("--method", required=True)
-    p.add_argument("--model", default="synthface")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--suite", help="training suite (default: the method's, occupations)")
     p.add_argument("--method-arg", action="append", metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
@@ -390,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="paired comparison of a run with a baseline run over the same images")
     p.add_argument("run_dir")
     p.add_argument("--baseline", required=True, help="run directory over the same units (e.g. vanilla)")
-    p.add_argument("--extractor", default="auto", help="FD/KID features: auto, synthface, inception, clip, dinov2")
+    p.add_argument("--extractor", default="auto", help="FD/KID features: auto (the classifier's own, else inception), "
+                                                          "inception, clip, dinov2")
     p.add_argument("--n-boot", type=positive_int, help="bootstrap replicates (default: the run's)")
     p = sub.add_parser("plan", help="run or resume a models x methods x suites plan, compare, write the leaderboard")
     p.add_argument("plan", help="a plan YAML, or a shipped plan's name (prompts/plans/)")
@@ -398,15 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("fetch-inception", help="download FID's Inception-v3 weights (checked by sha256 prefix)")
     p.add_argument("path")
-    from fairbench.cli.synthface import add_synthface
+    from fairbench.cli.commands import COMMANDS as PLUGIN_COMMANDS
 
-    add_synthface(sub)
+    for entry in PLUGIN_COMMANDS:  # a world's own commands
+        entry.obj[0](sub)
     return parser
 
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "leaderboard": cmd_leaderboard,
             "make-tiny-sd": cmd_make_tiny_sd, "merge": cmd_merge, "classify": cmd_classify,
-            "synthface": cmd_synthface, "quality": cmd_quality, "fetch-inception": cmd_fetch_inception,
+            "quality": cmd_quality, "fetch-inception": cmd_fetch_inception,
             "check": cmd_check, "reference": cmd_reference, "train": cmd_train, "compare": cmd_compare,
             "plan": cmd_plan, "score": cmd_score}
 
@@ -416,7 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
+        from fairbench.cli.commands import COMMANDS as PLUGIN_COMMANDS
+
+        return PLUGIN_COMMANDS.get(args.command)[1](args)  # a plugin's command (the parser only offers those)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

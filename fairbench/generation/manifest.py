@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from fairbench.errors import UserError
 from fairbench.io import read_jsonl, sha256_file, write_jsonl
-from fairbench.outputs.rundir import IMAGE_SUFFIXES, IMAGES, MANIFEST, read_record
+from fairbench.outputs.rundir import IMAGE_SUFFIXES, IMAGES, MANIFEST, RANK_MANIFEST, rank_manifests, read_record
 from fairbench.prompts import SAFE_ID
 
 
@@ -59,7 +59,7 @@ def check_no_links(run_dir: Path) -> None:
 
 def part_name(rank: int) -> str:
     """Manifest file of one process under a multi-process launch."""
-    return f"manifest.rank{rank}.jsonl"
+    return RANK_MANIFEST.format(rank=rank)
 
 
 class Manifest:
@@ -99,7 +99,7 @@ def completed_rows(run_dir: Path, units: dict[str, Any] | None = None) -> dict[s
     another unit's does not count as done, so a resumed run regenerates it. With `units` (key ->
     WorkUnit), a row whose seed or prompt is not its unit's is refused: the images belong to another run."""
     done: dict[str, dict[str, Any]] = {}
-    for path in [run_dir / MANIFEST, *sorted(run_dir.glob("manifest.rank*.jsonl"))]:
+    for path in [run_dir / MANIFEST, *rank_manifests(run_dir)]:
         for row in Manifest(path).rows():
             key = row.get("key")
             if key in done or not isinstance(row.get("image"), str):
@@ -121,7 +121,7 @@ def consolidate(run_dir: Path, order: list[str], units: dict[str, Any] | None = 
     done = completed_rows(run_dir, units)
     rank = {k: i for i, k in enumerate(order)}
     rows = sorted((r for r in done.values() if r["key"] in rank), key=lambda r: rank[r["key"]])
-    parts = sorted(run_dir.glob("manifest.rank*.jsonl"))
+    parts = rank_manifests(run_dir)
     main = run_dir / MANIFEST
     if parts or (main.read_bytes() if main.exists() else b"") != "".join(
             json.dumps(r, sort_keys=True) + "\n" for r in rows).encode():

@@ -18,7 +18,7 @@ targets, not mapped (`map_groups=true`: they pass through M too and L_text cover
 neutral and group); d = Euclidean distance per
 token, averaged over tokens; L_fair = sum_j (d(v, v_j) - mean_k d(v, v_k))^2 per attribute, summed
 over attributes; L_text = mean over prompts and tokens of ||M(E(p)) - E(p)||^2; lambda = 100
-(map_groups and lambda chosen by the synthface ablation, docs/fairmap_ablation.md); Adam, lr 1e-3, 400
+(map_groups and lambda chosen by the embedded worlds' ablation, docs/fairmap_ablation.md); Adam, lr 1e-3, 400
 full-batch steps; training prompts = the suite's training split; group words = the adjectives
 of prompts/attributes.yaml; detector words = their `words` lists; the unconditional (negative)
 embedding is not mapped.
@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fairbench.errors import UserError
 from fairbench.cache import folder as cache_folder
+from fairbench.errors import UserError
 from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import Conditioning, DiffusersBackend, weights_fingerprint

@@ -1,4 +1,5 @@
-"""Prompt-faithfulness measures that need no CLIP: occupation-family accuracy on synthface."""
+"""Prompt-faithfulness measures that need no CLIP: occupation-family accuracy, where a classifier
+predicts the family (prompts/families.yaml)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from fairbench.metrics.evaluate import match_rate
-from fairbench.prompts import PromptSpec
+from fairbench.prompts import PromptSpec, occupation_families
 
 
 def family_accuracy(labels: pd.DataFrame, prompts: list[PromptSpec], level: float = 0.95) -> dict[str, Any] | None:
@@ -19,8 +20,6 @@ def family_accuracy(labels: pd.DataFrame, prompts: list[PromptSpec], level: floa
 
 
 def expected_families(prompts: list[PromptSpec]) -> dict[str, str]:
-    """Prompt id -> the synthface occupation family its occupation belongs to (prompts with a known occupation)."""
-    from fairbench.synthface.families import family_of
-
-    fam = family_of()
+    """Prompt id -> the occupation family its occupation belongs to (prompts with a known occupation)."""
+    fam = occupation_families()
     return {p.id: fam[p.vars["occupation"]] for p in prompts if p.vars.get("occupation") in fam}

@@ -257,10 +257,10 @@ def metric_range(metric: str, target: np.ndarray) -> tuple[float, float]:
 
 
 def within(value: float, half: float, bound: float, span: tuple[float, float]) -> Corrected:
-    """value +- half, cut to the values the quantity can take: the truth lies in `span`, so the cut interval
-    covers it exactly when the uncut one does (coverage unchanged), and an interval never claims values a
-    metric cannot have."""
-    return Corrected(value, max(value - half, span[0]), min(value + half, span[1]), bound)
+    """value +- half, cut to the values the quantity can take (stretched to the estimate where the estimate lies
+    beyond them, so an interval always holds its estimate): the truth lies in `span`, so the cut interval covers
+    it exactly when the uncut one does (coverage unchanged)."""
+    return Corrected(value, max(value - half, min(span[0], value)), min(value + half, max(span[1], value)), bound)
 
 
 def prompt_corrected(counts: np.ndarray, metric: str, target: np.ndarray | None = None, n_sim: int = 1000,

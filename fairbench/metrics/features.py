@@ -1,4 +1,4 @@
-"""Image feature extractors for Frechet distances: Inception-v3 (FID), synthface, CLIP, DINOv2.
+"""Image feature extractors for Frechet distances: Inception-v3 (FID), CLIP, DINOv2, and those plugins add.
 
 Each extractor maps uint8 images (N, 3, S, S), already resized to its `input_size` with PIL
 bicubic (clean-fid's "clean" resize), to float features (N, D). `identity` names everything that
@@ -17,7 +17,7 @@ from torch import nn
 from fairbench.errors import UserError
 from fairbench.hub import from_pretrained
 from fairbench.io import load_torch_state_dict, sha256_file
-from fairbench.registry import Registry
+from fairbench.registry import WORLDS, Registry
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub convention: the file name carries its sha256 prefix
@@ -87,27 +87,6 @@ class InceptionExtractor(FeatureExtractor):
         return self.net(images).float()
 
 
-class SynthFaceExtractor(FeatureExtractor):
-    """The synthface classifier's 128-d penultimate features (offline)."""
-
-    input_size = 32
-    num_features = 128
-
-    def __init__(self, weights: str | None = None) -> None:
-        super().__init__()
-        from fairbench.classifiers.synthface import load_net
-
-        self.net, _ = load_net(weights)
-        from fairbench.classifiers.synthface import synthface_assets
-
-        weights_file = Path(weights or synthface_assets()) / "classifier.safetensors"
-        self.identity = f"synthface-classifier:{sha256_file(weights_file)[:16]}"
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.features(images.float() / 127.5 - 1.0)
-
-
 class CLIPExtractor(FeatureExtractor):
     """Image embeddings of a vision-language dual encoder (hub id, local folder or registered name)."""
 
@@ -146,18 +125,20 @@ class DINOv2Extractor(FeatureExtractor):
         return self.model(pixel_values=px).pooler_output.float()
 
 
-EXTRACTORS: Registry[type[FeatureExtractor]] = Registry("feature extractor")
+EXTRACTORS: Registry[type[FeatureExtractor]] = Registry("feature extractor", entry_point_group=WORLDS)
 
 
 def resolve_extractor(name: str, classifier: str | None) -> str:
-    """The extractor a run uses: `auto` is synthface's own features on synthface runs, else Inception;
-    an unknown name is a UserError (before any work)."""
+    """The extractor a run uses: `auto` is the features its classifier names (a world's own classifier names
+    its own features), else Inception; an unknown name is a UserError (before any work)."""
     if name == "auto":
-        return "synthface" if classifier == "synthface" else "inception"
+        from fairbench.classifiers import CLASSIFIERS
+
+        own = CLASSIFIERS.entry(classifier).meta.get("extractor") if classifier in CLASSIFIERS else None
+        return own or "inception"
     EXTRACTORS.entry(name)
     return name
 EXTRACTORS.add("inception", InceptionExtractor, source="FID Inception-v3 (torch-fidelity weights, local path)")
-EXTRACTORS.add("synthface", SynthFaceExtractor, source="synthface classifier features (offline)")
 EXTRACTORS.add("clip", CLIPExtractor, source="CLIP image embeddings (hub id or path)")
 EXTRACTORS.add("dinov2", DINOv2Extractor, source="DINOv2 CLS features (hub id or path)")
 

@@ -6,18 +6,12 @@ import os
 from pathlib import Path
 
 from fairbench.errors import UserError
-from fairbench.models.backend import DiffusersBackend, SamplingParams
-from fairbench.registry import Registry
+from fairbench.models.backend import PIPELINES, DiffusersBackend, SamplingParams
+from fairbench.registry import WORLDS, Registry
 
-# name -> hub id or folder (hub weights load where the hub or its cache is reachable)
-MODELS: Registry[str] = Registry("model")
-SYNTHFACE_DEFAULTS = {"steps": 15, "guidance_scale": 2.0, "batch_size": 64, "classifier": "synthface",
-                      "detector": "synthface", "dtype": "bfloat16"}
-# the embedded worlds ship inside fairbench (offline); their source is the package folder
-MODELS.add("synthface", "synthface", defaults=SYNTHFACE_DEFAULTS,
-           family="embedded text-only world: frozen MiniLM text encoder, the bias lives in the denoiser")
-MODELS.add("synthface-vl", "synthface-vl", defaults=SYNTHFACE_DEFAULTS,
-           family="embedded vision-language world: synthclip text encoder trained on the world's images")
+# name -> hub id or folder (hub weights load where the hub or its cache is reachable); a world plugin's
+# models carry `folder`, a function that returns their folder
+MODELS: Registry[str] = Registry("model", entry_point_group=WORLDS)
 MODELS.add("sd14", "CompVis/stable-diffusion-v1-4", family="Stable Diffusion 1.4")
 MODELS.add("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", family="Stable Diffusion 1.5")
 MODELS.add("sd21base", "stabilityai/stable-diffusion-2-1-base", family="Stable Diffusion 2.1 base (512 px, epsilon)")
@@ -32,12 +26,16 @@ SD_DEFAULTS = {"steps": 25, "guidance_scale": 7.5, "batch_size": 8, "classifier"
 
 
 def model_defaults(name: str) -> dict:
-    """Sampling and labelling defaults of a model (synthface: its own; any SD pipeline: SD's)."""
+    """Sampling and labelling defaults of a model: a registered one's own, a folder of a world's pipeline
+    class that class's, any other pipeline Stable Diffusion's."""
     if name in MODELS:
         return MODELS.entry(name).meta.get("defaults", SD_DEFAULTS)
-    index = Path(name).expanduser() / "model_index.json"
-    if index.is_file() and '"SynthFacePipeline"' in index.read_text():
-        return SYNTHFACE_DEFAULTS
+    from fairbench.models.backend import read_model_index
+
+    folder = Path(name).expanduser()
+    pipeline = read_model_index(folder).get("_class_name") if (folder / "model_index.json").is_file() else None
+    if isinstance(pipeline, str) and pipeline in PIPELINES:
+        return PIPELINES.entry(pipeline).meta.get("defaults", SD_DEFAULTS)
     return SD_DEFAULTS
 
 
@@ -78,20 +76,17 @@ def native_bfloat16(device: str) -> bool:
 
 
 def default_dtype(name: str, device: str) -> str:
-    """The model's dtype on `device`: synthface's is bfloat16 where that runs natively (half the cost,
-    the same measured bias), float32 elsewhere; Stable Diffusion's is float32."""
+    """The model's dtype on `device`: the one its defaults name where the device computes it natively (the
+    embedded worlds: bfloat16, half the cost, the same measured bias), else float32."""
     wanted = model_defaults(name).get("dtype", "float32")
     return wanted if wanted == "float32" or native_bfloat16(device) else "float32"
 
 
 def resolve_model(name: str) -> str:
     """Registered name -> its hub id or folder; a local folder or a hub id ('org/name') passes through."""
-    if name in ("synthface", "synthface-vl"):
-        from fairbench.synthface.pipeline import world_assets
-
-        return str(world_assets(name))
     if name in MODELS:
-        return MODELS.get(name)
+        entry = MODELS.entry(name)
+        return entry.meta["folder"]() if "folder" in entry.meta else entry.obj
     if Path(name).expanduser().exists() or name.count("/") == 1:
         return name
     MODELS.get(name)  # raises the unknown-name error with suggestions

@@ -7,12 +7,13 @@ import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
 
 from fairbench.errors import UserError, did_you_mean
+from fairbench.registry import WORLDS, Registry
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -27,7 +28,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 FINGERPRINT_PARTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 # How fairbench reaches a pipeline's conditioning:
-#   sd    one text encoder, token states only (SD 1.x, SD 2.x, synthface);
+#   sd    one text encoder, token states only (SD 1.x, SD 2.x, the embedded worlds);
 #   sdxl  two text encoders whose token states are concatenated, plus a pooled embedding and add_time_ids;
 #   other any other text-to-image pipeline: prompts in, images out (text-level methods only).
 ARCHITECTURES = ("sd", "sdxl", "other")
@@ -113,6 +114,10 @@ def read_model_index(folder: Path) -> dict[str, Any]:
     return index
 
 
+# a world plugin's pipeline class (model_index.json's _class_name) -> its loader(folder, torch dtype) -> pipeline;
+# every other class loads through diffusers' DiffusionPipeline
+PIPELINES: Registry[Callable[[Path, Any], Any]] = Registry("pipeline class", entry_point_group=WORLDS)
+
 class DiffusersBackend:
     """A Stable-Diffusion-style pipeline: text encoder -> UNet (cross-attention) -> VAE."""
 
@@ -141,18 +146,9 @@ class DiffusersBackend:
             raise UserError(f"unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}")
         local = Path(source).expanduser()
         index = read_model_index(local) if local.exists() else {}
-        if index.get("_class_name") == "SynthFacePipeline":
-            from fairbench.synthface.pipeline import SynthFacePipeline
-
-            for part in ("unet", "scheduler"):
-                if not (local / part / ("scheduler_config.json" if part == "scheduler" else "config.json")).is_file():
-                    raise UserError(f"model folder {source!r} is a SynthFacePipeline without its {part} "
-                                    f"({local / part} is missing or has no config)")
-            try:
-                pipe = SynthFacePipeline.from_folder(local, dtype=DTYPES[dtype])
-            except (OSError, ValueError, json.JSONDecodeError) as exc:
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                raise UserError(f"cannot load the synthface pipeline in {source!r}: {first}") from None
+        pipeline = index.get("_class_name")
+        if isinstance(pipeline, str) and pipeline in PIPELINES:  # a world plugin's own pipeline class
+            pipe = PIPELINES.get(pipeline)(local, DTYPES[dtype])
             backend = cls(pipe.to(device), source, dtype, device)
             if scheduler:
                 backend.set_scheduler(scheduler)
@@ -186,16 +182,14 @@ class DiffusersBackend:
 
     def check_sampling(self, params: SamplingParams) -> None:
         """Refuse an image size this pipeline cannot draw, before any image is generated."""
-        from fairbench.synthface.pipeline import SynthFacePipeline
-
+        fixed = getattr(self.pipe, "fixed_size", None)  # a pipeline that draws one size only says which
         for side in ("height", "width"):
             value = getattr(params, side)
             if value is None:
                 continue
-            if isinstance(self.pipe, SynthFacePipeline):
-                size = int(self.pipe.unet.config.sample_size)
-                if value != size:
-                    raise UserError(f"--{side} {value}: synthface draws {size} x {size} images only")
+            if fixed is not None:
+                if value != fixed:
+                    raise UserError(f"--{side} {value}: {type(self.pipe).__name__} draws {fixed} x {fixed} images only")
                 continue
             # a transformer denoiser also cuts the latent into patch_size x patch_size tokens
             patch = int(getattr(getattr(getattr(self.pipe, "transformer", None), "config", None), "patch_size", 1) or 1)

@@ -13,26 +13,16 @@ from typing import Any
 import torch
 from PIL import Image
 
-import fairbench.synthface.vision  # noqa: F401  (synthclip's image tower, registered with transformers' Auto classes)
 from fairbench.errors import UserError
 from fairbench.hub import from_pretrained
-from fairbench.registry import Registry
+from fairbench.registry import WORLDS, Registry
 
 # name -> hub id or folder; the classifier, the CLIP score and the extractor accept these names
-DUAL_ENCODERS: Registry[str] = Registry("vision-language model")
+DUAL_ENCODERS: Registry[str] = Registry("vision-language model", entry_point_group=WORLDS)
 DUAL_ENCODERS.add("clip-b32", "openai/clip-vit-base-patch32", notes="CLIP ViT-B/32 (ITI-GEN's classifier)")
 DUAL_ENCODERS.add("clip-l14", "openai/clip-vit-large-patch14", notes="CLIP ViT-L/14 (HEIM's CLIP score)")
 
-
-def _synthclip_folder() -> str:
-    from fairbench.synthface.synthclip import synthclip_folder
-
-    return synthclip_folder()
-
-
-# an entry with `folder` is assembled on demand (shipped as the tensors that differ from a package's model)
-DUAL_ENCODERS.add("synthclip", "fairbench/synthface/assets_synthclip", folder=_synthclip_folder,
-                  notes="the vision-language world's CLIP, trained on its renders (offline)")
+# a world plugin's entry may carry `folder`, a function that assembles its folder on demand
 
 
 def resolve_dual_encoder(name: str) -> str:

@@ -20,6 +20,7 @@ from fairbench.io import atomic_write_json
 RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
 MANIFEST = "manifest.jsonl"
+RANK_MANIFEST = "manifest.rank{rank}.jsonl"  # one process's rows under `accelerate launch`, merged into MANIFEST
 LABELS = "labels.parquet"
 COMPARE_JSON = "compare.json"
 REPORT = "report.md"
@@ -87,6 +88,16 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+def rank_manifests(run_dir: Path) -> list[Path]:
+    """The per-process manifests a multi-process generation left, in rank order of their names."""
+    return sorted(run_dir.glob(RANK_MANIFEST.format(rank="*")))
+
+
+def has_manifest(run_dir: Path) -> bool:
+    """Whether a folder holds a run's manifest (merged or per process): it has made images."""
+    return (run_dir / MANIFEST).is_file() or bool(rank_manifests(run_dir))
+
+
 def _real_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
@@ -98,7 +109,7 @@ def stale_temp_files(run_dir: Path) -> list[Path]:
     if not (run_dir / RUN_JSON).is_file():
         return []
     places: list[tuple[Path, Callable[[str], bool]]] = [
-        (run_dir, lambda n: n in RUN_FILES or n.startswith("manifest.rank")),
+        (run_dir, lambda n: n in RUN_FILES or n.startswith(RANK_MANIFEST.split("{")[0])),
         (run_dir / TABLES, lambda n: n.endswith(".csv")), (run_dir / FIGURES, lambda n: n.endswith(".png"))]
     if _real_dir(run_dir / IMAGES):
         places += [(d, _IMAGE_NAME.fullmatch) for d in sorted((run_dir / IMAGES).iterdir()) if _real_dir(d)]

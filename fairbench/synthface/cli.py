@@ -21,19 +21,25 @@ def body_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _training_args(p: argparse.ArgumentParser, out: str, steps: int, batch_size: int, lr: float, warmup: int,
+                   lr_help: str | None = None) -> None:
+    """The options every resumable training stage takes."""
+    p.add_argument("--out", default=out)
+    p.add_argument("--steps", type=positive_int, default=steps)
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--n-renders", type=positive_int, default=40_000)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--max-minutes", type=positive_float, help="checkpoint and stop after this long (resume later)")
+    p.add_argument("--lr", type=positive_float, default=lr, help=lr_help)
+    p.add_argument("--warmup", type=nonnegative_int, default=warmup, help="linear warm-up steps before the cosine decay")
+
+
 def add_synthface(sub: argparse._SubParsersAction) -> None:
     """Register the synthface subcommands."""
     p = sub.add_parser("synthface", help="train the synthface world's model and classifier")
     ss = p.add_subparsers(dest="synthface_command", required=True)
     t = ss.add_parser("train", help="train the denoiser (resumes from OUT/checkpoint)")
-    t.add_argument("--out", default=".cache/synthface-train")
-    t.add_argument("--steps", type=positive_int, default=3600)
-    t.add_argument("--batch-size", type=positive_int, default=64)
-    t.add_argument("--n-renders", type=positive_int, default=40_000)
-    t.add_argument("--seed", type=nonnegative_int, default=0)
-    t.add_argument("--max-minutes", type=positive_float, help="checkpoint and stop after this long (resume later)")
-    t.add_argument("--lr", type=positive_float, default=3e-4)
-    t.add_argument("--warmup", type=nonnegative_int, default=200, help="linear warm-up steps before the cosine decay")
+    _training_args(t, ".cache/synthface-train", steps=3600, batch_size=64, lr=3e-4, warmup=200)
     t.add_argument("--neutral-share", type=share, help="share of non-empty captions naming no group (default 5/9)")
     t.add_argument("--init-from", help="UNet folder to start from (a second training stage)")
     t.add_argument("--balanced-renders", type=nonnegative_int, default=0,
@@ -57,14 +63,8 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
                    help="with --expressions: share of occupation captions that name the render's expression")
     t.add_argument("--no-progress", action="store_true")
     k = ss.add_parser("train-clip", help="train synthclip, the vision-language world's CLIP (resumes)")
-    k.add_argument("--out", default=".cache/synthclip-train")
-    k.add_argument("--steps", type=positive_int, default=1400)
-    k.add_argument("--batch-size", type=positive_int, default=128)
-    k.add_argument("--n-renders", type=positive_int, default=40_000)
-    k.add_argument("--seed", type=nonnegative_int, default=0)
-    k.add_argument("--max-minutes", type=positive_float, help="checkpoint and stop after this long (resume later)")
-    k.add_argument("--lr", type=positive_float, default=1e-3, help="image tower, projections and temperature")
-    k.add_argument("--warmup", type=nonnegative_int, default=100, help="linear warm-up steps before the cosine decay")
+    _training_args(k, ".cache/synthclip-train", steps=1400, batch_size=128, lr=1e-3, warmup=100,
+                   lr_help="image tower, projections and temperature")
     k.add_argument("--hard-negatives", type=nonnegative_int, default=1,
                    help="counterfactual captions each group-naming caption brings as negatives (0: none)")
     k.add_argument("--expression-share", type=share, default=0.3,

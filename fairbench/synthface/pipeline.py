@@ -57,6 +57,11 @@ class SynthFacePipeline(DiffusionPipeline):
         self.vae_scale_factor = 1
         self.safety_checker = None
 
+    @property
+    def fixed_size(self) -> int:
+        """The one image side it draws (the backend refuses any other --height / --width)."""
+        return int(self.unet.config.sample_size)
+
     @classmethod
     def from_folder(cls, folder: str | Path = ASSETS, dtype: torch.dtype = torch.float32) -> "SynthFacePipeline":
         """Load the UNet and scheduler from `folder`, the text encoder its model_index.json names (offline)."""

@@ -1,0 +1,51 @@
+"""Worlds are plugins: the core never names one, and the embedded worlds arrive through the same entry point
+a third party's world would use."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import fairbench
+
+CORE = Path(fairbench.__file__).parent
+WORLD = CORE / "synthface"
+
+
+def test_no_core_module_names_or_imports_a_world():
+    named = []
+    for path in sorted(CORE.rglob("*.py")):
+        if WORLD in path.parents:
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if re.search("synthface", line, re.IGNORECASE):
+                named.append(f"{path.relative_to(CORE)}:{number}: {line.strip()}")
+    assert named == ['config.py:15: DEFAULT_MODEL = "synthface-vl"']  # the default model's name, in one place
+
+
+def test_the_embedded_worlds_arrive_through_the_entry_point_alone():
+    from importlib.metadata import entry_points
+
+    (world,) = entry_points(group="fairbench.worlds")
+    assert (world.name, world.value) == ("synthface", "fairbench.synthface.plugin:register")
+    # with the entry point hidden, fairbench knows no world: every name the plugin adds is unknown
+    probe = (
+        "import importlib.metadata as m\n"
+        "real = m.entry_points\n"
+        "m.entry_points = lambda **kw: [] if kw.get('group') == 'fairbench.worlds' else real(**kw)\n"
+        "import fairbench.registry as r; r.entry_points = m.entry_points\n"
+        "from fairbench.models import MODELS, PIPELINES\n"
+        "from fairbench.classifiers import CLASSIFIERS\n"
+        "from fairbench.faces import DETECTORS\n"
+        "from fairbench.metrics.features import EXTRACTORS\n"
+        "from fairbench.models.dual_encoder import DUAL_ENCODERS\n"
+        "print(sorted(n for reg in (MODELS, PIPELINES, CLASSIFIERS, DETECTORS, EXTRACTORS, DUAL_ENCODERS)\n"
+        "             for n in reg.names() if 'synth' in n.lower()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    from fairbench.models import MODELS, PIPELINES
+
+    assert "synthface-vl" in MODELS and "SynthFacePipeline" in PIPELINES  # and with it, they are all there
