@@ -19,17 +19,17 @@ third-party package would plug in its own method. One module per method:
 
 def register() -> None:
     """Register every baseline method (called once by fairbench's method registry)."""
-    from baselines.balancingact import BalancingAct
-    from baselines.debiasvl import DebiasVL
-    from baselines.entigen import Entigen
-    from baselines.fairdiffusion import FairDiffusion
-    from baselines.fairimagen import FairImagen
-    from baselines.fairqueue import FairQueue
-    from baselines.finetune import Finetune
-    from baselines.hardprompt import HardPrompt
-    from baselines.itigen import ITIGen
-    from baselines.selfdebias import SelfDebias
-    from baselines.uce import UCE
+    from fairbench.baselines.balancingact import BalancingAct
+    from fairbench.baselines.debiasvl import DebiasVL
+    from fairbench.baselines.entigen import Entigen
+    from fairbench.baselines.fairdiffusion import FairDiffusion
+    from fairbench.baselines.fairimagen import FairImagen
+    from fairbench.baselines.fairqueue import FairQueue
+    from fairbench.baselines.finetune import Finetune
+    from fairbench.baselines.hardprompt import HardPrompt
+    from fairbench.baselines.itigen import ITIGen
+    from fairbench.baselines.selfdebias import SelfDebias
+    from fairbench.baselines.uce import UCE
     from fairbench.methods import register_method
 
     for name, cls in (("entigen", Entigen), ("hardprompt", HardPrompt), ("debiasvl", DebiasVL),

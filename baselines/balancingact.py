@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from baselines.hspace import cache_folder, generate_guided, generations_with_h, training_units
+from fairbench.baselines.hspace import cache_folder, generate_guided, generations_with_h, training_units
 from fairbench.errors import UserError
 from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
 from fairbench.methods.base import Method, MethodContext

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
-from baselines.itigen import (BASE_PROMPT, EPOCHS, LAMBDA, LR, REFERENCE_PER_GROUP, STEPS_PER_EPOCH,
+from fairbench.baselines.itigen import (BASE_PROMPT, EPOCHS, LAMBDA, LR, REFERENCE_PER_GROUP, STEPS_PER_EPOCH,
                              TOKEN_LENGTH, ITIGen)
 from fairbench.errors import UserError
 from fairbench.methods.base import step_index

@@ -69,7 +69,7 @@ from fairbench.models.backend import DiffusersBackend, SamplingParams, weights_f
 from fairbench.models.dual_encoder import _features
 from fairbench.prompts import attribute, parse_attributes
 
-from baselines.hspace import cache_folder, training_units
+from fairbench.baselines.hspace import cache_folder, training_units
 
 RANK = 50
 LR = 5e-5

@@ -191,7 +191,7 @@ def _load_yaml(path: Path) -> dict:
 
 def prompts_dir() -> Path:
     """The folder holding attributes.yaml and suites/."""
-    return Path(str(files("prompts")))
+    return Path(str(files("fairbench.prompt_data")))
 
 
 def load_suite_file(path: str | Path) -> SuiteSpec:

@@ -194,7 +194,7 @@ def test_fairmap_on_sdxl_maps_both_encoders_states_and_leaves_the_pooled_embeddi
 
 
 def test_debiasvl_on_sdxl_projects_token_states_and_pooled_embedding_each_by_its_own_p(tiny_pipelines):
-    from baselines.debiasvl import DebiasVL, calibrated_projection
+    from fairbench.baselines.debiasvl import DebiasVL, calibrated_projection
 
     m = DebiasVL()
     d = torch.zeros(1, 64, dtype=torch.float64)
@@ -221,7 +221,7 @@ def test_debiasvl_on_sdxl_projects_token_states_and_pooled_embedding_each_by_its
 
 
 def test_fairimagen_on_sdxl_fits_token_states_and_pooled_embedding_each_in_its_own_space(tiny_pipelines):
-    from baselines.fairimagen import FairImagen
+    from fairbench.baselines.fairimagen import FairImagen
     from fairbench.prompts import load_suite
 
     backend = load_backend(str(tiny_pipelines["sdxl"]))
@@ -237,7 +237,7 @@ def test_fairimagen_on_sdxl_fits_token_states_and_pooled_embedding_each_in_its_o
 
 
 def test_uce_on_sdxl_edits_every_cross_attention(tiny_pipelines):
-    from baselines.uce import UCE, cross_attention_projections
+    from fairbench.baselines.uce import UCE, cross_attention_projections
     from fairbench.methods.base import MethodContext
     from fairbench.models.backend import SamplingParams
     from fairbench.prompts import load_suite
@@ -262,7 +262,7 @@ def test_fairdiffusion_on_sdxl_guides_through_the_same_loop(tiny_pipelines):
     the images' time ids reach the UNet and the images change."""
     import numpy as np
 
-    from baselines.fairdiffusion import FairDiffusion
+    from fairbench.baselines.fairdiffusion import FairDiffusion
     from fairbench.methods import build_method
     from fairbench.methods.base import MethodContext
     from fairbench.models.backend import SamplingParams

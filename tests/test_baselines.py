@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.balancingact import BalancingAct, StepHeads, distribution_loss, fit_heads, guided_h, row_groups
-from baselines.debiasvl import DebiasVL, calibrated_projection
-from baselines.entigen import Entigen, intervention_text
-from baselines.fairdiffusion import FairDiffusion, edit_signs, sega_guidance
-from baselines.fairimagen import FairImagen, cross_groups, fair_pca, fit, noise_draw
-from baselines.hardprompt import HardPrompt, sample_groups
-from baselines.uce import UCE, closed_form_edit, cross_attention_projections, debias_target
+from fairbench.baselines.balancingact import BalancingAct, StepHeads, distribution_loss, fit_heads, guided_h, row_groups
+from fairbench.baselines.debiasvl import DebiasVL, calibrated_projection
+from fairbench.baselines.entigen import Entigen, intervention_text
+from fairbench.baselines.fairdiffusion import FairDiffusion, edit_signs, sega_guidance
+from fairbench.baselines.fairimagen import FairImagen, cross_groups, fair_pca, fit, noise_draw
+from fairbench.baselines.hardprompt import HardPrompt, sample_groups
+from fairbench.baselines.uce import UCE, closed_form_edit, cross_attention_projections, debias_target
 from fairbench.classifiers.base import AttributeClassifier
 from fairbench.errors import UserError
 from fairbench.faces.base import Detection

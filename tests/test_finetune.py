@@ -13,7 +13,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import binom
 
-from baselines.finetune import (TEXT_LAYERS, Adapters, Finetune, LoRALinear, dynamic_targets, gradient_coefficients,
+from fairbench.baselines.finetune import (TEXT_LAYERS, Adapters, Finetune, LoRALinear, dynamic_targets, gradient_coefficients,
                                 loss_weights, rank_targets, transport_plan, transport_targets)
 from fairbench.errors import UserError
 from fairbench.generation.engine import generate_batch
@@ -150,7 +150,7 @@ def test_zero_steps_of_training_leave_the_images_byte_identical(tiny_sd, tiny_cl
 
 
 def test_training_resumes_identically_and_the_cache_is_used(tiny_sd, tiny_clip, monkeypatch, tmp_path):
-    import baselines.finetune as ft
+    import fairbench.baselines.finetune as ft
 
     monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))
     suite = load_suite("occupations")
@@ -205,7 +205,7 @@ def test_images_move_and_are_deterministic(tiny_sd, tiny_clip):
 
 def test_the_ema_follows_the_authors_warm_up(tiny_sd, tiny_clip, monkeypatch):
     # diffusers' EMAModel: the first update copies, the s-th (s >= 2) keeps (s) / (9 + s) of the average
-    import baselines.finetune as ft
+    import fairbench.baselines.finetune as ft
 
     steps: list[dict[str, torch.Tensor]] = []
     real_step = ft.Trainer.step

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.fairqueue import FairQueue, amplified, switch_step
-from baselines.itigen import (ITIGen, Insertion, combination_vectors, combinations, cosine_loss, direction_loss,
+from fairbench.baselines.fairqueue import FairQueue, amplified, switch_step
+from fairbench.baselines.itigen import (ITIGen, Insertion, combination_vectors, combinations, cosine_loss, direction_loss,
                               index_sets, learning_rate, placeholder, train_tokens)
 from fairbench.errors import UserError
 from fairbench.methods import MethodContext, build_method
@@ -198,7 +198,7 @@ def test_switch_step_by_share():
 
 def test_fairqueue_conditions_the_first_steps_on_the_base_prompt_then_amplifies_the_tokens(tiny_pipelines, tiny_clip,
                                                                                            references, monkeypatch):
-    import baselines.fairqueue as fq
+    import fairbench.baselines.fairqueue as fq
 
     backend = load_backend(str(tiny_pipelines["sd1"]))
     q = FairQueue(reference_dir=str(references), clip_model=str(tiny_clip[0]), epochs=2, steps_per_epoch=1,

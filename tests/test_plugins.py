@@ -49,3 +49,17 @@ def test_the_embedded_worlds_arrive_through_the_entry_point_alone():
     from fairbench.models import MODELS, PIPELINES
 
     assert "synthface-vl" in MODELS and "SynthFacePipeline" in PIPELINES  # and with it, they are all there
+
+
+def test_the_distribution_installs_only_the_fairbench_namespace():
+    import tomllib
+
+    config = tomllib.loads((CORE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    tool = config["tool"]["setuptools"]
+    assert {p.split(".")[0] for p in tool["packages"]} == {"fairbench"}  # no top-level baselines or prompts
+    assert tool["package-dir"] == {"fairbench.baselines": "baselines", "fairbench.prompt_data": "prompts"}
+    plugins = config["project"]["entry-points"]
+    assert all(v.startswith("fairbench.") for group in plugins.values() for v in group.values())
+    # every folder of the package that holds Python code is listed (a missing one would not be installed)
+    code = {p.parent.relative_to(CORE.parent).as_posix().replace("/", ".") for p in CORE.rglob("*.py")}
+    assert code <= set(tool["packages"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.selfdebias import (Projector, SelfDebias, centroids_of, choose_k, contrast_loss, guide_h, kind_groups,
+from fairbench.baselines.selfdebias import (Projector, SelfDebias, centroids_of, choose_k, contrast_loss, guide_h, kind_groups,
                                   mode_loss)
 from fairbench.errors import UserError
 from fairbench.generation.engine import generate_batch
