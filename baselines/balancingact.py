@@ -41,6 +41,7 @@ from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensor
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams
 from fairbench.prompts import attribute, parse_attributes
+from fairbench.registry import Count
 from fairbench.units import WorkUnit
 
 TEMPERATURE = 8.0
@@ -112,8 +113,8 @@ class BalancingAct(Method):
 
     def __init__(self, attributes: str = "gender", loss_strength: float = LOSS_STRENGTH,
                  scaling_strength: float = SCALING_STRENGTH, temperature: float = TEMPERATURE,
-                 train_images: int = 8, train_suite: str = "occupations", split: str = "train",
-                 labeller_model: str = "auto", head_epochs: int = 100, head_lr: float = 1e-3,
+                 train_images: Count = 8, train_suite: str = "occupations", split: str = "train",
+                 labeller_model: str = "auto", head_epochs: Count = 100, head_lr: float = 1e-3,
                  cache: bool = True) -> None:
         super().__init__()
         self.attributes = parse_attributes(attributes)

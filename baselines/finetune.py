@@ -68,6 +68,7 @@ from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import DiffusersBackend, SamplingParams, weights_fingerprint
 from fairbench.models.dual_encoder import _features
 from fairbench.prompts import attribute, parse_attributes
+from fairbench.registry import Count
 
 from fairbench.baselines.hspace import cache_folder, training_units
 
@@ -248,11 +249,12 @@ class Finetune(Method):
               "sail-sg/finetune-fair-diffusion)")
 
     def __init__(self, attributes: str = "gender", train_text_encoder: bool = True, train_unet: bool = False,
-                 rank: int = RANK, lr: float = LR, max_steps: int = MAX_STEPS, images_per_prompt: int = IMAGES_PER_PROMPT,
-                 batch: int = BATCH, weight_image: float = WEIGHT_IMAGE, factor: float = FACTOR,
+                 rank: Count = RANK, lr: float = LR, max_steps: Count = MAX_STEPS,
+                 images_per_prompt: Count = IMAGES_PER_PROMPT, batch: Count = BATCH, weight_image: float = WEIGHT_IMAGE,
+                 factor: float = FACTOR,
                  uncertainty: float = UNCERTAINTY, ema_decay: float = EMA_DECAY, use_ema: bool = True,
                  clip_model: str = "auto", train_suite: str = "occupations", split: str = "train",
-                 checkpoint_every: int = 5, seed: int = 0, cache: bool = True) -> None:
+                 checkpoint_every: Count = 5, seed: int = 0, cache: bool = True) -> None:
         super().__init__()
         self.attributes = parse_attributes(attributes)
         self.rank, self.max_steps, self.per_prompt, self.batch = int(rank), int(max_steps), int(images_per_prompt), int(batch)

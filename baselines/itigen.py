@@ -60,6 +60,7 @@ from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import Conditioning, DiffusersBackend, weights_fingerprint
 from fairbench.outputs.rundir import IMAGE_SUFFIXES  # the image files fairbench reads anywhere
 from fairbench.prompts import attribute, parse_attributes
+from fairbench.registry import Count
 from fairbench.units import WorkUnit
 
 BASE_PROMPT = "a headshot of a person"
@@ -232,9 +233,10 @@ class ITIGen(Method):
     architectures = ("sd", "sdxl")
     source = "Zhang et al., ITI-GEN: Inclusive Text-to-Image Generation (ICCV 2023; humansensinglab/ITI-GEN)"
 
-    def __init__(self, attributes: str = "gender", base_prompt: str = BASE_PROMPT, token_length: int = TOKEN_LENGTH,
-                 lr: float = LR, epochs: int = EPOCHS, steps_per_epoch: int = STEPS_PER_EPOCH, lam: float = LAMBDA,
-                 reference_per_group: int = REFERENCE_PER_GROUP, reference_dir: str | None = None,
+    def __init__(self, attributes: str = "gender", base_prompt: str = BASE_PROMPT,
+                 token_length: Count = TOKEN_LENGTH, lr: float = LR, epochs: Count = EPOCHS,
+                 steps_per_epoch: Count = STEPS_PER_EPOCH, lam: float = LAMBDA,
+                 reference_per_group: Count = REFERENCE_PER_GROUP, reference_dir: str | None = None,
                  clip_model: str = "auto", clip_model_2: str = "auto", seed: int = 0, cache: bool = True) -> None:
         super().__init__()
         self.attributes = parse_attributes(attributes)

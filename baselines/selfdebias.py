@@ -52,6 +52,7 @@ from fairbench.errors import UserError
 from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams
+from fairbench.registry import Count
 from fairbench.units import WorkUnit
 
 LOSS_STRENGTH = 2500.0
@@ -151,10 +152,10 @@ class SelfDebias(Method):
     source = "Korada et al., Fully Unsupervised Self-Debiasing of Text-to-Image Diffusion Models (WACV 2026; srivardhanakorada/SelfDebias)"
 
     def __init__(self, loss_strength: float = LOSS_STRENGTH, scaling_strength: float = SCALING_STRENGTH,
-                 temperature: float = TEMPERATURE, inner_steps: int = INNER_STEPS, timestep_below: int = TIMESTEP_BELOW,
-                 train_images: int = 8, train_suite: str = "occupations", split: str = "train",
-                 clip_model: str = "auto", hidden: int = 2048, epochs: int = 10, lr: float = 1e-4, batch: int = 64,
-                 k_max: int = 8, seed: int = 0, cache: bool = True) -> None:
+                 temperature: float = TEMPERATURE, inner_steps: Count = INNER_STEPS, timestep_below: int = TIMESTEP_BELOW,
+                 train_images: Count = 8, train_suite: str = "occupations", split: str = "train",
+                 clip_model: str = "auto", hidden: Count = 2048, epochs: Count = 10, lr: float = 1e-4,
+                 batch: Count = 64, k_max: Count = 8, seed: int = 0, cache: bool = True) -> None:
         super().__init__()
         numbers = {"loss_strength": loss_strength, "scaling_strength": scaling_strength, "temperature": temperature,
                    "lr": lr}

@@ -38,6 +38,7 @@ from fairbench.labels import label_batch
 from fairbench.methods.base import Method, MethodContext
 from fairbench.models.backend import DiffusersBackend
 from fairbench.prompts import attribute, load_suite, parse_attributes, subject_of
+from fairbench.registry import Count
 from fairbench.units import unit_seed
 
 
@@ -73,8 +74,8 @@ class UCE(Method):
     source = "Gandikota et al., Unified Concept Editing (WACV 2024; rohitgandikota/unified-concept-editing)"
 
     def __init__(self, attributes: str = "gender", lam: float = 0.5, erase_scale: float = 1.0,
-                 preserve_scale: float = 1.0, max_iterations: int = 30, tolerance: float = 0.05,
-                 weight_step: float = 0.1, images_per_concept: int = 10, edit_keys: bool = False,
+                 preserve_scale: float = 1.0, max_iterations: Count = 30, tolerance: float = 0.05,
+                 weight_step: float = 0.1, images_per_concept: Count = 10, edit_keys: bool = False,
                  edit_text: str = "prompt", concepts_suite: str | None = None, concepts_split: str = "test",
                  cache: bool = True) -> None:
         super().__init__()

@@ -7,9 +7,9 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Annotated, Any, Callable, Generic, Iterator, TypeVar
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from fairbench.errors import UserError, did_you_mean
 
@@ -37,6 +37,10 @@ def load_plugins(group: str) -> dict[str, str]:
 
 
 _FINITE = ConfigDict(allow_inf_nan=False)
+# A constructor argument that counts work (steps, epochs, images, rounds, widths): at least 1, and at most a
+# budget beyond any run's, so that a typo (steps=1e12) is refused instead of started.
+MAX_COUNT = 1_000_000
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 
 
 def _is_model(hint: Any) -> bool:
@@ -56,7 +60,7 @@ def bind_arguments(cls: Any, args: dict[str, Any], what: str) -> dict[str, Any]:
     if missing:
         raise UserError(f"{what} needs the argument(s) {', '.join(missing)}")
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(cls.__init__, include_extras=True)  # with Count's bounds
     except (NameError, TypeError):  # a plugin's annotation that does not resolve: check names only
         hints = {}
     bound = {}
@@ -69,7 +73,8 @@ def bind_arguments(cls: Any, args: dict[str, Any], what: str) -> dict[str, Any]:
             adapter = TypeAdapter(hints[key], config=None if _is_model(hints[key]) else _FINITE)
             bound[key] = adapter.validate_python(value, strict=True)
         except ValidationError as exc:
-            expected = getattr(hints[key], "__name__", None) or str(hints[key])
+            hint = typing.get_args(hints[key])[0] if typing.get_origin(hints[key]) is Annotated else hints[key]
+            expected = getattr(hint, "__name__", None) or str(hint)
             raise UserError(f"{what}: argument {key}={value!r} must be {expected} "
                             f"({exc.errors()[0]['msg'].lower()})") from None
     return bound

@@ -67,6 +67,9 @@ CASES = {
     "method-arg infinite": lambda t: [*RUN, "--method", "fairmap", "--method-arg", "lambda_fair=.inf"],
     "method-arg negative width": lambda t: [*RUN, "--method", "fairmap", "--method-arg", "hidden=-5"],
     "method-arg steps beyond any budget": lambda t: [*RUN, "--method", "fairmap", "--method-arg", "steps=1000000000000"],
+    "method-arg epochs beyond any budget": lambda t: [*RUN, "--method", "itigen", "--method-arg", "epochs=1000000000000"],
+    "method-arg no images to learn from": lambda t: [*RUN, "--method", "uce", "--method-arg", "images_per_concept=0"],
+    "method-arg no training steps": lambda t: [*RUN, "--method", "finetune", "--method-arg", "max_steps=0"],
     # suite files
     "suite template positional field": lambda t: [*RUN, "--suite", _suite(t, "{0} {occupation}")],
     "suite template unmatched brace": lambda t: [*RUN, "--suite", _suite(t, "a photo of { {occupation}")],
