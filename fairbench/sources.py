@@ -14,7 +14,7 @@ from fairbench.generation.manifest import (MANIFEST, Manifest, check_no_links, c
                                            finished_rows)
 from fairbench.io import atomic_write_bytes, atomic_write_text, sha256_file
 from fairbench.outputs.rundir import RUN_SUITE, RunRecord, has_manifest, read_record, run_dir_of, slug, write_record
-from fairbench.pipeline import ImageSource, check_resume, holds_run, provenance, quality_run, recorded_config
+from fairbench.pipeline import ImageSource, check_resume, check_run_target, holds_run, provenance, quality_run, recorded_config
 from fairbench.prompts import SUITES, load_suite
 from fairbench.units import SEED_RULE, make_units
 
@@ -215,9 +215,8 @@ class Merge(ImageSource):
 
     def __init__(self, shard_dirs: list[Path], out: Path, progress: bool = True):
         from fairbench.generation.merge import check_shards, merged_order
-        from fairbench.io import check_writable_target
 
-        check_writable_target(out)  # before the shards are read, as the lifecycle would
+        check_run_target(out)  # before the shards are read: the lifecycle's own first check
         self.record, rows = check_shards(shard_dirs, out)
         self.cfg = recorded_config(shard_dirs[0], self.record, progress=progress)
         self.run_dir = out
@@ -251,13 +250,15 @@ class Existing(ImageSource):
 
     def check(self) -> None:
         check_no_links(self.run_dir)
-        self.record = read_record(self.run_dir)  # as it is now (under the lock, the second time)
-        self.rows = finished_rows(self.run_dir, self.record.n_units)  # a damaged manifest is refused, not relabelled
+        read_record(self.run_dir)
 
     def start(self) -> RunRecord:
-        self.record.spec = self.cfg.model_dump()
-        self.record.status = "labelling"
-        return self.record
+        record = read_record(self.run_dir)  # as it is now, under the lock
+        # every image checked once, before run.json changes: a damaged manifest is refused, not relabelled
+        self.rows = finished_rows(self.run_dir, record.n_units)
+        record.spec = self.cfg.model_dump()
+        record.status = "labelling"
+        return record
 
     def images(self, record: RunRecord) -> list[dict[str, Any]]:
         return self.rows

@@ -13,7 +13,7 @@ from fairbench.config import identity_fields
 from fairbench.errors import UserError
 from fairbench.generation.manifest import check_no_links, finished_rows
 from fairbench.io import LOCK, TMP_SUFFIX, write_jsonl
-from fairbench.outputs.rundir import MANIFEST, RUN_JSON, RunRecord, read_record
+from fairbench.outputs.rundir import MANIFEST, RunRecord, read_record
 
 
 def _settings(record: RunRecord) -> dict[str, Any]:
@@ -80,11 +80,12 @@ def check_shards(shard_dirs: list[Path], out: Path) -> tuple[RunRecord, list[tup
 def check_merge_target(out: Path, record: RunRecord) -> None:
     """`out` must be a new or empty folder, or the same merged run (a merge repeated, or resumed after it
     was killed); never another run's folder or a folder of other files."""
+    from fairbench.pipeline import check_run_target
+
+    check_run_target(out)  # not a link, not a folder of other files
     if not out.is_dir() or all(p.name == LOCK for p in out.iterdir()):
         return
-    if not (out / RUN_JSON).is_file():
-        raise UserError(f"--out {out} is a folder of other files, not a fairbench run: merge into a new directory")
-    old = read_record(out)
+    old = read_record(out)  # a manifest without run.json is refused here, naming the missing file
     if _settings(old) != _settings(record) or old.merged_from is None:
         raise UserError(f"--out {out} holds another run: merge into a new directory")
     check_no_links(out)

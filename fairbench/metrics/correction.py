@@ -251,7 +251,12 @@ def metric_range(metric: str, target: np.ndarray) -> tuple[float, float]:
     shares for the metrics that ignore the target) and its value at the most one-sided shares (each metric is
     convex in the shares, so it peaks at a vertex of the simplex; dp_ratio, the one score, is 0 there and 1 at
     uniform shares)."""
-    k = len(target)
+    return _metric_range(metric, tuple(float(x) for x in target))
+
+
+@lru_cache(maxsize=256)
+def _metric_range(metric: str, target_shares: tuple[float, ...]) -> tuple[float, float]:
+    target, k = np.array(target_shares), len(target_shares)  # cached: every prompt of a run asks the same
     values = FAIRNESS_METRICS.get(metric)(np.vstack([target, uniform(k), np.eye(k)]), target)
     return float(np.nanmin(values)), float(np.nanmax(values))
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 import yaml
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from fairbench.prompts import prompts_dir
+from fairbench.prompts import occupation_families, prompts_dir
 
 
 class Look(BaseModel):
@@ -46,10 +46,10 @@ def load_families() -> dict[str, Family]:
     return {name: Family.model_validate(spec) for name, spec in doc["families"].items()}
 
 
-@lru_cache(maxsize=1)
 def family_of() -> dict[str, str]:
-    """Occupation -> family name."""
-    return {occ: name for name, fam in load_families().items() for occ in fam.occupations}
+    """Occupation -> family name (the core's reading of the same file)."""
+    load_families()  # the world's strict schema first
+    return occupation_families()
 
 
 def family_names() -> list[str]:
