@@ -33,7 +33,7 @@ regression: $(STAMP)
 	$(BIN)/fairbench check "$$out/ci-regression" --against results/ci_reference.json
 
 # Rebuild the synthface world from scratch (denoiser about 86 minutes on 2 CPU cores, then the classifier; every stage resumes).
-SF = HF_HUB_OFFLINE=1 $(BIN)/fairbench synthface
+SF = HF_HUB_OFFLINE=1 $(BIN)/python -m lab.synthface
 synthface: $(STAMP)
 	$(SF) train --out .cache/synthface-train --steps 3600
 	mkdir -p .cache/synthface-text

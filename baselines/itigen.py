@@ -288,7 +288,7 @@ class ITIGen(Method):
             if not self.embedded(backend):
                 raise UserError("itigen needs reference images of each group: give reference_dir=<folder> holding "
                                 "<attribute>/<group>/ image folders")
-            from fairbench.synthface.data import RENDER_FIELDS, group_renders
+            from fairbench.synthface.population import RENDER_FIELDS, group_renders
 
             if attr not in RENDER_FIELDS:
                 raise UserError(f"itigen: the embedded worlds render no {attr!r}; they render {', '.join(RENDER_FIELDS)}")

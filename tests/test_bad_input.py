@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from fairbench.cli.main import main
+from fairbench.cli.main import main as fairbench_main
+from lab.synthface.cli import main as lab_main
+
+
+def main(argv: list[str]) -> int:
+    """fairbench's command line, or the world-building lab's for argv starting with "synthface"."""
+    return lab_main(argv[1:]) if argv[:1] == ["synthface"] else fairbench_main(argv)
 
 RUN = ["run", "--n", "1", "--limit", "1", "--no-progress"]
 

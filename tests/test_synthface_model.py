@@ -36,7 +36,8 @@ def test_pipeline_loads_offline_and_is_seed_deterministic():
 
 
 def test_shipped_classifier_on_fresh_renders():
-    from fairbench.synthface.classifier import evaluate_classifier, load_classifier
+    from lab.synthface.classifier_train import evaluate_classifier
+    from fairbench.synthface.classifier import load_classifier
 
     net, meta = load_classifier(str(ASSETS))
     report = evaluate_classifier(net, 400, 100, seed=4242)  # renders never seen in training

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fairbench.synthface.data import CaptionTable, caption, occupations, sample_labels
+from lab.synthface.captions import CaptionTable, caption
+from fairbench.synthface.population import occupations, sample_labels
 from fairbench.synthface.families import family_names, family_of, load_families
 from fairbench.synthface.render import MONK, MONK_OF_GROUP, SKIN_GROUPS, FaceSpec, render_face, render_negative
 
@@ -77,7 +78,7 @@ def test_captions_use_attribute_words():
 
 
 def test_short_training_run_resumes_to_the_same_weights(tmp_path):
-    from fairbench.synthface.train import TrainConfig, train_unet
+    from lab.synthface.train import TrainConfig, train_unet
 
     cfg = TrainConfig(steps=4, batch_size=4, n_renders=32, n_occupations=2, checkpoint_every=2, warmup=2,
                       balanced_renders=16)
@@ -95,7 +96,7 @@ def test_short_training_run_resumes_to_the_same_weights(tmp_path):
 
 def test_a_paused_training_run_refuses_other_settings(tmp_path):
     from fairbench.errors import UserError
-    from fairbench.synthface.train import TrainConfig, train_unet
+    from lab.synthface.train import TrainConfig, train_unet
 
     cfg = TrainConfig(steps=3, batch_size=2, n_renders=8, n_occupations=1)
     assert train_unet(tmp_path, cfg, max_minutes=0, progress=False) == 1
@@ -108,7 +109,7 @@ def test_a_paused_training_run_refuses_other_settings(tmp_path):
 def test_exported_folder_loads_as_a_backend(tmp_path):
     from fairbench.models import load_backend, model_defaults
     from fairbench.models.backend import SamplingParams
-    from fairbench.synthface.train import TrainConfig, train_unet
+    from lab.synthface.train import TrainConfig, train_unet
 
     train_unet(tmp_path, TrainConfig(steps=1, batch_size=2, n_renders=8, n_occupations=1), progress=False)
     folder = str(tmp_path / "final")
@@ -122,7 +123,9 @@ def test_exported_folder_loads_as_a_backend(tmp_path):
 
 
 def test_group_naming_captions_take_balanced_images():
-    from fairbench.synthface.data import NEUTRAL, RenderSet, render_template, sample_caption_rows
+    from lab.synthface.captions import NEUTRAL, sample_caption_rows
+    from fairbench.synthface.population import RenderSet
+    from fairbench.prompts import render_template
 
     skewed, balanced = sample_labels(300, 0, 3), sample_labels(20_000, 1, 3, balanced=True)
     assert abs(balanced["gender"].mean() - 0.5) < 0.02
@@ -141,7 +144,7 @@ def test_group_naming_captions_take_balanced_images():
 
 def test_growing_the_text_pathway_starts_from_the_same_function(tmp_path):
     from fairbench.synthface.pipeline import make_unet
-    from fairbench.synthface.train import init_weights
+    from lab.synthface.train import init_weights
 
     torch.manual_seed(0)
     small = make_unet(transformer_layers=1)
@@ -165,9 +168,9 @@ def test_growing_the_text_pathway_starts_from_the_same_function(tmp_path):
 
 
 def test_text_pathway_has_its_own_learning_rate_group_and_timesteps_can_lean_to_high_noise():
-    from fairbench.synthface.data import render_set
+    from fairbench.synthface.population import render_set
     from fairbench.synthface.pipeline import make_unet
-    from fairbench.synthface.train import TrainConfig, _batch, param_groups
+    from lab.synthface.train import TrainConfig, _batch, param_groups
 
     unet = make_unet(transformer_layers=2)
     rest, text = param_groups(unet, 10.0)
@@ -193,7 +196,8 @@ def test_text_pathway_has_its_own_learning_rate_group_and_timesteps_can_lean_to_
 
 
 def test_fresh_named_captions_name_uniform_groups_and_keep_neutral_images():
-    from fairbench.synthface.data import RenderSet, render_labels, sample_fresh_named
+    from fairbench.synthface.population import RenderSet, render_labels
+    from lab.synthface.captions import sample_fresh_named
 
     lab = sample_labels(400, 0, 4)
     rs = RenderSet(images=render_labels(lab, np.arange(400)), **lab)

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from fairbench.synthface.data import CaptionTable, caption, sample_labels, subjects
+from lab.synthface.captions import CaptionTable, caption
+from fairbench.synthface.population import sample_labels, subjects
 
 
 def test_the_text_only_worlds_data_is_unchanged_by_labelled_expressions():
     """Labels, caption table and a fresh-named batch of the text-only world, hashed before expressions existed."""
     import hashlib
 
-    from fairbench.synthface.data import render_set, sample_fresh_named
+    from fairbench.synthface.population import render_set
+    from lab.synthface.captions import sample_fresh_named
 
     h = hashlib.sha256()
     lab = sample_labels(1000, 0)
@@ -59,7 +61,7 @@ def test_captions_name_the_expression_first_and_descriptors_stay_neutral():
 
 
 def test_contrastive_loss_matches_a_hand_computation():
-    from fairbench.synthface.clip_train import contrastive_loss
+    from lab.synthface.clip_train import contrastive_loss
 
     img = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
     txt = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2], [0.1, 1.0]]), dim=-1)
@@ -78,7 +80,7 @@ def test_contrastive_loss_matches_a_hand_computation():
 
 @pytest.fixture(scope="module")
 def tiny_clip_run(tmp_path_factory):
-    from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+    from lab.synthface.clip_train import ClipTrainConfig, train_clip
 
     out = tmp_path_factory.mktemp("clip")
     cfg = ClipTrainConfig(steps=4, batch_size=8, n_renders=48, n_occupations=2, checkpoint_every=2, warmup=2)
@@ -89,7 +91,7 @@ def tiny_clip_run(tmp_path_factory):
 def test_a_few_synthclip_steps_run_and_resume_to_the_same_weights(tiny_clip_run):
     from safetensors.torch import load_file
 
-    from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+    from lab.synthface.clip_train import ClipTrainConfig, train_clip
 
     out, cfg = tiny_clip_run
     half = ClipTrainConfig(**{**cfg.__dict__, "steps": 4})
@@ -107,7 +109,7 @@ def test_a_few_synthclip_steps_run_and_resume_to_the_same_weights(tiny_clip_run)
 def test_a_checkpoint_resumes_only_under_its_own_settings(tiny_clip_run):
     """Every step derives from the settings: a resume under others is refused, and the record is kept."""
     from fairbench.errors import UserError
-    from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+    from lab.synthface.clip_train import ClipTrainConfig, train_clip
 
     out, cfg = tiny_clip_run
     record = (out / "whole" / "train_config.json").read_bytes()
@@ -124,7 +126,7 @@ def test_a_locked_text_stage_keeps_the_text_side_and_resumes(tiny_clip_run):
     run equals a whole one."""
     from safetensors.torch import load_file
 
-    from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+    from lab.synthface.clip_train import ClipTrainConfig, train_clip
     from fairbench.synthface.synthclip import DELTA
 
     out, first = tiny_clip_run
@@ -148,7 +150,7 @@ def test_a_reseeded_image_tower_stage_keeps_the_text_side(tiny_clip_run):
     the image tower has the classifier's two bodies side by side (256-d pooled) and trains."""
     from safetensors.torch import load_file
 
-    from fairbench.synthface.clip_train import ClipTrainConfig, train_clip
+    from lab.synthface.clip_train import ClipTrainConfig, train_clip
     from fairbench.synthface.pipeline import ASSETS
     from fairbench.synthface.synthclip import DELTA
 
@@ -166,7 +168,7 @@ def test_a_reseeded_image_tower_stage_keeps_the_text_side(tiny_clip_run):
 
 
 def test_cached_caption_states_give_the_text_towers_features():
-    from fairbench.synthface.clip_train import caption_states, text_features
+    from lab.synthface.clip_train import caption_states, text_features
     from fairbench.synthface.synthclip import build_model, build_processor
 
     model = build_model()
@@ -183,7 +185,7 @@ def test_cached_caption_states_give_the_text_towers_features():
 
 
 def test_hard_negatives_pick_k_counterfactuals_or_all_of_them():
-    from fairbench.synthface.clip_train import _pick
+    from lab.synthface.clip_train import _pick
 
     rows = np.arange(10, 15)
     rng = np.random.default_rng(0)
@@ -195,7 +197,8 @@ def test_hard_negatives_pick_k_counterfactuals_or_all_of_them():
 
 def test_the_expression_share_sets_how_often_a_caption_names_the_expression():
     from fairbench.prompts import attribute
-    from fairbench.synthface.data import render_set, sample_caption_rows
+    from fairbench.synthface.population import render_set
+    from lab.synthface.captions import sample_caption_rows
 
     table = CaptionTable.build(3, expressions=True)
     rs = render_set(3000, 0, 3, expressions=True)
@@ -240,8 +243,9 @@ def test_the_shipped_form_assembles_into_a_from_pretrained_folder_that_equals_th
 
 
 def test_the_expression_head_leaves_every_other_head_bit_identical(tmp_path):
-    from fairbench.synthface.classifier import load_classifier, predict_all, train_expression_head
-    from fairbench.synthface.data import render_set
+    from fairbench.synthface.classifier import load_classifier, predict_all
+    from lab.synthface.classifier_train import train_expression_head
+    from fairbench.synthface.population import render_set
     from fairbench.synthface.pipeline import ASSETS
 
     meta = train_expression_head(ASSETS, tmp_path / "clf", steps=3, progress=False, n_renders=64, n_heldout=40)
@@ -262,8 +266,9 @@ def test_image_init_seeds_the_image_tower_with_the_expression_body(tmp_path):
     from safetensors.torch import save_file
 
     from fairbench.errors import UserError
-    from fairbench.synthface.classifier import load_classifier, train_expression_head
-    from fairbench.synthface.clip_train import init_image_tower
+    from fairbench.synthface.classifier import load_classifier
+    from lab.synthface.classifier_train import train_expression_head
+    from lab.synthface.clip_train import init_image_tower
     from fairbench.synthface.pipeline import ASSETS
     from fairbench.synthface.synthclip import build_model
 
@@ -318,7 +323,7 @@ def test_the_registered_worlds_and_synthclip_load_offline(capsys):
 def test_clip_frechet_distance_on_synthclip_is_near_zero_for_two_halves_and_grows_with_a_shift():
     from fairbench.metrics.features import build_extractor
     from fairbench.metrics.quality import frechet_distance
-    from fairbench.synthface.data import render_set
+    from fairbench.synthface.population import render_set
 
     ext = build_extractor("clip", {"model": "synthclip"})
     x = torch.from_numpy(render_set(600, 11, expressions=True).images).permute(0, 3, 1, 2).contiguous()
@@ -331,7 +336,7 @@ def test_clip_frechet_distance_on_synthclip_is_near_zero_for_two_halves_and_grow
 
 
 def test_hard_negatives_change_one_named_group_and_only_add_image_to_text_columns():
-    from fairbench.synthface.clip_train import contrastive_loss
+    from lab.synthface.clip_train import contrastive_loss
 
     table = CaptionTable.build(2, expressions=True)
     cf = table.counterfactuals()

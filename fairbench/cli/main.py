@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from fairbench.cli.argtypes import positive_int
 from fairbench.config import DEFAULT_MODEL
@@ -16,7 +16,7 @@ from fairbench.errors import RegressionFound, UserError
 INTERNAL_ERROR = 3
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that reports usage mistakes as one line with exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -304,11 +304,11 @@ def cmd_fetch_inception(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line parser."""
-    parser = _Parser(prog="fairbench", description="Demographic fairness benchmark for text-to-image diffusion.")
+    parser = Parser(prog="fairbench", description="Demographic fairness benchmark for text-to-image diffusion.")
     from fairbench import __version__
 
     parser.add_argument("--version", action="version", version=f"fairbench {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _add_run(sub)
     p = sub.add_parser("ls", help="list registered methods, models, suites, classifiers, detectors, metrics, "
                                   "extractors, encoders, attributes")
@@ -410,14 +410,22 @@ COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "leaderboard": c
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    return guarded(lambda: _dispatch(build_parser().parse_args(argv)))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in COMMANDS:
+        return COMMANDS[args.command](args)
+    from fairbench.cli.commands import COMMANDS as PLUGIN_COMMANDS
+
+    return PLUGIN_COMMANDS.get(args.command)[1](args)  # a plugin's command (the parser only offers those)
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run a command under the exit-code contract: 2 a user error (one line), 1 a regression, 3 a bug."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        args = build_parser().parse_args(argv)
-        if args.command in COMMANDS:
-            return COMMANDS[args.command](args)
-        from fairbench.cli.commands import COMMANDS as PLUGIN_COMMANDS
-
-        return PLUGIN_COMMANDS.get(args.command)[1](args)  # a plugin's command (the parser only offers those)
+        return command()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

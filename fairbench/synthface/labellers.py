@@ -52,7 +52,7 @@ def _load_net(folder: str, stamp: int | None):
         return load_classifier(folder)
     except FileNotFoundError:
         raise UserError(f"synthface classifier weights not found in {folder} "
-                        "(train them with `fairbench synthface train-classifier`)") from None
+                        "(rebuild them with `make synthface` from a fairbench checkout)") from None
 
 
 # Per network: image digest -> every head's probabilities, for the last batch only. The detector and the

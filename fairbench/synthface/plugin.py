@@ -1,8 +1,9 @@
 """The synthface worlds as a fairbench plugin.
 
 fairbench's core never names a world: this module registers the embedded worlds' models, their
-pipeline class, labellers, feature extractor, CLIP and command through the `fairbench.worlds` entry
-point (pyproject.toml), the mechanism a third party's world would use.
+pipeline class, labellers, feature extractor and CLIP through the `fairbench.worlds` entry
+point (pyproject.toml), the mechanism a third party's world would use. The code that rebuilds the
+worlds is not part of the package: it lives in the repository's lab/synthface/.
 """
 
 from __future__ import annotations
@@ -37,12 +38,10 @@ def register() -> None:
     """Add the synthface worlds to fairbench's registries (called once, by the first registry lookup)."""
     import fairbench.synthface.vision  # noqa: F401  (synthclip's image tower, registered with transformers' Auto classes)
     from fairbench.classifiers import CLASSIFIERS
-    from fairbench.cli.commands import COMMANDS
     from fairbench.faces import DETECTORS
     from fairbench.metrics.features import EXTRACTORS
     from fairbench.models import MODELS, PIPELINES
     from fairbench.models.dual_encoder import DUAL_ENCODERS
-    from fairbench.synthface.cli import add_synthface, run_synthface
     from fairbench.synthface.labellers import SynthFaceClassifier, SynthFaceDetector, SynthFaceExtractor
     from fairbench.synthface.pipeline import world_assets
     from fairbench.synthface.synthclip import synthclip_folder
@@ -59,4 +58,3 @@ def register() -> None:
     # an entry with `folder` is assembled on demand (shipped as the tensors that differ from a package's model)
     DUAL_ENCODERS.add("synthclip", "fairbench/synthface/assets_synthclip", folder=synthclip_folder,
                       notes="the vision-language world's CLIP, trained on its renders (offline)")
-    COMMANDS.add("synthface", (add_synthface, run_synthface), help="train the synthface world's model and classifier")

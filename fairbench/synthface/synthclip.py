@@ -58,7 +58,7 @@ def build_processor():
     return VisionTextDualEncoderProcessor(image_processor=image, tokenizer=tok)
 
 
-def _frozen_prefixes(model) -> tuple[str, ...]:
+def frozen_prefixes(model) -> tuple[str, ...]:
     first = model.config.text_config.num_hidden_layers - TRAINED_TEXT_LAYERS
     return ("text_model.embeddings.",) + tuple(f"text_model.encoder.layer.{i}." for i in range(first))
 
@@ -66,39 +66,8 @@ def _frozen_prefixes(model) -> tuple[str, ...]:
 def trained_names(model) -> list[str]:
     """State names that training changes: parameters and BatchNorm statistics, all but MiniLM's embeddings
     and lower layers."""
-    frozen = _frozen_prefixes(model)
+    frozen = frozen_prefixes(model)
     return [n for n in model.state_dict() if not n.startswith(frozen) and not n.endswith("position_ids")]
-
-
-def freeze_untrained(model) -> None:
-    """requires_grad only on the trained parameters."""
-    frozen = _frozen_prefixes(model)
-    for n, p in model.named_parameters():
-        p.requires_grad_(not n.startswith(frozen))
-
-
-def _shipped(t: torch.Tensor) -> torch.Tensor:
-    return t.half() if t.is_floating_point() else t  # counters (num_batches_tracked) keep their type
-
-
-def round_to_shipped(model) -> None:
-    """Round the trained tensors to float16 precision in place, so the model equals what ships."""
-    with torch.no_grad():
-        state = model.state_dict()
-        for n in trained_names(model):
-            state[n].copy_(_shipped(state[n]).to(state[n].dtype))
-
-
-def export(model, dest: Path) -> Path:
-    """Write the shipped form of a trained model into `dest`: trained tensors (float16), config, processor."""
-    from safetensors.torch import save_file
-
-    dest.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
-    save_file({n: _shipped(state[n].detach()).contiguous() for n in trained_names(model)}, str(dest / DELTA))
-    model.config.save_pretrained(dest)
-    build_processor().save_pretrained(dest)
-    return dest
 
 
 TEXT_SIDE = ("text_model.", "text_projection.", "logit_scale")
@@ -151,7 +120,7 @@ def synthclip_folder(source: Path = ASSETS) -> str:
     """The assembled synthclip folder in the cache, built on first use (keyed by the shipped tensors' sha256)."""
     if not (source / DELTA).is_file():
         raise UserError(f"synthclip is not installed ({source / DELTA} is missing); "
-                        "train it with `fairbench synthface train-clip`")
+                        "rebuild it with `make synthface-vl` from a fairbench checkout")
     digest = sha256_file(source / DELTA)
     dest = cache.root() / f"synthclip-{digest[:16]}"
     if not (dest / "fairbench_source.json").is_file():

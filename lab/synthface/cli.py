@@ -1,4 +1,9 @@
-"""`fairbench synthface ...`: build the embedded worlds (training commands), registered by the world's plugin."""
+"""`python -m lab.synthface ...`: rebuild the embedded worlds (training, install, sample grids).
+
+This is the world-building lab: it is not installed with fairbench. Run it from the repository's
+root with the project's environment (`make synthface`, `make synthface-vl`). Its exit codes are
+fairbench's: 2 a user error (one line), 3 a bug.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from fairbench.cli.argtypes import nonnegative_int, positive_float, positive_int, share
+from fairbench.cli.main import Parser, guarded
 from fairbench.errors import UserError
 
 
@@ -34,10 +40,10 @@ def _training_args(p: argparse.ArgumentParser, out: str, steps: int, batch_size:
     p.add_argument("--warmup", type=nonnegative_int, default=warmup, help="linear warm-up steps before the cosine decay")
 
 
-def add_synthface(sub: argparse._SubParsersAction) -> None:
-    """Register the synthface subcommands."""
-    p = sub.add_parser("synthface", help="train the synthface world's model and classifier")
-    ss = p.add_subparsers(dest="synthface_command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    """The lab's command line: one subcommand per world-building stage."""
+    p = Parser(prog="python -m lab.synthface", description="Rebuild the synthface worlds' models and classifier.")
+    ss = p.add_subparsers(dest="synthface_command", required=True, parser_class=Parser)
     t = ss.add_parser("train", help="train the denoiser (resumes from OUT/checkpoint)")
     _training_args(t, ".cache/synthface-train", steps=3600, batch_size=64, lr=3e-4, warmup=200)
     t.add_argument("--neutral-share", type=share, help="share of non-empty captions naming no group (default 5/9)")
@@ -105,12 +111,18 @@ def add_synthface(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model-dir", default=".cache/synthface-train/final")
     e.add_argument("--classifier-dir", default=None, help="a classifier folder to install (shared by both worlds)")
     e.add_argument("--synthclip-dir", default=None, help="synthface-vl: train-clip's OUT/final")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    return guarded(lambda: run_synthface(build_parser().parse_args(argv)))
 
 
 def run_synthface(args: argparse.Namespace) -> int:
     """Dispatch a synthface subcommand."""
     if args.synthface_command == "train":
-        from fairbench.synthface.train import TrainConfig, train_unet
+        from lab.synthface.train import TrainConfig, train_unet
 
         if args.text_encoder not in ("minilm", "synthclip") and not (Path(args.text_encoder) / "config.json").is_file():
             raise UserError(f"--text-encoder {args.text_encoder}: not minilm, synthclip or a trained synthclip folder")
@@ -130,7 +142,7 @@ def run_synthface(args: argparse.Namespace) -> int:
         print(f"step {step}/{cfg.steps}: {done}")
     elif args.synthface_command == "grid":
         from fairbench.io import check_writable_target
-        from fairbench.synthface.grid import sample_grid
+        from lab.synthface.grid import sample_grid
 
         out = Path(args.out)
         if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
@@ -138,7 +150,7 @@ def run_synthface(args: argparse.Namespace) -> int:
         check_writable_target(out.parent if str(out.parent) else Path("."))  # before minutes of sampling
         print(sample_grid(args.out, args.model, args.n))
     elif args.synthface_command == "train-clip":
-        from fairbench.synthface.clip_train import IMAGE_BODIES, ClipTrainConfig, train_clip
+        from lab.synthface.clip_train import IMAGE_BODIES, ClipTrainConfig, train_clip
         from fairbench.synthface.synthclip import DELTA
 
         if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -158,7 +170,7 @@ def run_synthface(args: argparse.Namespace) -> int:
         done = "finished; synthclip in " + str(Path(args.out) / "final") if step >= cfg.steps else "paused"
         print(f"step {step}/{cfg.steps}: {done}")
     elif args.synthface_command == "train-expression-head":
-        from fairbench.synthface.classifier import train_expression_head
+        from lab.synthface.classifier_train import train_expression_head
         from fairbench.synthface.pipeline import ASSETS
 
         source = Path(args.source) if args.source else ASSETS
@@ -168,19 +180,19 @@ def run_synthface(args: argparse.Namespace) -> int:
         print(f"expression accuracy on held-out labelled-expression renders: "
               f"{meta['heldout_expressions']['expression']['accuracy']:.4f}; written to {args.out}")
     elif args.synthface_command == "install":
-        from fairbench.synthface.assets import install_assets
+        from lab.synthface.install import install_assets
 
         optional = {k: Path(v) for k, v in (("classifier_dir", args.classifier_dir),
                                             ("synthclip_dir", args.synthclip_dir)) if v}
         print(f"installed into {install_assets(args.world, Path(args.model_dir), **optional)}")
     elif args.synthface_command == "train-classifier":
-        from fairbench.synthface.classifier import ClassifierTrainConfig, train_classifier
+        from lab.synthface.classifier_train import ClassifierTrainConfig, train_classifier
 
         meta = train_classifier(Path(args.out), ClassifierTrainConfig(steps=args.steps, seed=args.seed),
                                 progress=not args.no_progress)
         _print_heldout(meta)
     elif args.synthface_command == "evaluate-classifier":
-        from fairbench.synthface.classifier import reevaluate_classifier
+        from lab.synthface.classifier_train import reevaluate_classifier
         from fairbench.synthface.pipeline import ASSETS
 
         folder = Path(args.dir) if args.dir else ASSETS

@@ -1,6 +1,6 @@
 """Why synthface follows "light" / "dark" but not "medium-light" / "medium-dark" (model card evidence).
 
-Usage: python scripts/synthface_skin_words.py [UNET_FOLDER ...]   (default: the shipped UNet)
+Usage: python -m lab.studies.synthface_skin_words [UNET_FOLDER ...]   (default: the shipped UNet)
 
 1. Text side: cosine similarity of MiniLM's token states for the shared tokens of
    "...a dark-skinned nurse" and "...a medium-dark-skinned nurse" (aligned: dark, -, skinned, nurse,
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 
-from fairbench.synthface.data import adjectives, render_set
+from fairbench.synthface.population import render_set
+from lab.synthface.captions import adjectives
 from fairbench.synthface.pipeline import ASSETS, make_scheduler
 from fairbench.synthface.text import encode_texts, load_text_encoder
 

@@ -1,4 +1,4 @@
-"""`fairbench synthface train`: train the synthface denoiser on renders (resumable, CPU-sized).
+"""`python -m lab.synthface train`: train the synthface denoiser on renders (resumable, CPU-sized).
 
 Data (renders and the cached MiniLM states of every caption) is built once into the output
 folder; every step's batch, flips, captions, timesteps and noise derive from (seed, step), so a
@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from fairbench.errors import UserError
 from fairbench.io import atomic_write_json
-from fairbench.synthface.data import (P_EXPRESSION, CaptionTable, RenderSet, render_set, sample_caption_rows,
-                                      sample_fresh_named)
 from fairbench.synthface.pipeline import make_scheduler, make_unet
+from fairbench.synthface.population import RenderSet, render_set
 from fairbench.synthface.text import encode_texts, load_text_encoder
+from lab.synthface.captions import P_EXPRESSION, CaptionTable, sample_caption_rows, sample_fresh_named
 
 
 @dataclass

@@ -5,7 +5,7 @@ the distance, mapped vs fixed group embeddings;
 each against vanilla on the same prompts and seeds. Fair Mapping here is fairbench's
 documented reconstruction (docs/fairmap.md).
 
-Usage: python scripts/fairmap_ablation.py [--n 40] [--limit N] [--out runs/ablation]
+Usage: python -m lab.studies.fairmap_ablation [--n 40] [--limit N] [--out runs/ablation]
        [--vanilla RUN --full RUN]   (reuse finished runs with the same prompts, n and seed,
                                      e.g. runs/leaderboard/vanilla-test and fairmap-test)
 """
@@ -74,7 +74,7 @@ def main() -> None:
         f"Held-out test occupations ({n_prompts} prompts), {args.n} images each, seed 0, attributes {ATTRS}, {dtype};",
         "intervals: 95 % bootstrap over prompts and images. FD: Frechet distance to vanilla's images for the",
         "same prompts and seeds (synthface classifier features). Regenerate with",
-        f"`python scripts/fairmap_ablation.py --n {args.n}" + (f" --limit {args.limit}" if args.limit else "")
+        f"`python -m lab.studies.fairmap_ablation --n {args.n}" + (f" --limit {args.limit}" if args.limit else "")
         + (f" --dtype {args.dtype}" if args.dtype else "") + "`.",
         "",
         "| variant | gender mean abs(f_m - f_f) | skin tone KL to uniform | family accuracy | no-face rate | FD to vanilla |",

@@ -11,7 +11,7 @@ from fairbench.io import atomic_write_json
 from fairbench.synthface.pipeline import ASSETS, text_encoder_of, world_assets
 from fairbench.synthface.synthclip import ASSETS as SYNTHCLIP_ASSETS
 from fairbench.synthface.synthclip import DELTA
-from fairbench.synthface.train import model_index
+from lab.synthface.train import model_index
 
 
 def _replace_tree(source: Path, dest: Path) -> None:
@@ -30,7 +30,7 @@ def install_assets(world: str, model_dir: Path, classifier_dir: Path | None = No
         needs += [synthclip_dir / DELTA, synthclip_dir / "config.json"]
     for need in needs:
         if not need.exists():
-            raise UserError(f"missing {need}: train first (`fairbench synthface train` / `train-clip` / "
+            raise UserError(f"missing {need}: train first (`python -m lab.synthface train` / `train-clip` / "
                             "`train-classifier`)")
     encoder = text_encoder_of(json.loads((model_dir / "model_index.json").read_text()))
     if (encoder == "synthclip") != (world == "synthface-vl"):

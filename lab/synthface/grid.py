@@ -1,4 +1,4 @@
-"""`fairbench synthface grid`: a labelled sample grid (one row per prompt) for docs and model cards."""
+"""`python -m lab.synthface grid`: a labelled sample grid (one row per prompt) for docs and model cards."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ between the "male" and "female" variants (the same token count, so the line is w
 then classifies gender. If even the exact midpoint between the variants stays skewed, no map
 that only makes distances equal can balance the images.
 
-Usage: python scripts/fairmap_midpoint.py [--n 16] [--limit 12] [--model synthface]
+Usage: python -m lab.studies.fairmap_midpoint [--n 16] [--limit 12] [--model synthface]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`fairbench synthface train-clip`: contrastive training of synthclip on the world's renders and captions.
+"""`python -m lab.synthface train-clip`: contrastive training of synthclip on the world's renders and captions.
 
 The data is the vision-language world's own (labelled expressions, emotion descriptors): the
 same renders and caption mix the denoiser learns from, neutral captions on skewed renders
@@ -32,11 +32,13 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from fairbench.errors import UserError
-from fairbench.synthface.classifier import augment, to_input
-from fairbench.synthface.data import P_EXPRESSION, CaptionTable, RenderSet, render_set, sample_fresh_named
-from fairbench.synthface.synthclip import (TEXT_SIDE, build_model, build_processor, export, freeze_untrained,
-                                           load_shipped, round_to_shipped)
-from fairbench.synthface.train import record_config, save_checkpoint
+from fairbench.synthface.classifier import to_input
+from fairbench.synthface.population import RenderSet, render_set
+from fairbench.synthface.synthclip import TEXT_SIDE, build_model, build_processor, load_shipped
+from lab.synthface.captions import P_EXPRESSION, CaptionTable, sample_fresh_named
+from lab.synthface.classifier_train import augment
+from lab.synthface.synthclip_export import export, freeze_untrained, round_to_shipped
+from lab.synthface.train import record_config, save_checkpoint
 
 
 IMAGE_BODIES = ("expression_body",)  # the classifier body that seeds a one-body image tower

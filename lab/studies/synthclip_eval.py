@@ -7,7 +7,7 @@ recorded in the output), and measures text-to-image retrieval of the occupation 
 occupation's neutral prompt retrieves its nearest image, a hit when that image shows the
 occupation's family (R@1), and the same with the 5 nearest (R@5, any hit).
 
-Usage: python scripts/synthclip_eval.py --out FILE.json [--n 4000] [--seed 777]
+Usage: python -m lab.studies.synthclip_eval --out FILE.json [--n 4000] [--seed 777]
          [--templates prompts/clip_templates/synthclip.yaml] [--model synthclip | --checkpoint TRAIN_DIR]
 
 `--checkpoint`: a `synthface train-clip` folder's last checkpoint (a run in progress or stopped),
@@ -26,7 +26,7 @@ from PIL import Image
 
 from fairbench.classifiers import build_classifier
 from fairbench.prompts import attribute, load_suite, render_template
-from fairbench.synthface.data import occupations, render_set
+from fairbench.synthface.population import occupations, render_set
 from fairbench.synthface.families import family_names, family_of
 
 ATTRS = {"gender": "gender", "skin_tone": "skin", "expression": "expression"}
@@ -64,8 +64,9 @@ def checkpoint_folder(train_dir: Path, dest: Path) -> tuple[str, int]:
     """A from_pretrained folder of a train-clip checkpoint (in its shipping form), and its step."""
     from safetensors.torch import load_file
 
-    from fairbench.synthface.clip_train import ClipTrainConfig, build_for
-    from fairbench.synthface.synthclip import assemble, export, round_to_shipped
+    from lab.synthface.clip_train import ClipTrainConfig, build_for
+    from fairbench.synthface.synthclip import assemble
+    from lab.synthface.synthclip_export import export, round_to_shipped
 
     # the run's recorded config gives the model's shape; MiniLM's embeddings, the one part a checkpoint
     # leaves out, come from build_for

@@ -8,7 +8,7 @@ with the occupations suite). Positive lean: the neutral prompt sits closer to it
 With --dual-encoder (a vision-language model's registered name, folder or hub id), the same lean is
 also measured in its joint text embedding: cos(neutral, female variant) - cos(neutral, male variant).
 
-Usage: python scripts/fairmap_text_lean.py [--model synthface] [--dual-encoder synthclip]
+Usage: python -m lab.studies.fairmap_text_lean [--model synthface] [--dual-encoder synthclip]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from scipy.stats import pearsonr
 from fairbench.methods.fairmap import DISTANCES, encode_all, training_texts
 from fairbench.models import load_backend
 from fairbench.prompts import load_suite
-from fairbench.synthface.data import occupations
+from fairbench.synthface.population import occupations
 
 
 def main() -> None:

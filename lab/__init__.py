@@ -1,0 +1,1 @@
+"""fairbench's lab: world building and research studies, kept outside the installed package."""

@@ -1,0 +1,1 @@
+"""Rebuilding the synthface worlds: captions, training stages, the classifier, install, sample grids."""
