@@ -63,3 +63,19 @@ def test_the_distribution_installs_only_the_fairbench_namespace():
     # every folder of the package that holds Python code is listed (a missing one would not be installed)
     code = {p.parent.relative_to(CORE.parent).as_posix().replace("/", ".") for p in CORE.rglob("*.py")}
     assert code <= set(tool["packages"])
+
+
+def test_the_world_building_lab_is_not_part_of_the_package():
+    """Training, install and grid code lives in lab/ (run from a checkout): the package holds no training
+    module and imports nothing from the lab, and the distribution lists no lab package."""
+    import tomllib
+
+    tool = tomllib.loads((CORE.parent / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert not any(p.split(".")[0] == "lab" for p in tool["packages"])
+    world = CORE / "synthface"
+    assert not {"train.py", "clip_train.py", "grid.py", "cli.py", "assets.py", "data.py"} & {
+        p.name for p in world.glob("*.py")}
+    for path in CORE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(from|import) lab\b", text, flags=re.M), path
+        assert "def train_" not in text or path.parent.name != "synthface", path

@@ -91,3 +91,21 @@ def test_a_bfloat16_load_leaves_the_next_float32_load_unchanged():
     load_backend("synthface-vl", dtype="bfloat16")
     again = first_weight(load_backend("synthface-vl", dtype="float32"))
     assert again.dtype == torch.float32 and torch.equal(fresh, again)
+
+
+def test_a_few_classifier_training_steps_run_deterministically_and_measure_held_out_renders(tmp_path):
+    """The lab's classifier stage: two runs of the same settings give the same weights, and the
+    held-out reports (which feed the confusion correction) count every face and face-absent render."""
+    from safetensors.torch import load_file
+
+    from lab.synthface.classifier_train import ClassifierTrainConfig, train_classifier
+
+    cfg = ClassifierTrainConfig(n_positive=48, n_negative=16, n_heldout=40, steps=3, batch_size=16)
+    meta = train_classifier(tmp_path / "a", cfg, progress=False)
+    train_classifier(tmp_path / "b", cfg, progress=False)
+    a, b = (load_file(tmp_path / d / "classifier.safetensors") for d in ("a", "b"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert meta["heldout"]["gender"]["n"] == 40 and meta["heldout"]["face"]["n"] == 40 + 10
+    assert np.asarray(meta["heldout"]["gender"]["counts"]).sum() == 40
+    assert meta["heldout_balanced"]["balanced"] is True
+    assert json.loads((tmp_path / "a" / "classifier.json").read_text())["train"]["steps"] == 3
