@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fairbench.config import RunConfig, build_config
 from fairbench.errors import UserError, validation_message
-from fairbench.prompts import SAFE_ID, _load_yaml, fill_named, load_suite, prompts_dir
+from fairbench.prompts import SAFE_ID, _load_yaml, fill_named, prompts_dir
 from fairbench.registry import Registry
 
 SAFE_NAME = f"^{SAFE_ID.pattern}$"  # a folder name, as prompt ids are: never `..`, `.` or a path
@@ -115,12 +115,11 @@ class Cell(BaseModel):
 def _pending(cfg: RunConfig) -> tuple[int, int]:
     """(images still to generate, images of the run)."""
     from fairbench.generation.manifest import completed_rows
+    from fairbench.spec import resolve
 
-    suite = load_suite(cfg.suite)
-    total = len(suite.select(cfg.split, cfg.limit)) * cfg.n
-    out = Path(cfg.out or "")
-    done = len(completed_rows(out)) if out.is_dir() else 0
-    return max(total - done, 0), total
+    spec = resolve(cfg)
+    done = len(completed_rows(spec.run_dir)) if spec.run_dir.is_dir() else 0
+    return max(len(spec.units) - done, 0), len(spec.units)
 
 
 def inside_out(template: str, name: str) -> str:

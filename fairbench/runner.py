@@ -15,6 +15,7 @@ from fairbench.errors import UserError
 from fairbench.pipeline import RunOutcome, check_resume, check_run_target, execute
 from fairbench.outputs.rundir import default_out, run_dir_of
 from fairbench.sources import Existing, Generate, Import, Merge, process_info
+from fairbench.spec import RunSpec, resolve
 
 
 def baseline_config(cfg: RunConfig) -> RunConfig:
@@ -41,32 +42,33 @@ def baseline_config(cfg: RunConfig) -> RunConfig:
 def run(cfg: RunConfig) -> RunOutcome:
     """Run (or resume) a benchmark run; for a method other than vanilla, also its vanilla baseline
     (resumed, never regenerated) and the paired comparison of the two (unless cfg.baseline is off)."""
-    cfg = cfg.with_model_defaults()
+    spec = resolve(cfg)
+    cfg = spec.config
     with_baseline = cfg.baseline and cfg.method != "vanilla" and not cfg.shard
-    base_cfg = baseline_config(cfg) if with_baseline else None
-    if base_cfg is not None:  # refused before the method's images are made, not after
-        if Path(base_cfg.out).resolve() == run_dir_of(cfg).resolve():
-            raise UserError(f"--baseline-out {base_cfg.out} is the method's --out: give the vanilla run its own folder")
-        check_run_target(Path(base_cfg.out))
-        check_resume(Path(base_cfg.out), base_cfg)
-    outcome = run_one(cfg)
-    if base_cfg is None:
+    base = resolve(baseline_config(cfg)) if with_baseline else None
+    if base is not None:  # refused before the method's images are made, not after
+        if base.run_dir.resolve() == spec.run_dir.resolve():
+            raise UserError(f"--baseline-out {base.run_dir} is the method's --out: give the vanilla run its own folder")
+        check_run_target(base.run_dir)
+        check_resume(base.run_dir, base.config)
+    outcome = run_one(spec)
+    if base is None:
         return outcome
     if cfg.progress and process_info()[0] == 0:
-        print(f"vanilla baseline for the paired verdict: {base_cfg.out} (resumed where it exists)", file=sys.stderr)
-    base = run_one(base_cfg)
-    if outcome.metrics is None or base.metrics is None:
+        print(f"vanilla baseline for the paired verdict: {base.run_dir} (resumed where it exists)", file=sys.stderr)
+    base_outcome = run_one(base)
+    if outcome.metrics is None or base_outcome.metrics is None:
         return outcome
     from fairbench.outputs.compare import compare_runs
 
-    outcome.baseline_dir = base.run_dir
-    outcome.comparison = compare_runs(outcome.run_dir, base.run_dir, cfg.extractor)
+    outcome.baseline_dir = base_outcome.run_dir
+    outcome.comparison = compare_runs(outcome.run_dir, base_outcome.run_dir, cfg.extractor)
     return outcome
 
 
-def run_one(cfg: RunConfig) -> RunOutcome:
-    """Run (or resume) one benchmark run: generate, label, score."""
-    return execute(Generate(cfg))
+def run_one(spec: RunSpec) -> RunOutcome:
+    """Run (or resume) one resolved benchmark run: generate, label, score."""
+    return execute(Generate(spec))
 
 
 def classify_run(run_dir: Path, classifier_name: str, classifier_args: dict[str, Any], device: str = "auto",

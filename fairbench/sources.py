@@ -13,12 +13,10 @@ from fairbench.errors import UserError
 from fairbench.generation.manifest import (MANIFEST, Manifest, check_no_links, completed_rows, consolidate,
                                            finished_rows)
 from fairbench.io import atomic_write_bytes, atomic_write_text, sha256_file
-from fairbench.outputs.rundir import RUN_SUITE, RunRecord, has_manifest, read_record, run_dir_of, slug, write_record
+from fairbench.outputs.rundir import RUN_SUITE, RunRecord, has_manifest, read_record, slug, write_record
 from fairbench.pipeline import ImageSource, check_resume, check_run_target, holds_run, provenance, quality_run, recorded_config
-from fairbench.prompts import SUITES, load_suite
-from fairbench.units import SEED_RULE, make_units
-
-MAX_IMAGES = 1_000_000  # one run's units are built in memory; a larger job is several runs
+from fairbench.spec import RunSpec, resolve
+from fairbench.units import SEED_RULE
 
 
 def process_info() -> tuple[int, int, Any]:
@@ -33,13 +31,6 @@ def process_info() -> tuple[int, int, Any]:
     # without CUDA, cpu=True makes accelerate use the gloo backend (its MULTI_CPU mode)
     state = PartialState(cpu=not torch.cuda.is_available())
     return state.process_index, state.num_processes, state
-
-
-def suite_identity(cfg: RunConfig) -> dict[str, Any]:
-    """Name, version and content hash of the suite file."""
-    path = Path(cfg.suite) if Path(cfg.suite).is_file() else SUITES.get(cfg.suite)
-    suite = load_suite(cfg.suite)
-    return {"name": suite.name, "version": suite.version, "file_sha256": sha256_file(path)}
 
 
 def check_quality_settings(cfg: RunConfig, n_images: int) -> None:
@@ -67,22 +58,16 @@ def check_same_weights(run_dir: Path, fingerprint: str) -> None:
 class Generate(ImageSource):
     """`fairbench run`: a model, with the method applied, makes every unit's image (resumed where they exist)."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, spec: RunSpec):
         from fairbench.methods import build_method
 
-        self.cfg, self.run_dir = cfg, run_dir_of(cfg)
+        self.spec, self.cfg, self.run_dir, self.suite = spec, spec.config, spec.run_dir, spec.suite
+        self.units = list(spec.units)
         self.rank, self.world, self.state = process_info()
-        if self.world > 1 and cfg.shard:
+        if self.world > 1 and self.cfg.shard:
             raise UserError("use either --shard or `accelerate launch`, not both")
-        self.suite = load_suite(cfg.suite)
-        n_prompts = len(self.suite.select(cfg.split, cfg.limit))
-        if not n_prompts:
-            raise UserError(f"suite {self.suite.name!r} has no prompts in split {cfg.split!r}")
-        if n_prompts * cfg.n > MAX_IMAGES:
-            raise UserError(f"{n_prompts} prompts x --n {cfg.n} is {n_prompts * cfg.n:,} images, more than one run "
-                            f"holds ({MAX_IMAGES:,}): split the work with --limit, --split or a smaller --n")
-        self.method = build_method(cfg.method, cfg.method_args)
-        check_quality_settings(cfg, n_prompts * cfg.n)
+        self.method = build_method(self.cfg.method, self.cfg.method_args)
+        check_quality_settings(self.cfg, len(self.units))
 
     def check(self) -> None:
         check_resume(self.run_dir, self.cfg)
@@ -105,7 +90,6 @@ class Generate(ImageSource):
                                 cfg.batch_size, cfg.progress and self.rank == 0)
         self.method.prepare(self.backend, self.suite, context)
         self.method.apply_to_model(self.backend)
-        self.units = make_units(self.suite, cfg.method, cfg.model, cfg.n, cfg.seed, cfg.split, cfg.limit)
         self.classifier_specs = list(classifier.specs())
 
     def start(self) -> RunRecord:
@@ -115,7 +99,7 @@ class Generate(ImageSource):
         self.done = completed_rows(self.run_dir, {u.key: u for u in self.units}) if self.rank == 0 else None
         self.part = (self.rank, self.world) if self.world > 1 else cfg.shard_pair()
         record = RunRecord(
-            **provenance(), spec=cfg.model_dump(), suite=suite_identity(cfg), model=backend.describe(),
+            **provenance(), spec=cfg.model_dump(), suite=self.spec.suite_file, model=backend.describe(),
             method={"name": cfg.method, **self.method.describe()}, sampling=self.params.to_dict(),
             n_units=len(self.units), world_size=self.world, part=self.part, status="generating", seed_rule=SEED_RULE)
         probed = probe_attributes(self.suite, self.method, self.classifier_specs)
@@ -220,9 +204,7 @@ class Merge(ImageSource):
         self.record, rows = check_shards(shard_dirs, out)
         self.cfg = recorded_config(shard_dirs[0], self.record, progress=progress)
         self.run_dir = out
-        units = make_units(load_suite(self.cfg.suite), self.cfg.method, self.cfg.model, self.cfg.n, self.cfg.seed,
-                           self.cfg.split, self.cfg.limit)
-        self.ordered = merged_order(rows, [u.key for u in units])
+        self.ordered = merged_order(rows, [u.key for u in resolve(self.cfg).units])
 
     def check(self) -> None:
         from fairbench.generation.merge import check_merge_target

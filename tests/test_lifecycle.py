@@ -17,6 +17,7 @@ from fairbench.io import read_jsonl
 from fairbench.outputs.rundir import RUN_JSON, RunRecord, read_record, write_record
 from fairbench.pipeline import ImageSource, execute
 from fairbench.sources import Existing, Generate, Import, Merge
+from fairbench.spec import resolve
 
 
 class _Stop(Exception):
@@ -41,7 +42,7 @@ def test_every_entry_point_hands_one_source_to_the_one_lifecycle(monkeypatch, or
     flat.mkdir()
     for r, name in zip(rows, names):
         shutil.copy(original / r["image"], flat / name)
-    for call in (lambda: runner.run_one(cfg), lambda: runner.classify_run(original, "synthface", {}),
+    for call in (lambda: runner.run_one(resolve(cfg)), lambda: runner.classify_run(original, "synthface", {}),
                  lambda: runner.score_run(flat, table, cfg.model_copy(update={"out": str(tmp_path / "b")}),
                                           suite="occupations")):
         with pytest.raises(_Stop):
