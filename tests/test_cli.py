@@ -199,6 +199,26 @@ def test_leaderboard_joins_explicit_adherence_by_method_identity(tmp_path):
     assert main(["leaderboard", str(runs[0]), "--out", str(out), "--explicit", str(runs[1])]) == 2
 
 
+def test_leaderboard_joins_the_adherence_of_several_suites_and_refuses_one_attribute_twice(tmp_path):
+    """The explicit suite's groups and the emotions suite's expressions join one method's rows; two runs
+    that both measure gender adherence for one method are refused."""
+    run = _fake_run(tmp_path / "a", "vanilla", {}, "occupations")
+    explicit = _fake_run(tmp_path / "ea", "vanilla", {}, "explicit",
+                         {"gender": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}})
+    emotions = _fake_run(tmp_path / "em", "vanilla", {}, "emotions",
+                         {"expression": {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8}})
+    out = tmp_path / "lb.csv"
+    assert main(["leaderboard", str(run), "--out", str(out), "--explicit", str(explicit), str(emotions)]) == 0
+    df = pd.read_csv(out)
+    assert (df["adherence:gender"] == 0.9).all() and (df["adherence:expression"] == 0.7).all()
+    assert (df["adherence_run"] == "ea+em").all()
+    again = _fake_run(tmp_path / "eb", "vanilla", {}, "explicit",
+                      {"gender": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}})
+    assert main(["leaderboard", str(run), "--out", str(tmp_path / "x.csv"), "--explicit", str(explicit),
+                 str(again)]) == 2
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_writable_check_is_safe_for_concurrent_processes(tmp_path):
     # every process of an `accelerate launch` checks the run folder at the same moment
     from concurrent.futures import ThreadPoolExecutor

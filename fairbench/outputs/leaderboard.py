@@ -72,17 +72,22 @@ def method_identity(run: RunRecord) -> str:
 
 
 def explicit_columns(explicit_dirs: list[Path]) -> dict[str, dict]:
-    """Adherence columns of explicit-prompt runs, keyed by method identity."""
+    """Adherence columns of explicit-prompt runs, keyed by method identity. One method may have several
+    such runs (the explicit suite's groups, the emotions suite's expressions) when each measures other
+    attributes; `adherence_run` names them all, joined by '+'."""
     out: dict[str, dict] = {}
     for d in explicit_dirs:
         run, metrics = read_run(d)
         if not metrics.get("adherence"):
             raise UserError(f"{d} has no adherence numbers: not a run of an explicit-prompt suite")
         key = method_identity(run)
-        if key in out:
-            raise UserError(f"two explicit-prompt runs for the same method, arguments and model: {d}")
         cols = {k: v for k, v in run_level_columns(metrics).items() if k.startswith("adherence:")}
-        out[key] = {**cols, "adherence_run": Path(d).name}
+        have = out.setdefault(key, {})
+        if twice := sorted(set(cols) & set(have)):
+            raise UserError(f"two explicit-prompt runs measure {twice[0].split(':')[1].split('_ci_')[0]!r} for the "
+                            f"same method, arguments and model: {have['adherence_run']} and {d}")
+        have.update(cols)
+        have["adherence_run"] = "+".join(filter(None, (have.get("adherence_run"), Path(d).name)))
     return out
 
 
