@@ -18,6 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["FAIRBENCH_CACHE"] = tempfile.mkdtemp()
 from fairbench.cli.main import main
 
+REPO = Path(__file__).resolve().parent.parent
+
 base = Path(tempfile.mkdtemp(prefix="fairbench-mistakes-"))
 atexit.register(shutil.rmtree, base, True)
 atexit.register(shutil.rmtree, os.environ["FAIRBENCH_CACHE"], True)
@@ -43,8 +45,10 @@ def case(name, argv_fn, prep=None, want=2):
     argv = argv_fn(t)
     before = snap(base)
     try:
-        p = subprocess.run([sys.executable, "-m", "fairbench", *argv], capture_output=True, text=True, timeout=90,
-                           cwd=base)
+        # "synthface ..." is the world-building lab's command line, run from the checkout
+        cmd = ["-m", "lab.synthface", *argv[1:]] if argv[:1] == ["synthface"] else ["-m", "fairbench", *argv]
+        p = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=90, cwd=base,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
         code, errtext = p.returncode, p.stderr
     except subprocess.TimeoutExpired:
         code, errtext = "TIMEOUT (accepted and working)", ""
