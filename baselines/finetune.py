@@ -63,8 +63,9 @@ from torch import nn
 from tqdm import tqdm
 
 from fairbench.errors import UserError
-from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
-from fairbench.methods.base import Method, MethodContext
+from fairbench.io import (atomic_save_tensors, atomic_write_json, load_optimizer_tensors, load_safetensors_file,
+                          optimizer_tensors)
+from fairbench.methods.base import Method, MethodContext, own_clip
 from fairbench.models.backend import DiffusersBackend, SamplingParams, weights_fingerprint
 from fairbench.models.dual_encoder import _features
 from fairbench.prompts import attribute, parse_attributes
@@ -82,7 +83,6 @@ UNCERTAINTY = 0.2
 EMA_DECAY = 0.996
 TARGET_SAMPLES = 100
 MAX_STEPS = 120
-SYNTHCLIP = "synthclip"
 CLIP_L14 = "openai/clip-vit-large-patch14"
 TEXT_LAYERS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",  # CLIP's text tower
                "query", "key", "value", "dense")  # BERT-style encoders (the embedded worlds' text towers)
@@ -287,7 +287,7 @@ class Finetune(Method):
         """The zero-shot CLIP trained against: synthclip on the embedded worlds, else CLIP ViT-L/14."""
         if self.clip_model != "auto":
             return self.clip_model
-        return SYNTHCLIP if type(backend.pipe).__name__ == "SynthFacePipeline" else CLIP_L14
+        return own_clip(backend) or CLIP_L14
 
     def prepare(self, backend: DiffusersBackend, suite: Any, context: MethodContext | None = None) -> None:
         """Train the adapters (or load them from the cache), refusing to train against the scoring classifier."""
@@ -445,20 +445,6 @@ class Trainer:
         return cfg.in_channels, side, side
 
 
-def _optimizer_state(opt: torch.optim.Optimizer, names: list[str]) -> dict[str, torch.Tensor]:
-    state = {}
-    for i, name in enumerate(names):
-        for key, value in opt.state_dict()["state"].get(i, {}).items():
-            state[f"{name}.{key}"] = torch.as_tensor(value)
-    return state
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, names: list[str], saved: dict[str, torch.Tensor]) -> None:
-    state = {i: {k: saved[f"{n}.{k}"] for k in ("step", "exp_avg", "exp_avg_sq")} for i, n in enumerate(names)
-             if f"{n}.exp_avg" in saved}
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-
-
 def train_adapters(method: Finetune, backend: DiffusersBackend, clip: Any, prompts: list[str], params: SamplingParams,
                    folder: Path | None, progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The finetuning loop, checkpointed every `checkpoint_every` steps under `folder` and resumed from it;
@@ -482,7 +468,7 @@ def train_adapters(method: Finetune, backend: DiffusersBackend, clip: Any, promp
                 p.copy_(saved[f"param.{k}"])
         ema.shadow_params = [saved[f"ema.{k}"].clone() for k in names]
         ema.optimization_step = state["ema_steps"]
-        _load_optimizer(optimizer, names, {k[4:]: v for k, v in saved.items() if k.startswith("opt.")})
+        load_optimizer_tensors(optimizer, names, {k[4:]: v for k, v in saved.items() if k.startswith("opt.")})
     unet = backend.unet
     # only the adapters learn: the pipeline's own weights get no gradients (diffusers loads them trainable)
     frozen = [p for m in (unet, *backend.text_encoders.values()) for p in m.parameters() if p.requires_grad]
@@ -507,7 +493,7 @@ def train_adapters(method: Finetune, backend: DiffusersBackend, clip: Any, promp
             if folder is not None and ((step + 1) % method.every == 0 or step + 1 == method.max_steps):
                 tensors = {f"param.{k}": p.detach() for k, p in params_by_name.items()}
                 tensors.update({f"ema.{k}": v for k, v in zip(names, ema.shadow_params)})
-                tensors.update({f"opt.{k}": v for k, v in _optimizer_state(optimizer, names).items()})
+                tensors.update({f"opt.{k}": v for k, v in optimizer_tensors(optimizer, names).items()})
                 atomic_save_tensors(folder / "checkpoint.safetensors", tensors)
                 atomic_write_json(folder / "state.json", {"steps_done": step + 1, "history": history,
                                                           "ema_steps": ema.optimization_step})

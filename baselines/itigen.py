@@ -55,8 +55,9 @@ from tqdm import tqdm
 
 from fairbench import cache
 from fairbench.errors import UserError
-from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file, sha256_file
-from fairbench.methods.base import Method, MethodContext
+from fairbench.io import (atomic_save_tensors, atomic_write_json, load_optimizer_tensors, load_safetensors_file,
+                          optimizer_tensors, sha256_file)
+from fairbench.methods.base import Method, MethodContext, own_clip
 from fairbench.models.backend import Conditioning, DiffusersBackend, weights_fingerprint
 from fairbench.outputs.rundir import IMAGE_SUFFIXES  # the image files fairbench reads anywhere
 from fairbench.prompts import attribute, parse_attributes
@@ -73,7 +74,6 @@ REFERENCE_PER_GROUP = 200
 MILESTONE, GAMMA = 10, 0.5  # MultiStepLR(milestones=[10], gamma=0.5), stepped once per epoch
 CLIP_BY_WIDTH = {768: "openai/clip-vit-large-patch14", 1024: "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
                  1280: "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"}
-SYNTHCLIP = "synthclip"
 PLACEHOLDERS = ("*", "x", "z", "a")  # the first that is one token, kept as one, in every tokenizer involved
 TOKEN_ARGS = ("attributes", "base_prompt", "token_length", "lr", "epochs", "steps_per_epoch", "lam",
               "reference_per_group", "reference_dir", "seed")
@@ -276,8 +276,8 @@ class ITIGen(Method):
         chosen = self.clip_models[part == "text_encoder_2"]
         if chosen != "auto":
             return chosen
-        if self.embedded(backend):
-            return SYNTHCLIP
+        if own_clip(backend):
+            return own_clip(backend)
         if width not in CLIP_BY_WIDTH:
             raise UserError(f"itigen: no known CLIP has a {width}-wide text tower; give clip_model=<hub id or folder>")
         return CLIP_BY_WIDTH[width]
@@ -421,10 +421,7 @@ def train_tokens(method: ITIGen, clip: Any, references: list[list[list[Image.Ima
         for a, (t, opt) in enumerate(zip(tokens, optimizers)):
             with torch.no_grad():
                 t.copy_(state[f"{a}.tokens"])
-            if f"{a}.exp_avg" in state:
-                opt.load_state_dict({"state": {0: {"step": state[f"{a}.step"], "exp_avg": state[f"{a}.exp_avg"],
-                                                   "exp_avg_sq": state[f"{a}.exp_avg_sq"]}},
-                                     "param_groups": opt.state_dict()["param_groups"]})
+            load_optimizer_tensors(opt, [str(a)], state)
     losses: list[float] = []
     for epoch in tqdm(range(start, method.epochs), desc="itigen tokens", unit="epoch", disable=not progress,
                       initial=start, total=method.epochs):
@@ -450,8 +447,7 @@ def train_tokens(method: ITIGen, clip: Any, references: list[list[list[Image.Ima
         if folder is not None:
             state = {f"{a}.tokens": t.detach() for a, t in enumerate(tokens)}
             for a, opt in enumerate(optimizers):
-                for name, value in opt.state_dict()["state"].get(0, {}).items():
-                    state[f"{a}.{name}"] = torch.as_tensor(value)
+                state.update(optimizer_tensors(opt, [str(a)]))
             atomic_save_tensors(folder / "checkpoint.safetensors", state)
             atomic_write_json(folder / "state.json", {"epochs_done": epoch + 1})
     training = {"clip": clip.model_id, "references": [[len(g) for g in groups] for groups in references],

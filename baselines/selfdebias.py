@@ -50,7 +50,7 @@ from tqdm import tqdm
 from fairbench.baselines.hspace import cache_folder, generate_guided, generations_with_h, training_units
 from fairbench.errors import UserError
 from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
-from fairbench.methods.base import Method, MethodContext
+from fairbench.methods.base import Method, MethodContext, own_clip
 from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams
 from fairbench.registry import Count
 from fairbench.units import WorkUnit
@@ -186,7 +186,7 @@ class SelfDebias(Method):
         """The CLIP whose image embeddings the projection learns to point at."""
         if self.clip_model != "auto":
             return self.clip_model
-        return "synthclip" if type(backend.pipe).__name__ == "SynthFacePipeline" else CLIP_B32
+        return own_clip(backend) or CLIP_B32
 
     def training_units(self, context: MethodContext) -> list[tuple[str, str, int]]:
         """(prompt id, text, seed) of the unlabelled generations; seeds apart from the benchmark's."""

@@ -69,6 +69,23 @@ def atomic_save_tensors(path: Path, tensors: dict[str, Any]) -> None:
     atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 
 
+def optimizer_tensors(opt: Any, names: list[str]) -> dict[str, Any]:
+    """An optimizer's per-parameter state as flat tensors for a safetensors checkpoint: `<name>.<key>`
+    for its i-th parameter named names[i] (Adam's and AdamW's step, exp_avg and exp_avg_sq)."""
+    import torch
+
+    state = opt.state_dict()["state"]
+    return {f"{name}.{key}": torch.as_tensor(value) for i, name in enumerate(names)
+            for key, value in state.get(i, {}).items()}
+
+
+def load_optimizer_tensors(opt: Any, names: list[str], saved: dict[str, Any]) -> None:
+    """Restore what `optimizer_tensors` wrote (parameters without saved state start fresh)."""
+    state = {i: {k: saved[f"{n}.{k}"] for k in ("step", "exp_avg", "exp_avg_sq")} for i, n in enumerate(names)
+             if f"{n}.exp_avg" in saved}
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Text version of atomic_write_bytes."""
     atomic_write_bytes(path, text.encode("utf-8"))

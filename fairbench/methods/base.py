@@ -46,6 +46,12 @@ class MethodContext:
         return self.suite.select(self.split, self.limit)
 
 
+def own_clip(backend: DiffusersBackend) -> str | None:
+    """The CLIP a pipeline names as its own (`clip_model`: an embedded world's, trained on its images), else None:
+    a method that learns against a CLIP uses it there instead of a hub CLIP that has never seen such images."""
+    return getattr(backend.pipe, "clip_model", None)
+
+
 def step_index(scheduler: Any, timestep: Any) -> int:
     """Position of a UNet call's timestep in the scheduler's schedule (0 where it is not in it)."""
     hits = (scheduler.timesteps == torch.as_tensor(timestep).to(scheduler.timesteps)).nonzero()

@@ -50,6 +50,7 @@ class SynthFacePipeline(DiffusionPipeline):
     """Text-to-image pipeline of the synthface world (pixel space, 32 x 32)."""
 
     model_cpu_offload_seq = "text_encoder->unet"
+    clip_model = "synthclip"  # the CLIP trained on the worlds' images (fairbench.methods.base.own_clip)
 
     def __init__(self, unet: UNet2DConditionModel, scheduler: Any, text_encoder: Any, tokenizer: Any) -> None:
         super().__init__()
