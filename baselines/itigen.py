@@ -276,8 +276,8 @@ class ITIGen(Method):
         chosen = self.clip_models[part == "text_encoder_2"]
         if chosen != "auto":
             return chosen
-        if own_clip(backend):
-            return own_clip(backend)
+        if own := own_clip(backend):
+            return own
         if width not in CLIP_BY_WIDTH:
             raise UserError(f"itigen: no known CLIP has a {width}-wide text tower; give clip_model=<hub id or folder>")
         return CLIP_BY_WIDTH[width]

@@ -76,17 +76,18 @@ def explicit_columns(explicit_dirs: list[Path]) -> dict[str, dict]:
     such runs (the explicit suite's groups, the emotions suite's expressions) when each measures other
     attributes; `adherence_run` names them all, joined by '+'."""
     out: dict[str, dict] = {}
+    measured: dict[str, set[str]] = {}  # method identity -> attributes whose adherence is already joined
     for d in explicit_dirs:
         run, metrics = read_run(d)
         if not metrics.get("adherence"):
             raise UserError(f"{d} has no adherence numbers: not a run of an explicit-prompt suite")
         key = method_identity(run)
-        cols = {k: v for k, v in run_level_columns(metrics).items() if k.startswith("adherence:")}
-        have = out.setdefault(key, {})
-        if twice := sorted(set(cols) & set(have)):
-            raise UserError(f"two explicit-prompt runs measure {twice[0].split(':')[1].split('_ci_')[0]!r} for the "
-                            f"same method, arguments and model: {have['adherence_run']} and {d}")
-        have.update(cols)
+        have, attrs = out.setdefault(key, {}), measured.setdefault(key, set())
+        if twice := sorted(attrs & set(metrics["adherence"])):
+            raise UserError(f"two explicit-prompt runs measure {twice[0]!r} for the same method, arguments and "
+                            f"model: {have['adherence_run']} and {d}")
+        attrs.update(metrics["adherence"])
+        have.update({k: v for k, v in run_level_columns(metrics).items() if k.startswith("adherence:")})
         have["adherence_run"] = "+".join(filter(None, (have.get("adherence_run"), Path(d).name)))
     return out
 
