@@ -96,8 +96,9 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, generator: torch.Generator) -> None:
         super().__init__()
         self.base, self.enabled = base, True
-        self.down = nn.Parameter(torch.randn(rank, base.in_features, generator=generator) / rank)
-        self.up = nn.Parameter(torch.zeros(base.out_features, rank))
+        device = base.weight.device  # drawn on the CPU generator, so a seed gives the same adapters on any device
+        self.down = nn.Parameter((torch.randn(rank, base.in_features, generator=generator) / rank).to(device))
+        self.up = nn.Parameter(torch.zeros(base.out_features, rank, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -338,8 +339,9 @@ class Trainer:
         texts = load_class_texts(tuple(method.attributes), None)
         self.class_feats = [clip.text_features(texts[a]) for a in method.attributes]
         proc = clip.processor.image_processor
-        self.mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
+        self.device = torch.device(backend.device)
+        self.mean = torch.tensor(proc.image_mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(proc.image_std, device=self.device).view(1, 3, 1, 1)
         self.scheduler = backend.pipe.scheduler
         self.embedded = type(backend.pipe).__name__ == "SynthFacePipeline"
         self.guidance = params.guidance_scale
@@ -363,7 +365,7 @@ class Trainer:
             cond = torch.cat([self.states([self.params.negative_prompt] * n), self.states([prompt] * n)]).to(unet.dtype)
             sched.set_timesteps(steps)
             coefs = gradient_coefficients(sched)
-            x = noise.to(unet.dtype) * sched.init_noise_sigma
+            x = noise.to(self.device, unet.dtype) * sched.init_noise_sigma
             for i, t in enumerate(sched.timesteps):
                 inp = sched.scale_model_input(torch.cat([x.detach()] * 2), t)
                 out = unet(inp, t, encoder_hidden_states=cond).sample.float()
@@ -400,11 +402,11 @@ class Trainer:
         with torch.no_grad():  # 1. the finetuned model's images and classes -> 2. targets
             adapters.enable(True)
             feats = self.features(self.sample(prompt, noise, steps, False))
-            probs = [torch.softmax(lg, -1).numpy() for lg in self.logits(feats)]
+            probs = [torch.softmax(lg, -1).float().cpu().numpy() for lg in self.logits(feats)]
             targets = dynamic_targets(probs, rng, m.uncertainty)
             adapters.enable(False)  # 3. the original model on the same noise
             orig_feats = self.features(self.sample(prompt, noise, steps, False))
-            orig_class = np.stack([lg.argmax(-1).numpy() for lg in self.logits(orig_feats)], 1)
+            orig_class = np.stack([lg.argmax(-1).cpu().numpy() for lg in self.logits(orig_feats)], 1)
             adapters.enable(True)
         weights = loss_weights(targets, orig_class, m.factor)
         optimizer.zero_grad()
@@ -413,12 +415,12 @@ class Trainer:
         for start in chunks:  # 4. with gradients, in batches
             sl = slice(start, start + m.batch)
             images = self.sample(prompt, noise[sl], steps, True)
-            scale = torch.as_tensor(weights[sl], dtype=images.dtype)
+            scale = torch.as_tensor(weights[sl], dtype=images.dtype, device=images.device)
             images.register_hook(lambda g, s=scale: g * s.view(-1, 1, 1, 1))  # the face region = the whole image
             feats = self.features(images)
-            fair = torch.zeros(len(images))
+            fair = torch.zeros(len(images), device=images.device)
             for a, lg in enumerate(self.logits(feats)):
-                t = torch.as_tensor(targets[sl, a])
+                t = torch.as_tensor(targets[sl, a], device=images.device)
                 keep = t >= 0
                 if keep.any():
                     fair[keep] = fair[keep] + torch.nn.functional.cross_entropy(lg[keep], t[keep], reduction="none")
@@ -466,7 +468,7 @@ def train_adapters(method: Finetune, backend: DiffusersBackend, clip: Any, promp
         with torch.no_grad():
             for k, p in params_by_name.items():
                 p.copy_(saved[f"param.{k}"])
-        ema.shadow_params = [saved[f"ema.{k}"].clone() for k in names]
+        ema.shadow_params = [saved[f"ema.{k}"].to(params_by_name[k].device) for k in names]
         ema.optimization_step = state["ema_steps"]
         load_optimizer_tensors(optimizer, names, {k[4:]: v for k, v in saved.items() if k.startswith("opt.")})
     unet = backend.unet

@@ -109,6 +109,15 @@ def test_lora_starts_as_the_identity_and_merges_exactly():
     assert torch.allclose(parent(x), expected, atol=1e-6)
 
 
+def test_lora_lives_on_its_layers_device_with_the_same_draw():
+    # a pipeline on a GPU adapts layers there: adapters left on the CPU broke the first training step
+    cpu = LoRALinear(torch.nn.Linear(5, 3), rank=2, generator=torch.Generator().manual_seed(0))
+    meta = LoRALinear(torch.nn.Linear(5, 3, device="meta"), rank=2, generator=torch.Generator().manual_seed(0))
+    assert meta.down.device.type == meta.up.device.type == "meta"
+    again = LoRALinear(torch.nn.Linear(5, 3), rank=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cpu.down, again.down)  # the draw stays on the CPU generator, whatever the device
+
+
 def test_bad_arguments_are_user_errors():
     for args in ({"rank": 0}, {"lr": "nan"}, {"ema_decay": 1}, {"train_text_encoder": False}, {"factor": -1}):
         with pytest.raises(UserError):
