@@ -218,3 +218,17 @@ def test_the_fairmap_ablation_plan_trains_in_sample_maps_on_every_occupation():
         insample = c.suite.name == "insample"
         assert (c.config.split, c.config.n) == (("all", 16) if insample else ("test", 40))
         assert c.config.method_args.get("split", "train") == ("all" if insample else "train")
+
+
+def test_the_float32_ablation_shares_the_supplements_vanilla_and_default_map():
+    from fairbench.plan import cells, load_plan
+
+    supplement = {c.config.out: c.config for c in cells(load_plan("leaderboard_float32"), progress=False)}
+    ablation = cells(load_plan("fairmap_ablation_float32"), progress=False)
+    for c in ablation:
+        if c.method.name in ("vanilla", "fairmap"):  # the same run, so it is made once and paired once
+            assert supplement[c.config.out] == c.config
+        else:
+            assert c.config.reference in supplement and c.config.dtype == "float32"
+    assert {c.method.name for c in ablation} == {"vanilla", "fairmap", "fairmap-per-attribute", "fairmap-map-groups",
+                                                 "fairmap-deep"}
