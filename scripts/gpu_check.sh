@@ -13,13 +13,17 @@ python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; pr
 $FB make-tiny-sd "$OUT/tiny-sd" > /dev/null || exit 1
 COMMON=(--model "$OUT/tiny-sd" --n 4 --limit 3 --steps 4 --no-progress --n-boot 100)
 status=0
-for m in vanilla fairmap entigen hardprompt debiasvl fairdiffusion uce; do
-  t0=$(date +%s%N)
-  if $FB run --method "$m" "${COMMON[@]}" --device cuda --out "$OUT/$m-cuda" > "$OUT/$m-cuda.log" 2>&1; then
-    printf '%-14s cuda float32 ok   %6d ms\n' "$m" $(( ($(date +%s%N) - t0) / 1000000 ))
+# check NAME LABEL ARGS...: one `fairbench run` into $OUT/NAME, its time or its log's tail
+check() {
+  local name=$1 label=$2 t0; shift 2; t0=$(date +%s%N)
+  if $FB run "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1; then
+    printf '%-28s %-16s ok   %6d ms\n' "$name" "$label" $(( ($(date +%s%N) - t0) / 1000000 ))
   else
-    printf '%-14s cuda float32 FAILED (%s)\n' "$m" "$OUT/$m-cuda.log"; tail -5 "$OUT/$m-cuda.log"; status=1
+    printf '%-28s %-16s FAILED (%s)\n' "$name" "$label" "$OUT/$name.log"; tail -5 "$OUT/$name.log"; status=1
   fi
+}
+for m in vanilla fairmap entigen hardprompt debiasvl fairdiffusion uce; do
+  check "$m-cuda" "cuda float32" --method "$m" "${COMMON[@]}" --device cuda
 done
 $FB run --method vanilla "${COMMON[@]}" --device cuda --dtype float16 --out "$OUT/vanilla-cuda-fp16" \
   > "$OUT/vanilla-cuda-fp16.log" 2>&1 && echo "vanilla        cuda float16 ok" || { echo "vanilla float16 FAILED"; tail -5 "$OUT/vanilla-cuda-fp16.log"; status=1; }
@@ -38,13 +42,8 @@ declare -A ARGS=(
 WORLD=(--model synthface --n 4 --limit 2 --no-progress --n-boot 100 --device cuda --no-baseline)
 for m in vanilla fairmap entigen hardprompt debiasvl fairdiffusion uce fairimagen itigen fairqueue balancingact \
          selfdebias finetune; do
-  t0=$(date +%s%N)
   # shellcheck disable=SC2086
-  if $FB run --method "$m" ${ARGS[$m]:-} "${WORLD[@]}" --out "$OUT/$m-world-cuda" > "$OUT/$m-world-cuda.log" 2>&1; then
-    printf '%-14s synthface cuda ok   %6d ms\n' "$m" $(( ($(date +%s%N) - t0) / 1000000 ))
-  else
-    printf '%-14s synthface cuda FAILED (%s)\n' "$m" "$OUT/$m-world-cuda.log"; tail -5 "$OUT/$m-world-cuda.log"; status=1
-  fi
+  check "$m-world-cuda" "synthface cuda" --method "$m" ${ARGS[$m]:-} "${WORLD[@]}"
 done
 python3 - "$OUT" <<'EOF' || status=1
 import json, sys
