@@ -18,8 +18,9 @@ Unpublished details, each a parameter with its default:
     the SD heads' data are not published (the DDIM version trains on 1,000-2,000 labelled images
     per class); here the heads learn from generations of the run's own model and sampling settings,
     the h of each image's conditional row at every step, each image labelled by a zero-shot CLIP
-    on the whole image (`labeller_model`, "auto": synthclip on the embedded worlds, CLIP ViT-L/14
-    elsewhere); never by the run's own classifier, which scores the benchmark;
+    on the whole image (`labeller_model`, "auto": the CLIP the pipeline names as its own, synthclip on
+    the embedded worlds; CLIP ViT-L/14 elsewhere); never by the run's own classifier, which scores
+    the benchmark;
   - head training: full-batch Adam, `head_lr` 1e-3, `head_epochs` 100, from zero weights;
   - the distribution is taken over each prompt's images within a batch (the authors generate one
     prompt per batch), so an image depends on the others of its prompt in its batch, by design;
@@ -38,7 +39,7 @@ from torch import nn
 from fairbench.baselines.hspace import cache_folder, generate_guided, generations_with_h, training_units
 from fairbench.errors import UserError
 from fairbench.io import atomic_save_tensors, atomic_write_json, load_safetensors_file
-from fairbench.methods.base import Method, MethodContext
+from fairbench.methods.base import Method, MethodContext, own_clip
 from fairbench.models.backend import Conditioning, DiffusersBackend, SamplingParams
 from fairbench.prompts import attribute, parse_attributes
 from fairbench.registry import Count
@@ -47,7 +48,6 @@ from fairbench.units import WorkUnit
 TEMPERATURE = 8.0
 LOSS_STRENGTH = 500.0
 SCALING_STRENGTH = 600.0
-SYNTHCLIP_LABELLER = "synthclip"
 CLIP_LABELLER = "openai/clip-vit-large-patch14"
 
 
@@ -133,13 +133,13 @@ class BalancingAct(Method):
         self.steps: int | None = None
 
     # training ------------------------------------------------------------------------------
-    def labeller(self, context: MethodContext) -> Any:
+    def labeller(self, backend: DiffusersBackend, context: MethodContext) -> Any:
         """The zero-shot CLIP that pseudo-labels the training images (never the run's own classifier)."""
         from fairbench.classifiers import build_classifier
 
         model = self.labeller_model
         if model == "auto":
-            model = SYNTHCLIP_LABELLER if getattr(context.classifier, "name", "") == "synthface" else CLIP_LABELLER
+            model = own_clip(backend) or CLIP_LABELLER
         self.args["labeller"] = model
         return build_classifier("clip", {"model": model, "attributes": ",".join(self.attributes)})
 
@@ -165,7 +165,7 @@ class BalancingAct(Method):
         """Train (or load from the cache) one set of per-step heads per attribute."""
         if context is None:
             raise UserError("balancingact trains its heads with the run's sampling settings; none were given")
-        labeller = self.labeller(context)
+        labeller = self.labeller(backend, context)
         self.steps = (context.params or SamplingParams()).steps
         path = self.cache_path(backend, context) if self.cache else None
         if path is not None and (path / "heads.json").is_file():  # written last: the heads are complete

@@ -343,18 +343,16 @@ class Trainer:
         self.mean = torch.tensor(proc.image_mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(proc.image_std, device=self.device).view(1, 3, 1, 1)
         self.scheduler = backend.pipe.scheduler
-        self.embedded = type(backend.pipe).__name__ == "SynthFacePipeline"
+        # an embedded world hands out its token states with autograd; a diffusers pipeline through encode_prompt
+        self.text_states = getattr(backend.pipe, "text_states", None)
         self.guidance = params.guidance_scale
 
     # pieces ---------------------------------------------------------------------------------
     def states(self, texts: list[str]) -> torch.Tensor:
         """Token states with autograd through the (adapted) text encoder."""
-        pipe = self.backend.pipe
-        if self.embedded:
-            from fairbench.synthface.text import token_states
-
-            return token_states(texts, pipe.text_encoder, pipe.tokenizer)
-        pe, _ = pipe.encode_prompt(texts, self.backend.device, 1, False)
+        if self.text_states is not None:
+            return self.text_states(texts)
+        pe, _ = self.backend.pipe.encode_prompt(texts, self.backend.device, 1, False)
         return pe
 
     def sample(self, prompt: str, noise: torch.Tensor, steps: int, grad: bool) -> torch.Tensor:
@@ -442,8 +440,8 @@ class Trainer:
     def latent_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the denoiser's input."""
         cfg = self.backend.unet.config
-        side = self.params.height // self.backend.pipe.vae_scale_factor if self.params.height and not self.embedded \
-            else cfg.sample_size
+        fixed = getattr(self.backend.pipe, "fixed_size", None)  # an embedded world draws one size
+        side = fixed or (self.params.height // self.backend.pipe.vae_scale_factor if self.params.height else cfg.sample_size)
         return cfg.in_channels, side, side
 
 

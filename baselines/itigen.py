@@ -268,8 +268,8 @@ class ITIGen(Method):
 
     @staticmethod
     def embedded(backend: DiffusersBackend) -> bool:
-        """Whether the pipeline is an embedded world (its references are renders, its CLIP synthclip)."""
-        return type(backend.pipe).__name__ == "SynthFacePipeline"
+        """Whether the pipeline is an embedded world that renders its own references (its CLIP: own_clip)."""
+        return hasattr(backend.pipe, "reference_images")
 
     def clip_for(self, backend: DiffusersBackend, part: str, width: int) -> str:
         """The CLIP whose text tower the tokens of one encoder are trained in."""
@@ -288,12 +288,10 @@ class ITIGen(Method):
             if not self.embedded(backend):
                 raise UserError("itigen needs reference images of each group: give reference_dir=<folder> holding "
                                 "<attribute>/<group>/ image folders")
-            from fairbench.synthface.population import RENDER_FIELDS, group_renders
-
-            if attr not in RENDER_FIELDS:
-                raise UserError(f"itigen: the embedded worlds render no {attr!r}; they render {', '.join(RENDER_FIELDS)}")
-            groups = group_renders(attr, self.per_group, self.seed)
-            return [[Image.fromarray(a) for a in g] for g in groups], f"synthface-renders:{self.seed}:{self.per_group}"
+            try:
+                return backend.pipe.reference_images(attr, self.per_group, self.seed)
+            except ValueError as exc:  # an attribute the world does not render
+                raise UserError(f"itigen: {exc}") from None
         files = folder_references(Path(self.reference_dir), attr, self.per_group)
         digest = hashlib.sha256(json.dumps([[f.name, sha256_file(f)] for g in files for f in g]).encode()).hexdigest()
         return [[open_image(f) for f in g] for g in files], digest

@@ -25,6 +25,18 @@ def test_no_core_module_names_or_imports_a_world():
     assert named == ['config.py:15: DEFAULT_MODEL = "synthface-vl"']  # the default model's name, in one place
 
 
+def test_no_method_imports_a_world_or_asks_for_a_pipeline_class():
+    # methods ask a pipeline for what it can do (own_clip, fixed_size, text_states, reference_images)
+    import fairbench.baselines
+
+    found = []
+    for path in sorted(Path(fairbench.baselines.__file__).parent.rglob("*.py")) + sorted((CORE / "methods").rglob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if re.search(r"(import|from)\s+\S*synthface|SynthFacePipeline|__name__\s*==", line):
+                found.append(f"{path.name}:{number}: {line.strip()}")
+    assert found == []
+
+
 def test_the_embedded_worlds_arrive_through_the_entry_point_alone():
     from importlib.metadata import entry_points
 

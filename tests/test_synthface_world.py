@@ -260,3 +260,17 @@ def test_labelled_expressions_are_drawn_boldly_enough_to_read_at_32_px():
             diff[(a, b)].append(int((np.abs(faces[a] - faces[b]).sum(-1) > 60).sum()))
     means = {pair: np.mean(v) for pair, v in diff.items()}
     assert min(means.values()) >= 12, means
+
+
+def test_the_world_hands_methods_its_group_renders():
+    # what itigen and finetune ask of an embedded world (by capability, not by class)
+    from fairbench.synthface.pipeline import SynthFacePipeline
+    from fairbench.synthface.population import group_renders
+
+    groups, tag = SynthFacePipeline.reference_images("gender", 3, 5)
+    direct = group_renders("gender", 3, 5)
+    assert tag == "synthface-renders:5:3"  # part of ITI-GEN's cache key: unchanged, so cached tokens stay valid
+    assert [len(g) for g in groups] == [3, 3]
+    assert all(np.array_equal(np.asarray(im), a) for g, d in zip(groups, direct) for im, a in zip(g, d))
+    with pytest.raises(ValueError, match="renders no"):
+        SynthFacePipeline.reference_images("expression", 3, 5)

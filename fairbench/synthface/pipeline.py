@@ -17,7 +17,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from fairbench.synthface.text import MAX_TOKENS, encode_texts, load_text_encoder
+from fairbench.synthface.text import MAX_TOKENS, encode_texts, load_text_encoder, token_states
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # the text-only world (and the shared classifier)
 VL_ASSETS = Path(__file__).resolve().parent / "assets_vl"  # the vision-language world's denoiser
@@ -57,6 +57,22 @@ class SynthFacePipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
         self.vae_scale_factor = 1
         self.safety_checker = None
+
+    # What a method may ask of an embedded world (found by capability, never by class name) ----------------
+    def text_states(self, texts: list[str]) -> torch.Tensor:
+        """Token states with autograd through the text encoder (encode_prompt runs without it)."""
+        return token_states(texts, self.text_encoder, self.tokenizer)
+
+    @staticmethod
+    def reference_images(attribute: str, per_group: int, seed: int) -> tuple[list[list[Any]], str]:
+        """Renders of each group of `attribute` (PIL images, every other attribute uniform), and a tag naming them:
+        the reference images of a method that learns from pictures of each group."""
+        from PIL import Image
+
+        from fairbench.synthface.population import group_renders
+
+        groups = group_renders(attribute, per_group, seed)
+        return [[Image.fromarray(a) for a in g] for g in groups], f"synthface-renders:{seed}:{per_group}"
 
     @property
     def fixed_size(self) -> int:
