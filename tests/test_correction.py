@@ -198,3 +198,28 @@ def test_corrected_intervals_stay_inside_the_metrics_range_and_keep_their_covera
         value, half, truth = rng.normal(0.5, 0.6), abs(rng.normal(0, 0.5)), rng.uniform(*span)
         cut = within(value, half, 0.0, span)
         assert (cut.low <= truth <= cut.high) == (value - half <= truth <= value + half)
+
+
+def test_designs_are_memoised_on_disk_exactly_and_a_bad_memo_is_solved_again(monkeypatch, tmp_path):
+    from fairbench.metrics import correction
+
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path))
+    solved = correction._solve_design("k2:kl", 0.5, 13, BAR_ABS, BAR_REL)
+    correction.design.cache_clear()
+    first = correction.design("k2:kl", 0.5, 13)
+    (memo,) = (tmp_path / "estimator-designs").iterdir()
+    correction.design.cache_clear()
+
+    def no_solver(*_):
+        raise AssertionError("the memo was not used")
+
+    monkeypatch.setattr(correction, "_solve_design", no_solver)
+    again = correction.design("k2:kl", 0.5, 13)
+    assert np.array_equal(again.values, solved.values) and np.array_equal(first.values, solved.values)
+    assert (again.bound, again.slope, again.meets_bar) == (solved.bound, solved.slope, solved.meets_bar)
+    memo.write_text('{"values": [1.0, 2.0], "bound": 0.1, "slope": 3.0, "meets_bar": true}')  # wrong length
+    monkeypatch.undo()
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path))
+    correction.design.cache_clear()
+    assert np.array_equal(correction.design("k2:kl", 0.5, 13).values, solved.values)
+    correction.design.cache_clear()

@@ -18,17 +18,23 @@ regression"): t * se over prompts plus the mean bias bound. No exactly unbiased 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import scipy
 from scipy.optimize import linprog
 from scipy.special import gammaln, xlogy
 from scipy.stats import binom
 from scipy.stats import t as student_t
 
+from fairbench import cache
+from fairbench.errors import UserError
+from fairbench.io import atomic_write_text
 from fairbench.metrics.fairness import FAIRNESS_METRICS, uniform
 
 # The design's bias bar, per p: at most max(BAR_ABS * range of g, BAR_REL * |plug-in bias at p|).
@@ -49,6 +55,8 @@ N_SIMULATED = 20_000
 # Metrics of K > 2 groups that are sums of one-share or pair terms, with their scale and terms.
 # entropy_severity = KL(p || uniform) / log K.
 SEPARABLE = {"heim_imbalance": "abs", "mad": "abs_uniform", "kl": "xlogx", "entropy_severity": "entropy"}
+# Bump when a design's programme or a term changes: designs are memoised on disk under a key holding it.
+DESIGN_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,42 @@ def design(kind: str, c: float, n: int, bar_abs: float = BAR_ABS, bar_rel: float
     """The estimator U(0..n) of g(p) = term(kind, c) from X ~ Binomial(n, p) closest to the plug-in
     (in expected L1 over k) whose bias meets the bar at every p; if none does, the one whose bias
     is the smallest multiple of the bar."""
+    # Each design is a linear programme (~0.1 s); a run needs about a hundred and every process would
+    # solve them again, so they are memoised in fairbench's cache too. JSON floats round-trip exactly.
+    path = _design_file(kind, c, n, bar_abs, bar_rel)
+    cached = _read_design(path, n)
+    if cached is not None:
+        return cached
+    d = _solve_design(kind, c, n, bar_abs, bar_rel)
+    try:
+        atomic_write_text(path, json.dumps({"values": d.values.tolist(), "bound": d.bound, "slope": d.slope,
+                                            "meets_bar": d.meets_bar}))
+    except UserError:  # a read-only cache costs time, never a result
+        pass
+    return d
+
+
+def _design_file(kind: str, c: float, n: int, bar_abs: float, bar_rel: float) -> Path:
+    spec = {"kind": kind, "c": repr(c), "n": n, "bar_abs": repr(bar_abs), "bar_rel": repr(bar_rel),
+            "grids": [DESIGN_GRID, CHECK_GRID], "slopes": list(SLOPES), "version": DESIGN_VERSION,
+            "scipy": scipy.__version__, "numpy": np.__version__}
+    return cache.root() / "estimator-designs" / f"{cache.key(spec)}.json"
+
+
+def _read_design(path: Path, n: int) -> Design | None:
+    """A memoised design, or None where it is missing or malformed (then it is solved again)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        values = np.asarray(raw["values"], dtype=np.float64)
+        d = Design(values, float(raw["bound"]), float(raw["slope"]), bool(raw["meets_bar"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = values.shape == (n + 1,) and np.isfinite(values).all() and math.isfinite(d.bound)
+    return d if ok else None
+
+
+def _solve_design(kind: str, c: float, n: int, bar_abs: float, bar_rel: float) -> Design:
+    """design() without the memo: the linear programme itself."""
     g = _term(kind, c)
     k = np.arange(n + 1)
     plug = g(k / n) if n else np.zeros(1)
