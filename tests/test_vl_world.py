@@ -366,3 +366,18 @@ def test_a_leaderboard_over_both_worlds_shows_the_model_column():
     assert "model" not in markdown_table(one, ("bias_gap",)).splitlines()[0]
     table = markdown_table(both, ("bias_gap",)).splitlines()
     assert table[0].split("|")[1].strip() == "model" and "synthface-vl" in table[3]
+
+
+def test_variants_of_one_method_are_told_apart_by_their_run():
+    import pandas as pd
+
+    from fairbench.outputs.leaderboard import markdown_table
+
+    row = {"attribute": "gender", "method": "fairmap", "method_level": "embedding", "n_faces": 10, "n_images": 10,
+           "bias_gap": 0.5, "bias_gap_ci_low": 0.4, "bias_gap_ci_high": 0.6, "model": "synthface-vl"}
+    ablation = pd.DataFrame([{**row, "run": "fairmap-test"}, {**row, "run": "fairmap-deep-test"}])
+    header, _, first, second = markdown_table(ablation, ("bias_gap",)).splitlines()
+    assert [c.strip() for c in header.split("|")[1:4]] == ["attribute", "method", "run"]
+    assert "fairmap-test" in first and "fairmap-deep-test" in second
+    distinct = pd.DataFrame([{**row, "run": "fairmap-test"}, {**row, "method": "vanilla", "run": "vanilla-test"}])
+    assert "run" not in markdown_table(distinct, ("bias_gap",)).splitlines()[0]

@@ -133,6 +133,8 @@ def markdown_table(df: pd.DataFrame, metrics: tuple[str, ...] = ("bias_gap", "kl
     view = pd.DataFrame({"attribute": df["attribute"], "method": df["method"], "level": df["method_level"]})
     if df["model"].nunique() > 1:  # a leaderboard over several worlds or models
         view.insert(0, "model", df["model"])
+    if df.duplicated(["model", "attribute", "method"]).any():  # variants of one method (an ablation): name each run
+        view.insert(list(view.columns).index("method") + 1, "run", df["run"])
     for m in metrics:  # a CSV of schema 2 has no floors or corrected estimates: only the plug-in shows
         if f"{m}_corrected" in df:
             view[f"{m} corrected"] = _interval(df, f"{m}_corrected")
