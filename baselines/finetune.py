@@ -441,7 +441,8 @@ class Trainer:
         """(channels, height, width) of the denoiser's input."""
         cfg = self.backend.unet.config
         fixed = getattr(self.backend.pipe, "fixed_size", None)  # an embedded world draws one size
-        side = fixed or (self.params.height // self.backend.pipe.vae_scale_factor if self.params.height else cfg.sample_size)
+        scaled = self.params.height // self.backend.pipe.vae_scale_factor if self.params.height else cfg.sample_size
+        side = fixed or scaled
         return cfg.in_channels, side, side
 
 

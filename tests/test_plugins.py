@@ -30,7 +30,8 @@ def test_no_method_imports_a_world_or_asks_for_a_pipeline_class():
     import fairbench.baselines
 
     found = []
-    for path in sorted(Path(fairbench.baselines.__file__).parent.rglob("*.py")) + sorted((CORE / "methods").rglob("*.py")):
+    folders = (Path(fairbench.baselines.__file__).parent, CORE / "methods")
+    for path in [p for folder in folders for p in sorted(folder.rglob("*.py"))]:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if re.search(r"(import|from)\s+\S*synthface|SynthFacePipeline|__name__\s*==", line):
                 found.append(f"{path.name}:{number}: {line.strip()}")
