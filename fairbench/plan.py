@@ -19,6 +19,7 @@ from fairbench.config import RunConfig, build_config
 from fairbench.errors import UserError, validation_message
 from fairbench.prompts import SAFE_ID, _load_yaml, fill_named, prompts_dir
 from fairbench.registry import Registry
+from fairbench.spec import RunSpec, resolve
 
 SAFE_NAME = f"^{SAFE_ID.pattern}$"  # a folder name, as prompt ids are: never `..`, `.` or a path
 PLANS: Registry[Path] = Registry("plan")
@@ -96,15 +97,20 @@ def load_plan(name_or_path: str) -> Plan:
 
 
 class Cell(BaseModel):
-    """One run of the plan."""
+    """One run of the plan, resolved once: its spec is what runs."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     model: str
     suite: SuiteEntry
     method: MethodEntry
-    config: RunConfig
+    spec: RunSpec
     pending: int
     total: int
+
+    @property
+    def config(self) -> RunConfig:
+        """The run's resolved options."""
+        return self.spec.config
 
     @property
     def cost(self) -> float:
@@ -112,14 +118,12 @@ class Cell(BaseModel):
         return self.pending * self.method.cost
 
 
-def _pending(cfg: RunConfig) -> tuple[int, int]:
-    """(images still to generate, images of the run)."""
+def _pending(spec: RunSpec) -> int:
+    """Images of the run still to generate."""
     from fairbench.generation.manifest import completed_rows
-    from fairbench.spec import resolve
 
-    spec = resolve(cfg)
     done = len(completed_rows(spec.run_dir)) if spec.run_dir.is_dir() else 0
-    return max(len(spec.units) - done, 0), len(spec.units)
+    return max(len(spec.units) - done, 0)
 
 
 def inside_out(template: str, name: str) -> str:
@@ -154,9 +158,9 @@ def cells(plan: Plan, progress: bool = True) -> list[Cell]:
                                             "limit": s.limit, "n": s.n, "method": m.method, "method_args": m.args,
                                             **extra, **m.per_suite.get(s.name, {}), "out": str(out),
                                             "baseline": False, "progress": progress})
-                result.append(Cell(model=model, suite=s, method=m, config=cfg, pending=0, total=0))
-    for c in result:
-        c.pending, c.total = _pending(c.config)
+                spec = resolve(cfg)
+                result.append(Cell(model=model, suite=s, method=m, spec=spec, pending=_pending(spec),
+                                   total=len(spec.units)))
     return sorted(result, key=lambda c: (c.method.method != "vanilla", c.cost, c.model, c.suite.name, c.method.name))
 
 
@@ -165,7 +169,7 @@ def run_plan(plan: Plan, progress: bool = True, dry_run: bool = False) -> list[C
     from fairbench.io import atomic_write_text, check_writable_file
     from fairbench.outputs.compare import compare_runs
     from fairbench.outputs.leaderboard import build_leaderboard, markdown_table
-    from fairbench.runner import run
+    from fairbench.runner import run_one
 
     todo = cells(plan, progress)
     for path in (plan.leaderboard, plan.markdown):  # refused now, not after every run has been made
@@ -176,8 +180,8 @@ def run_plan(plan: Plan, progress: bool = True, dry_run: bool = False) -> list[C
               f"({c.pending} of {c.total} images to generate)", file=sys.stderr)
     if dry_run:
         return todo
-    for c in todo:
-        run(c.config)
+    for c in todo:  # each cell's vanilla is a cell of its own, so no run makes a baseline
+        run_one(c.spec)
     for c in todo:
         if c.method.method != "vanilla":
             try:

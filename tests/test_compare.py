@@ -225,10 +225,17 @@ def test_the_float32_ablation_shares_the_supplements_vanilla_and_default_map():
 
     supplement = {c.config.out: c.config for c in cells(load_plan("leaderboard_float32"), progress=False)}
     ablation = cells(load_plan("fairmap_ablation_float32"), progress=False)
+    vanilla_insample = {c.model: c.config.out for c in ablation if (c.method.name, c.suite.name) == ("vanilla", "insample")}
     for c in ablation:
-        if c.method.name in ("vanilla", "fairmap"):  # the same run, so it is made once and paired once
+        assert c.config.dtype == "float32"
+        if c.suite.name == "insample":  # the paper's apparent protocol: maps trained on the prompts they are scored on
+            assert (c.config.split, c.config.n) == ("all", 16)
+            if c.method.method == "fairmap":
+                assert c.config.method_args["split"] == "all" and c.config.reference == vanilla_insample[c.model]
+        elif c.method.name in ("vanilla", "fairmap"):  # the same run, so it is made once and paired once
             assert supplement[c.config.out] == c.config
         else:
-            assert c.config.reference in supplement and c.config.dtype == "float32"
+            assert c.config.reference in supplement
+    assert len(ablation) == 2 * 2 * 5  # worlds x protocols x (vanilla + 4 variants)
     assert {c.method.name for c in ablation} == {"vanilla", "fairmap", "fairmap-per-attribute", "fairmap-map-groups",
                                                  "fairmap-deep"}
