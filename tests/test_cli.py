@@ -283,3 +283,15 @@ def test_the_distribution_name_is_our_own():
 
     assert fairbench.DISTRIBUTION == "fairbench-t2i" and version("fairbench-t2i") == fairbench.__version__
     assert library_versions()["fairbench-t2i"] == fairbench.__version__
+
+
+def test_the_leaderboard_shows_a_reference_inside_the_working_directory_relative_to_it(tmp_path, monkeypatch):
+    from fairbench.outputs.leaderboard import run_level_columns
+
+    monkeypatch.chdir(tmp_path)
+    quality = lambda ref: {"quality": {"FD_x": {"fd": 1.0, "kid": 0.0, "reference": ref}}}  # noqa: E731
+    inside = str(tmp_path / "runs" / "vanilla-test")
+    assert run_level_columns(quality(inside))["quality:FD_x:reference"] == str(Path("runs") / "vanilla-test")
+    outside = str(tmp_path.parent / "elsewhere")  # kept as recorded: no relative path climbs out of the folder
+    assert run_level_columns(quality(outside))["quality:FD_x:reference"] == outside
+    assert run_level_columns(quality("runs/v"))["quality:FD_x:reference"] == "runs/v"

@@ -69,3 +69,12 @@ def test_readme_commands_parse(page):
         if any(a.startswith(("<", "/path")) for a in argv):
             continue
         build_parser().parse_args(argv)
+
+
+def test_shipped_files_name_no_machine_path():
+    """Assets, results and docs travel to other machines: an absolute home, work or temp path in one is a leak."""
+    root = DOCS.parent
+    files = [root / "README.md", *(f for d in ("fairbench", "results", "docs", "prompts") for f in (root / d).rglob("*")
+                                   if f.suffix in (".json", ".yaml", ".csv", ".md", ".txt"))]
+    leak = re.compile(r"(?<![\w.~-])/(?:work|root|home|Users|tmp|private/var)/[\w.-]")
+    assert [str(f.relative_to(root)) for f in files if leak.search(f.read_text(errors="replace"))] == []

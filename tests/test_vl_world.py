@@ -104,6 +104,10 @@ def test_a_few_synthclip_steps_run_and_resume_to_the_same_weights(tiny_clip_run)
     # what ships: the trained tensors only, not MiniLM's embeddings or frozen lower layers
     assert not any(k.startswith(("text_model.embeddings.", "text_model.encoder.layer.0.")) for k in a)
     assert any(k.startswith("text_model.encoder.layer.5.") for k in a) and "logit_scale" in a
+    # nor the folder this machine loaded MiniLM from
+    config = json.loads((out / "whole" / "final" / "config.json").read_text())
+    assert {config.get("_name_or_path", ""), config["text_config"].get("_name_or_path", ""),
+            config["vision_config"].get("_name_or_path", "")} == {""}
 
 
 def test_a_checkpoint_resumes_only_under_its_own_settings(tiny_clip_run):

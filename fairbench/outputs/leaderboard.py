@@ -54,7 +54,7 @@ def run_level_columns(metrics: dict) -> dict:
     cols: dict = {}
     for name, q in metrics.get("quality", {}).items():
         cols.update({f"quality:{name}": q["fd"], f"quality:{name}:kid": q["kid"],
-                     f"quality:{name}:reference": q["reference"]})
+                     f"quality:{name}:reference": shown_path(q["reference"])})
     for name, a in metrics.get("alignment", {}).items():
         value = a.get("value", a.get("clip_score"))
         cols.update({f"alignment:{name}": value, f"alignment:{name}_ci_low": a["ci_low"],
@@ -63,6 +63,17 @@ def run_level_columns(metrics: dict) -> dict:
         cols.update({f"adherence:{attr}": a["value"], f"adherence:{attr}_ci_low": a["ci_low"],
                      f"adherence:{attr}_ci_high": a["ci_high"]})
     return cols
+
+
+def shown_path(path: str | None) -> str | None:
+    """A recorded path as a table shows it: relative to the working directory when inside it (a table built
+    in a checkout then names runs as the checkout does, with no machine's absolute prefix), else as recorded."""
+    if path is None or not Path(path).is_absolute():
+        return path
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def method_identity(run: RunRecord) -> str:

@@ -38,6 +38,8 @@ def export(model, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     save_file({n: _shipped(state[n].detach()).contiguous() for n in trained_names(model)}, str(dest / DELTA))
+    for config in (model.config, model.config.text_config, model.config.vision_config):
+        config.name_or_path = ""  # where this machine loaded MiniLM from: not part of the model
     model.config.save_pretrained(dest)
     build_processor().save_pretrained(dest)
     return dest
