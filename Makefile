@@ -21,8 +21,9 @@ setup: $(STAMP)
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fairbench run --method fairmap
 
+# -n auto: one pytest worker per core, each on one thread (tests/conftest.py)
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto
 	$(MAKE) regression
 
 # A small run on the default world (in a temporary folder) checked, image by image, against the committed reference.

@@ -20,6 +20,12 @@ atexit.register(shutil.rmtree, os.environ["FAIRBENCH_CACHE"], True)
 os.environ["MPLCONFIGDIR"] = os.path.join(os.environ["FAIRBENCH_CACHE"], "matplotlib")  # its font cache
 os.environ["XDG_CACHE_HOME"] = os.path.join(os.environ["FAIRBENCH_CACHE"], "xdg")  # onnxruntime's device id
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread per xdist worker (workers x threads above the core count is far slower than either
+    # alone), and the same in the fairbench processes tests start: float32 images depend on the thread count,
+    # so a test that compares an in-process run with a subprocess's needs both on one setting.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 
