@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from fairbench.errors import UserError, did_you_mean
 
 T = TypeVar("T")
-WORLDS = "fairbench.worlds"  # the entry-point group of world plugins (models, labellers, extractors, commands)
+WORLDS = "fairbench.worlds"  # the entry-point group of world plugins (models, labellers, extractors, encoders)
 _LOADED: dict[str, dict[str, str]] = {}  # entry-point group -> its plugins that failed to load (name -> error)
 
 

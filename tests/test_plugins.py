@@ -92,3 +92,18 @@ def test_the_world_building_lab_is_not_part_of_the_package():
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"^\s*(from|import) lab\b", text, flags=re.M), path
         assert "def train_" not in text or path.parent.name != "synthface", path
+
+def test_a_mistyped_flag_loads_no_world_and_a_lookup_loads_no_pipeline_library():
+    # the parser takes plugin subcommands from their own group; a world's register() imports no diffusers or
+    # transformers (they load with the world's pipeline or CLIP)
+    probe = (
+        "import sys\n"
+        "from fairbench.cli.main import main\n"
+        "code = main(['run', '--n', 'nan'])\n"
+        "print(code, 'fairbench.synthface.plugin' in sys.modules)\n"
+        "from fairbench.models import MODELS\n"
+        "MODELS.get('synthface-vl')\n"
+        "print('fairbench.synthface.plugin' in sys.modules, 'diffusers' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["2 False", "True False False"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fairbench.registry import WORLDS, Registry
+from fairbench.registry import Registry
 
+# a group of its own: building the parser loads these, and a world's models, labellers and weights stay unloaded
 COMMANDS: Registry[tuple[Callable[[Any], None], Callable[[Any], int]]] = Registry("command",
-                                                                                   entry_point_group=WORLDS)
+                                                                                   entry_point_group="fairbench.commands")

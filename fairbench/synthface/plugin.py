@@ -34,22 +34,34 @@ def load_pipeline(folder: Path, dtype: Any) -> Any:
         raise UserError(f"cannot load the synthface pipeline in {str(folder)!r}: {first}") from None
 
 
+def world_folder(name: str) -> str:
+    """Pipeline folder of an embedded world."""
+    from fairbench.synthface.pipeline import world_assets
+
+    return str(world_assets(name))
+
+
+def synthclip_folder() -> str:
+    """The vision-language world's CLIP folder, assembled on first use."""
+    from fairbench.synthface.synthclip import synthclip_folder as assemble
+
+    return assemble()
+
+
 def register() -> None:
     """Add the synthface worlds to fairbench's registries (called once, by the first registry lookup)."""
-    import fairbench.synthface.vision  # noqa: F401  (synthclip's image tower, registered with transformers' Auto classes)
+    # diffusers and transformers load when a world's pipeline or CLIP is first used, not on every lookup
     from fairbench.classifiers import CLASSIFIERS
     from fairbench.faces import DETECTORS
     from fairbench.metrics.features import EXTRACTORS
     from fairbench.models import MODELS, PIPELINES
     from fairbench.models.dual_encoder import DUAL_ENCODERS
     from fairbench.synthface.labellers import SynthFaceClassifier, SynthFaceDetector, SynthFaceExtractor
-    from fairbench.synthface.pipeline import world_assets
-    from fairbench.synthface.synthclip import synthclip_folder
 
     # the embedded worlds ship inside fairbench (offline); their source is the package folder
-    MODELS.add("synthface", "synthface", folder=lambda: str(world_assets("synthface")), defaults=DEFAULTS,
+    MODELS.add("synthface", "synthface", folder=lambda: world_folder("synthface"), defaults=DEFAULTS,
                family="embedded text-only world: frozen MiniLM text encoder, the bias lives in the denoiser")
-    MODELS.add("synthface-vl", "synthface-vl", folder=lambda: str(world_assets("synthface-vl")), defaults=DEFAULTS,
+    MODELS.add("synthface-vl", "synthface-vl", folder=lambda: world_folder("synthface-vl"), defaults=DEFAULTS,
                family="embedded vision-language world: synthclip text encoder trained on the world's images")
     PIPELINES.add("SynthFacePipeline", load_pipeline, defaults=DEFAULTS)
     DETECTORS.add("synthface", SynthFaceDetector, source="synthface classifier's face-present head")
