@@ -78,7 +78,7 @@ class RunConfig(BaseModel):
     split: Literal["train", "test", "all"] = "test"
     limit: int | None = Field(default=None, gt=0, description="only the first N prompts of the split")
     n: int = Field(default=16, gt=0, le=1_000_000, description="images per prompt")
-    seed: int = Field(default=0, ge=0, description="global seed (per-image seeds derive from it)")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="global seed (per-image seeds derive from it)")
     batch_size: int | None = Field(default=None, gt=0, le=65_536, description="default: the model's")
     batch_invariant: bool = Field(default=False, description="compute each image on its own: bits independent of "
                                                              "--batch-size (slower)")
@@ -119,6 +119,14 @@ class RunConfig(BaseModel):
     def _no_bools(cls, v: Any) -> Any:
         if isinstance(v, bool):  # YAML `n: true` would otherwise become 1
             raise ValueError("expected a number, got a boolean")
+        return v
+
+    @field_validator("method", "model", "suite", "scheduler", "device", "classifier", "detector", "reference",
+                     "extractor", "clip_model", "out", "baseline_out")
+    @classmethod
+    def _not_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():  # `--out "$UNSET"` must not fall back to a default
+            raise ValueError("must not be empty")
         return v
 
     @field_validator("shard")
@@ -170,6 +178,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def build_config(file: str | None = None, **overrides: Any) -> RunConfig:
     """Defaults, then the YAML file, then every override that is not None."""
     values: dict[str, Any] = load_config_file(file) if file else {}
+    if values:  # the file is checked on its own too: a flag that overrides a broken value does not hide it
+        try:
+            RunConfig(**values)
+        except ValidationError as exc:
+            raise UserError(f"config {file}: {validation_message(exc, RunConfig, key_word='option')}") from None
     for key, val in overrides.items():
         if val is None:
             continue

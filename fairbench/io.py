@@ -141,27 +141,37 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock: a second process writing the same run is refused.
 
-    flock locks die with their process, so the lock of a killed run is free for its resume.
+    flock locks die with their process, so the lock of a killed run is free for its resume. The lock file
+    is removed on release, so a finished run, or one whose check refused it, keeps no trace of the lock.
     """
     import fcntl
 
     path = run_dir / LOCK
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise UserError(f"cannot write into {run_dir}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = path.read_text(errors="replace").strip() or "?"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UserError(f"cannot write into {run_dir}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = path.read_text(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{run_dir} is being written by another fairbench process (pid {holder}); "
+                            "wait for it to finish, or choose another --out") from None
+        try:  # the holder before us may have removed the file on release: a lock on a removed file locks nothing
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise UserError(f"{run_dir} is being written by another fairbench process (pid {holder}); "
-                        "wait for it to finish, or choose another --out") from None
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still held, so the next holder locks a new file
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

@@ -91,9 +91,14 @@ def load_plan(name_or_path: str) -> Plan:
     path = Path(name_or_path) if name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).is_file() \
         else PLANS.get(name_or_path)
     try:
-        return Plan.model_validate(_load_yaml(path))
+        plan = Plan.model_validate(_load_yaml(path))
     except ValidationError as exc:
         raise UserError(f"invalid plan {path}: {validation_message(exc, Plan)}") from None
+    from fairbench.models import check_model
+
+    for model in plan.models:  # before a dry run lists runs of a model that does not exist
+        check_model(model)
+    return plan
 
 
 class Cell(BaseModel):

@@ -10,8 +10,8 @@ import yaml
 
 from fairbench.config import RunConfig
 from fairbench.errors import UserError
-from fairbench.generation.manifest import (MANIFEST, Manifest, check_no_links, completed_rows, consolidate,
-                                           finished_rows)
+from fairbench.generation.manifest import (MANIFEST, Manifest, check_no_links, check_no_strangers, completed_rows,
+                                           consolidate, finished_rows)
 from fairbench.io import atomic_write_bytes, atomic_write_text, sha256_file
 from fairbench.outputs.rundir import RUN_SUITE, RunRecord, has_manifest, read_record, slug, write_record
 from fairbench.pipeline import ImageSource, check_resume, check_run_target, holds_run, provenance, quality_run, recorded_config
@@ -72,6 +72,7 @@ class Generate(ImageSource):
     def check(self) -> None:
         check_resume(self.run_dir, self.cfg)
         check_no_links(self.run_dir)
+        check_no_strangers(self.run_dir, (u.key for u in self.units))
 
     def prepare(self, device: str, detector: Any, classifier: Any) -> None:
         from fairbench.methods import check_architecture
@@ -232,7 +233,12 @@ class Existing(ImageSource):
 
     def check(self) -> None:
         check_no_links(self.run_dir)
-        read_record(self.run_dir)
+        record = read_record(self.run_dir)
+        if record.status in ("shard generated", "generating", "importing", "merging"):
+            raise UserError(f"{self.run_dir} is not a finished run (status {record.status!r}): "
+                            + ("merge the shards with `fairbench merge` first" if record.status == "shard generated"
+                               else "finish it first (re-run its command)"))
+        finished_rows(self.run_dir, record.n_units)  # a damaged manifest or image is refused before the lock
 
     def start(self) -> RunRecord:
         record = read_record(self.run_dir)  # as it is now, under the lock

@@ -15,8 +15,10 @@ from typing import Any
 from fairbench.config import RunConfig
 from fairbench.errors import UserError
 from fairbench.io import sha256_file
+from fairbench.metrics.features import EXTRACTORS
 from fairbench.outputs.rundir import run_dir_of
 from fairbench.prompts import SUITES, SuiteSpec, load_suite
+from fairbench.registry import bind_arguments
 from fairbench.units import WorkUnit, make_units
 
 MAX_IMAGES = 1_000_000  # one run's units are built in memory; a larger job is several runs
@@ -42,6 +44,8 @@ def suite_file(cfg: RunConfig, suite: SuiteSpec) -> dict[str, Any]:
 def resolve(cfg: RunConfig) -> RunSpec:
     """The run `cfg` describes, with every default filled in and its units made; refuses an empty or oversized run."""
     cfg = cfg.with_model_defaults()
+    # the extractor is built only when FD is computed (a reference, a baseline): its arguments are checked now
+    bind_arguments(EXTRACTORS.get(cfg.extractor), cfg.extractor_args, f"feature extractor {cfg.extractor!r}")
     suite = load_suite(cfg.suite)
     n_prompts = len(suite.select(cfg.split, cfg.limit))
     if not n_prompts:

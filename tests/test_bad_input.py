@@ -237,10 +237,94 @@ RUN_CASES = {
 }
 
 
+
+
+def _damaged(b: Path, t: Path, edit) -> str:
+    """A copy of the finished run, damaged by `edit(run_dir)`."""
+    d = t / "damaged"
+    shutil.copytree(b / "run", d)
+    edit(d)
+    return str(d)
+
+
+def _edit_json(name: str, change):
+    def edit(d: Path) -> None:
+        doc = json.loads((d / name).read_text())
+        change(doc)
+        (d / name).write_text(json.dumps(doc))
+    return edit
+
+
+def _edit_first_row(change):
+    def edit(d: Path) -> None:
+        lines = (d / "manifest.jsonl").read_text().splitlines(keepends=True)
+        row = json.loads(lines[0])
+        change(row)
+        (d / "manifest.jsonl").write_text(json.dumps(row, sort_keys=True) + "\n" + "".join(lines[1:]))
+    return edit
+
+
+def _martian_labels(d: Path) -> None:
+    import pandas as pd
+
+    labels = pd.read_parquet(d / "labels.parquet")
+    labels.loc[labels["face"].astype(bool), "gender"] = "martian"
+    labels.to_parquet(d / "labels.parquet")
+
+
+def _reference(b: Path, t: Path, change) -> str:
+    assert main(["reference", str(b / "run"), "--out", str(t / "ref.json")]) == 0
+    ref = json.loads((t / "ref.json").read_text())
+    change(ref)
+    (t / "ref.json").write_text(json.dumps(ref))
+    return str(t / "ref.json")
+
+
+def _stray_image(d: Path) -> None:
+    first = sorted((d / "images").rglob("*.png"))[0]
+    shutil.copy(first, first.with_name("99999.png"))
+
+
+RUN_CASES.update({
+    "run with an empty --out": lambda b, t: [*RUN, "--out", ""],
+    "run with an empty --scheduler": lambda b, t: [*RUN, "--scheduler", "", "--out", str(t / "o")],
+    "report with an empty --baseline": lambda b, t: ["report", str(b / "run"), "--baseline", ""],
+    "run seed beyond 63 bits": lambda b, t: [*RUN, "--seed", str(2**64), "--out", str(t / "o")],
+    "config value that a flag overrides is still checked": lambda b, t: [
+        *RUN, "--config", _config(t, b"n: two\n"), "--out", str(t / "o")],
+    "run extractor-arg unknown without a reference": lambda b, t: [*RUN, "--extractor-arg", "bogus=1",
+                                                                  "--out", str(t / "o")],
+    "report of metrics whose alignment is a string": lambda b, t: ["report", _damaged(
+        b, t, _edit_json("metrics.json", lambda m: m.update(alignment="x")))],
+    "reference of a manifest row with an unknown key": lambda b, t: ["reference", _damaged(
+        b, t, _edit_first_row(lambda r: r.update(bogus=1))), "--out", str(t / "ref.json")],
+    "compare of a manifest row whose seed is a string": lambda b, t: ["compare", _damaged(
+        b, t, _edit_first_row(lambda r: r.update(seed="x"))), "--baseline", str(b / "run")],
+    "reference of labels naming a group the classifier lacks": lambda b, t: [
+        "reference", _damaged(b, t, _martian_labels), "--out", str(t / "ref.json")],
+    "check a reference with an unknown key": lambda b, t: ["check", str(b / "run"), "--against", _reference(
+        b, t, lambda r: r.update(bogus=1))],
+    "check a reference with label codes out of range": lambda b, t: ["check", str(b / "run"), "--against", _reference(
+        b, t, lambda r: r["units"].update(gender=[7] * len(r["units"]["gender"])))],
+    "check a reference whose sha256 is not hex": lambda b, t: ["check", str(b / "run"), "--against", _reference(
+        b, t, lambda r: r["units"].update(sha256=["zz"] * len(r["units"]["sha256"])))],
+    "check permutations beyond the budget": lambda b, t: ["check", str(b / "run"), "--against", str(b / "run"),
+                                                          "--permutations", "1000000000000"],
+    "classify a shard": lambda b, t: ["classify", _damaged(b, t, _edit_json(
+        "run.json", lambda r: r.update(status="shard generated"))), "--classifier", "synthface"],
+    "resume into a run holding a stray image": lambda b, t: [*RUN, "--limit", "2", "--out", _damaged(b, t, _stray_image)],
+    "report of a compare.json that is a folder": lambda b, t: ["report", _damaged(
+        b, t, lambda d: (d / "compare.json").mkdir())],
+    "plan of an unknown model": lambda b, t: ["plan", _config(t, (
+        f"name: p\nout: {t / 'plan'}\nmodels: [nope]\nsuites: [{{name: t, suite: occupations, n: 1, limit: 1}}]\n"
+        "methods: [{method: vanilla}]\n").encode()), "--dry-run"],
+})
+
+
 @pytest.mark.parametrize("case", list(RUN_CASES))
 def test_on_finished_runs_one_line_exit_2_and_nothing_written(finished, tmp_path, capsys, case):
     argv = RUN_CASES[case](finished, tmp_path)
-    files = lambda d: sorted(p.relative_to(d) for p in d.rglob("*") if p.name != ".fairbench.lock")
+    files = lambda d: sorted(p.relative_to(d) for p in d.rglob("*"))  # a refused command leaves no lock file
     before, runs_before = files(tmp_path), files(finished)
     assert main(argv) == 2, case
     err = capsys.readouterr().err.strip().splitlines()

@@ -178,7 +178,7 @@ def _fake_run(d: Path, method: str, args: dict, suite: str, adherence: dict | No
 
 
 def test_leaderboard_joins_explicit_adherence_by_method_identity(tmp_path):
-    adh = {"gender": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}}
+    adh = {"gender": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95, "n": 40}}
     runs = [_fake_run(tmp_path / "a", "vanilla", {}, "occupations"),
             _fake_run(tmp_path / "b", "hardprompt", {"attributes": "gender"}, "occupations")]
     explicit = [_fake_run(tmp_path / "ea", "vanilla", {}, "explicit", adh),
@@ -204,16 +204,16 @@ def test_leaderboard_joins_the_adherence_of_several_suites_and_refuses_one_attri
     that both measure gender adherence for one method are refused."""
     run = _fake_run(tmp_path / "a", "vanilla", {}, "occupations")
     explicit = _fake_run(tmp_path / "ea", "vanilla", {}, "explicit",
-                         {"gender": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}})
+                         {"gender": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95, "n": 40}})
     emotions = _fake_run(tmp_path / "em", "vanilla", {}, "emotions",
-                         {"expression": {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8}})
+                         {"expression": {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8, "n": 40}})
     out = tmp_path / "lb.csv"
     assert main(["leaderboard", str(run), "--out", str(out), "--explicit", str(explicit), str(emotions)]) == 0
     df = pd.read_csv(out)
     assert (df["adherence:gender"] == 0.9).all() and (df["adherence:expression"] == 0.7).all()
     assert (df["adherence_run"] == "ea+em").all()
     again = _fake_run(tmp_path / "eb", "vanilla", {}, "explicit",
-                      {"gender": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}})
+                      {"gender": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 40}})
     assert main(["leaderboard", str(run), "--out", str(tmp_path / "x.csv"), "--explicit", str(explicit),
                  str(again)]) == 2
     assert not (tmp_path / "x.csv").exists()

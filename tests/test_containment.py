@@ -269,6 +269,18 @@ def test_resume_repairs_rows_that_alias_or_point_outside_without_reading_them(or
     assert pd.read_parquet(copy / "labels.parquet").equals(pd.read_parquet(original / "labels.parquet"))
 
 
+def test_resume_remakes_rows_that_are_no_manifest_rows(original, copy):
+    rows = _rows(copy)
+    rows[0]["bogus"] = 1  # a key fairbench never writes
+    rows[1]["seed"] = str(rows[1]["seed"])  # a seed that is no number
+    _write_rows(copy, rows)
+    assert main([*ARGS, "--out", str(copy)]) == 0
+    assert json.loads((copy / "run.json").read_text())["generation"]["generated_now"] == 2
+    assert (copy / "manifest.jsonl").read_text() == (original / "manifest.jsonl").read_text()
+    assert pd.read_parquet(copy / "labels.parquet").equals(pd.read_parquet(original / "labels.parquet"))
+    assert not (copy / ".fairbench.lock").exists()  # the lock goes with the process that held it
+
+
 def test_resume_replaces_an_image_that_is_a_link_outside_and_never_writes_through_it(original, copy, planted):
     image = copy / _rows(copy)[0]["image"]
     image.unlink()

@@ -46,3 +46,10 @@ def share(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
     return value
+
+
+def nonempty(text: str) -> str:
+    """argparse type: a name or path that is not blank (`--out "$UNSET"` must not fall back to a default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text

@@ -8,7 +8,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
-from fairbench.cli.argtypes import positive_int
+from fairbench.cli.argtypes import nonempty, positive_int
 from fairbench.config import DEFAULT_MODEL
 from fairbench.errors import RegressionFound, UserError
 
@@ -17,7 +17,14 @@ INTERNAL_ERROR = 3
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports usage mistakes as one line with exit code 2."""
+    """argparse that reports usage mistakes as one line with exit code 2, and refuses a blank value of any
+    argument that takes one and has no type of its own."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:  # type: ignore[override]
+        takes_text = kwargs.get("action", "store") in ("store", "append") and "choices" not in kwargs
+        if takes_text and kwargs.get("type") is None and args and args[0] not in ("-h", "--help"):
+            kwargs["type"] = nonempty
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         import re

@@ -10,12 +10,46 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
-from fairbench.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fairbench.errors import UserError, validation_message
 from fairbench.io import read_jsonl, sha256_file, write_jsonl
 from fairbench.outputs.rundir import IMAGE_SUFFIXES, IMAGES, MANIFEST, RANK_MANIFEST, rank_manifests, read_record
 from fairbench.prompts import SAFE_ID
+
+
+class ManifestRow(BaseModel):
+    """One manifest line as fairbench writes it: a generated unit (with its seed) or an imported image
+    (`source: external`, no seed, the file it came from)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    key: str
+    prompt_id: str
+    sample_idx: int = Field(ge=0)
+    prompt: str
+    prompt_used: str
+    seed: int | None
+    model: str
+    method: str
+    image: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    nsfw: bool
+    source: Literal["external"] | None = None
+    original: str | None = None
+
+
+def row_error(row: Any) -> str | None:
+    """Why `row` is not a manifest row (one line), or None when it is one."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not a row"
+    try:
+        ManifestRow.model_validate(row)
+    except ValidationError as exc:
+        return validation_message(exc, ManifestRow)
+    return None
 
 
 def unit_key(prompt_id: str, sample_idx: int) -> str:
@@ -30,7 +64,9 @@ def unit_image(key: str, suffix: str = ".png") -> str:
 
 def own_image(run_dir: Path, row: dict[str, Any]) -> Path | None:
     """The file a manifest row names when it is its own unit's image inside `run_dir`, reached through no
-    symbolic link; None for a row that names anything else (the row then counts for nothing)."""
+    symbolic link; None for a row that names anything else, or is no manifest row (it then counts for nothing)."""
+    if row_error(row) is not None:
+        return None
     pid, idx, key, image = (row.get(k) for k in ("prompt_id", "sample_idx", "key", "image"))
     if not (isinstance(pid, str) and SAFE_ID.fullmatch(pid) and type(idx) is int and idx >= 0
             and key == unit_key(pid, idx) and isinstance(image, str)):
@@ -55,6 +91,21 @@ def check_no_links(run_dir: Path) -> None:
         if f.is_symlink():
             raise UserError(f"{f} is a symbolic link: fairbench reads and writes a run's images only inside its run "
                             "directory; remove the link (its target is left as it is) or choose another --out")
+
+
+def check_no_strangers(run_dir: Path, keys: Iterable[str]) -> None:
+    """Refuse to resume into a run directory whose images/ holds an image that is no unit's: the run would
+    keep it beside its own. Files that are no image (a user's notes, a temp file) are left alone."""
+    folder = run_dir / IMAGES
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    keys = set(keys)
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or (path.is_dir() and not path.is_symlink()):
+            continue
+        rel = path.relative_to(folder)
+        if len(rel.parts) != 2 or path.suffix not in IMAGE_SUFFIXES or f"{rel.parts[0]}/{path.stem}" not in keys:
+            raise UserError(f"{path} is none of this run's images: remove it, or choose another --out")
 
 
 def part_name(rank: int) -> str:
@@ -102,7 +153,7 @@ def completed_rows(run_dir: Path, units: dict[str, Any] | None = None) -> dict[s
     for path in [run_dir / MANIFEST, *rank_manifests(run_dir)]:
         for row in Manifest(path).rows():
             key = row.get("key")
-            if key in done or not isinstance(row.get("image"), str):
+            if key in done or row_error(row) is not None:  # a damaged row: its unit is made again
                 continue
             unit = units.get(key) if units is not None else None
             if unit is not None and (row.get("seed") != unit.seed or row.get("prompt") != unit.prompt):
@@ -152,8 +203,10 @@ def finished_rows(run_dir: Path, n_units: Any) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            row = None
-        image = own_image(run_dir, row) if isinstance(row, dict) else None
+            raise UserError(f"{path} line {number} is not JSON: {fix}") from None
+        if (error := row_error(row)) is not None:
+            raise UserError(f"{path} line {number} is not a manifest row ({error}): {fix}")
+        image = own_image(run_dir, row)
         if image is None:
             raise UserError(f"{path} line {number} is not a row naming its own unit's image inside the run "
                             f"directory: {fix}")

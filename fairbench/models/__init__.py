@@ -82,15 +82,19 @@ def default_dtype(name: str, device: str) -> str:
     return wanted if wanted == "float32" or native_bfloat16(device) else "float32"
 
 
+def check_model(name: str) -> None:
+    """Refuse, before any work, a model that is no registered name, local folder or hub id ('org/name')."""
+    if name not in MODELS and not Path(name).expanduser().exists() and name.count("/") != 1:
+        MODELS.get(name)  # raises the unknown-name error with suggestions
+
+
 def resolve_model(name: str) -> str:
     """Registered name -> its hub id or folder; a local folder or a hub id ('org/name') passes through."""
+    check_model(name)
     if name in MODELS:
         entry = MODELS.entry(name)
         return entry.meta["folder"]() if "folder" in entry.meta else entry.obj
-    if Path(name).expanduser().exists() or name.count("/") == 1:
-        return name
-    MODELS.get(name)  # raises the unknown-name error with suggestions
-    raise UserError(f"unknown model {name!r}")
+    return name
 
 
 def load_backend(name: str, dtype: str = "float32", device: str = "cpu", scheduler: str | None = None):
@@ -98,5 +102,5 @@ def load_backend(name: str, dtype: str = "float32", device: str = "cpu", schedul
     return DiffusersBackend.load(resolve_model(name), dtype=dtype, device=device, scheduler=scheduler)
 
 
-__all__ = ["MODELS", "DiffusersBackend", "SamplingParams", "default_dtype", "load_backend", "model_defaults",
-           "native_bfloat16", "resolve_device", "resolve_model"]
+__all__ = ["MODELS", "DiffusersBackend", "SamplingParams", "check_model", "default_dtype", "load_backend",
+           "model_defaults", "native_bfloat16", "resolve_device", "resolve_model"]

@@ -22,26 +22,30 @@ borderline labels flipped by numerical noise can never fail it (D <= 5 at alpha 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fairbench.config import identity_fields
-from fairbench.errors import UserError
+from fairbench.errors import UserError, validation_message
 from fairbench.io import atomic_write_text
 from fairbench.metrics.fairness import FAIRNESS_METRICS
-from fairbench.metrics.paired import SwapTest, metric_change, net_group_changes, share_change, swap_test
+from fairbench.metrics.paired import NO_LABEL, SwapTest, metric_change, net_group_changes, share_change, swap_test
 from fairbench.outputs.pairing import FACE, FAMILY, Side, align, differences, run_side
 from fairbench.outputs.rundir import read_json, read_record
+from fairbench.registry import MAX_COUNT
 
 REFERENCE_SCHEMA = 2
 FAIRNESS_KEYS = ("fd", "kl", "bias_gap")
 REFUSED = identity_fields("check", "refuse", recorded=True)
 FLAGGED = identity_fields("check", "flag")
 UNIT_COLUMNS = ("prompt_id", "seed", "sha256")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
@@ -79,29 +83,64 @@ def write_reference(run_dir: Path, out: Path) -> dict[str, Any]:
     return ref
 
 
+class ReferenceFile(BaseModel):
+    """A reference file (`fairbench reference`), as `check` reads it: every column one value per unit, every
+    label code one of its attribute's groups or NO_LABEL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[REFERENCE_SCHEMA]  # type: ignore[valid-type]
+    settings: dict[str, Any]
+    prompt_ids: list[str]
+    groups: dict[str, list[str]]
+    headline: dict[str, float | None] = Field(default_factory=dict)
+    units: dict[str, list[Any]]
+    fairbench_version: str | None = None
+    hardware: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _units(self) -> "ReferenceFile":
+        u = self.units
+        missing = [c for c in ("key", *UNIT_COLUMNS, FACE, *self.groups) if c not in u]
+        if missing:
+            raise ValueError(f"units lack the column {missing[0]!r}")
+        n = len(u["key"])
+        if (bad := next((c for c, v in u.items() if len(v) != n), None)) is not None:
+            raise ValueError(f"units column {bad!r} has {len(u[bad])} values for {n} units")
+        if not all(isinstance(k, str) for k in u["key"]) or len(set(u["key"])) != n:
+            raise ValueError("units.key must be distinct unit keys")
+        if not all(isinstance(h, str) and SHA256.fullmatch(h) for h in u["sha256"]):
+            raise ValueError("units.sha256 must be 64 lowercase hex digits per unit")
+        if not all(isinstance(p, str) for p in u["prompt_id"]):
+            raise ValueError("units.prompt_id must be prompt ids")
+        if not all(s is None or type(s) is int for s in u["seed"]):
+            raise ValueError("units.seed must be whole numbers")
+        for col, values in u.items():
+            if col in ("key", *UNIT_COLUMNS):
+                continue
+            top = len(self.groups[col]) if col in self.groups else 1 if col == FACE else 2
+            if not all(type(v) is int and (v == NO_LABEL or 0 <= v < top) for v in values):
+                raise ValueError(f"units.{col} holds a label code outside {NO_LABEL} and 0..{top - 1}")
+        return self
+
+
 def reference_side(path: Path) -> Side:
     """A reference file, or a run directory, as one side of a pairing."""
     if path.is_dir():
         return run_side(path)
-    ref = read_json(path)
-    if not isinstance(ref, dict) or "schema_version" not in ref:
-        raise UserError(f"{path} is not a fairbench reference file")
-    if ref["schema_version"] != REFERENCE_SCHEMA:
-        raise UserError(f"{path} is a schema-{ref['schema_version']} reference; the paired check needs schema "
-                        f"{REFERENCE_SCHEMA} (per-image labels): regenerate it with `fairbench reference RUN --out {path}`")
+    doc = read_json(path)
+    version = doc.get("schema_version")
+    if version != REFERENCE_SCHEMA:
+        raise UserError(f"{path} is a schema-{version} reference; the paired check needs schema {REFERENCE_SCHEMA} "
+                        f"(per-image labels): regenerate it with `fairbench reference RUN --out {path}`"
+                        if type(version) is int else f"{path} is not a fairbench reference file")
     try:
-        units = pd.DataFrame(ref["units"]).set_index("key")
-        groups = {a: list(g) for a, g in ref["groups"].items()}
-        side = Side(str(path), dict(ref["settings"]), units, groups, list(ref["prompt_ids"]))
-        side.metrics = {"headline": dict(ref.get("headline", {}))}
-        for col in (*UNIT_COLUMNS, FACE, *groups):
-            if col not in units.columns:
-                raise KeyError(col)
-        codes = units[[FACE, *groups]].to_numpy()
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"{path}: malformed reference file ({type(exc).__name__}: {exc})") from None
-    if not np.issubdtype(codes.dtype, np.integer):
-        raise UserError(f"{path}: malformed reference file (label codes must be integers)")
+        ref = ReferenceFile.model_validate(doc)
+    except ValidationError as exc:
+        raise UserError(f"{path}: malformed reference file ({validation_message(exc, ReferenceFile)})") from None
+    units = pd.DataFrame(ref.units).set_index("key")
+    side = Side(str(path), ref.settings, units, ref.groups, ref.prompt_ids)
+    side.metrics = {"headline": ref.headline}
     return side
 
 
@@ -167,8 +206,8 @@ def check_run(run_dir: Path, against: Path, alpha: float = 0.05, n_perm: int = 9
     """Check a finished run against a reference (file or run directory)."""
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be between 0 and 1, got {alpha}")
-    if n_perm < 99:
-        raise UserError(f"--permutations must be at least 99, got {n_perm}")
+    if not 99 <= n_perm <= MAX_COUNT:  # Monte Carlo swap patterns: one per permutation, in memory
+        raise UserError(f"--permutations must be between 99 and {MAX_COUNT:,}, got {n_perm}")
     ref, run = reference_side(against), run_side(run_dir)
     refused = differences(run, ref, REFUSED)
     if refused:

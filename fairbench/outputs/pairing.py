@@ -71,6 +71,11 @@ def unit_table(labels: pd.DataFrame, manifest: list[dict[str, Any]], groups: dic
     out[FACE] = np.where(lab["face"].fillna(False).astype(bool), 0, NO_LABEL)
     lab = lab.assign(face=lab["face"].fillna(False).astype(bool))
     for attr, names in groups.items():
+        found = lab.loc[lab["face"], attr] if attr in lab.columns else pd.Series(dtype=object)
+        strange = found[found.notna() & ~found.isin(names)]
+        if len(strange):  # a code would silently read as "no label"
+            raise UserError(f"{where}: {attr} label {strange.iloc[0]!r} of {strange.index[0]!r} is none of the "
+                            f"classifier's groups ({', '.join(names)}): label the run again with `fairbench classify`")
         out[attr] = label_codes(lab, attr, names)
     if expected_family and "family" in lab.columns:
         want = lab["prompt_id"].map(expected_family)

@@ -80,7 +80,7 @@ def _compare_lines(run_dir: Path) -> list[str]:
     from fairbench.outputs.compare import COMPARE_JSON, summary_frame, verdict_lines
     from fairbench.outputs.rundir import read_json
 
-    if not (run_dir / COMPARE_JSON).is_file():
+    if not (run_dir / COMPARE_JSON).exists():
         return []
     result = read_json(run_dir / COMPARE_JSON)
     try:  # compare.json is read back from disk: a file that lacks what `compare` writes is the user's to redo

@@ -279,8 +279,35 @@ class MetricSettings(_Open):
     seed: int
 
 
+class QualityEntry(_Open):
+    """metrics.json's FD/KID against one reference (`fairbench quality`, `--reference`)."""
+
+    fd: float | None
+    kid: float | None = None
+    n_generated: int = Field(ge=0)
+    n_reference: int = Field(ge=0)
+    reference: str
+    extractor: str
+    resize: str
+    input_size: int
+
+
+class RunLevelEstimate(_Open):
+    """An alignment or adherence number of the whole run (CLIP score, family accuracy, adherence)."""
+
+    value: float | None = None
+    clip_score: float | None = None
+    ci_low: float | None
+    ci_high: float | None
+    n: int = Field(ge=0)
+
+
 class MetricsFile(_Open):
     """metrics.json, as every reader of it (report, leaderboard, compare, check) needs it."""
+
+    quality: dict[str, QualityEntry] = Field(default_factory=dict)
+    alignment: dict[str, RunLevelEstimate] = Field(default_factory=dict)
+    adherence: dict[str, RunLevelEstimate] = Field(default_factory=dict)
 
     schema_version: int
     attributes: dict[str, AttributeResult]
