@@ -94,10 +94,12 @@ def load_plan(name_or_path: str) -> Plan:
         plan = Plan.model_validate(_load_yaml(path))
     except ValidationError as exc:
         raise UserError(f"invalid plan {path}: {validation_message(exc, Plan)}") from None
+    from fairbench.io import check_writable_target
     from fairbench.models import check_model
 
     for model in plan.models:  # before a dry run lists runs of a model that does not exist
         check_model(model)
+    check_writable_target(Path(plan.out))
     return plan
 
 

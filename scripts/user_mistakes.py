@@ -272,7 +272,7 @@ READERS = {  # (case folder, the bad directory) -> argv
     "leaderboard --explicit": lambda t, d: ["leaderboard", str(base / "run"), "--explicit", d, "--out", "lb.csv"],
     "merge": lambda t, d: ["merge", d, str(base / "s1"), "--out", "m"],
     "classify": lambda t, d: ["classify", d, "--classifier", "synthface"],
-    "quality": lambda t, d: ["quality", d],
+    "quality": lambda t, d: ["quality", d, "--reference", str(base / "other")],
     "quality --reference": lambda t, d: ["quality", str(t / "w"), "--reference", d],
     "check": lambda t, d: ["check", d, "--against", str(base / "ref.json")],
     "check --against": lambda t, d: ["check", str(t / "w"), "--against", d],
@@ -342,7 +342,7 @@ RUN_JSON_READERS = {
     "reference": (lambda t: ["reference", str(t / "r"), "--out", str(t / "ref.json")], 2),
     "compare": (lambda t: ["compare", str(t / "w"), "--baseline", str(t / "r")], 2),
     "classify": (lambda t: ["classify", str(t / "r"), "--classifier", "synthface"], 2),
-    "quality": (lambda t: ["quality", str(t / "r")], 2),
+    "quality": (lambda t: ["quality", str(t / "r"), "--reference", str(base / "other")], 2),
     "resume": (lambda t: [*RUN, "--out", str(t / "r")], REPAIR),
 }
 for kind in JSON_DAMAGE:

@@ -313,8 +313,14 @@ RUN_CASES.update({
     "classify a shard": lambda b, t: ["classify", _damaged(b, t, _edit_json(
         "run.json", lambda r: r.update(status="shard generated"))), "--classifier", "synthface"],
     "resume into a run holding a stray image": lambda b, t: [*RUN, "--limit", "2", "--out", _damaged(b, t, _stray_image)],
+    "resume into a run whose image is a folder": lambda b, t: [*RUN, "--limit", "2", "--out", _damaged(
+        b, t, lambda d: (lambda img: (img.unlink(), img.mkdir()))(sorted((d / "images").rglob("*.png"))[0]))],
     "report of a compare.json that is a folder": lambda b, t: ["report", _damaged(
         b, t, lambda d: (d / "compare.json").mkdir())],
+    "plan whose out is a file": lambda b, t: ["plan", _config(t, (
+        f"name: p\nout: {b / 'run' / 'run.json'}\nmodels: [synthface-vl]\n"
+        "suites: [{name: t, suite: occupations, n: 1, limit: 1}]\nmethods: [{method: vanilla}]\n").encode()),
+        "--dry-run"],
     "plan of an unknown model": lambda b, t: ["plan", _config(t, (
         f"name: p\nout: {t / 'plan'}\nmodels: [nope]\nsuites: [{{name: t, suite: occupations, n: 1, limit: 1}}]\n"
         "methods: [{method: vanilla}]\n").encode()), "--dry-run"],

@@ -94,15 +94,18 @@ def check_no_links(run_dir: Path) -> None:
 
 
 def check_no_strangers(run_dir: Path, keys: Iterable[str]) -> None:
-    """Refuse to resume into a run directory whose images/ holds an image that is no unit's: the run would
-    keep it beside its own. Files that are no image (a user's notes, a temp file) are left alone."""
+    """Refuse to resume into a run directory whose images/ holds an image that is no unit's (the run would
+    keep it beside its own), or a folder named like an image. Files that are no image (a user's notes, a
+    temp file) are left alone."""
     folder = run_dir / IMAGES
     if not folder.is_dir() or folder.is_symlink():
         return
     keys = set(keys)
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or (path.is_dir() and not path.is_symlink()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
+        if path.is_dir():  # the image could never be written there
+            raise UserError(f"{path} is a folder where an image belongs: remove it, or choose another --out")
         rel = path.relative_to(folder)
         if len(rel.parts) != 2 or path.suffix not in IMAGE_SUFFIXES or f"{rel.parts[0]}/{path.stem}" not in keys:
             raise UserError(f"{path} is none of this run's images: remove it, or choose another --out")
