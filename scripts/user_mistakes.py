@@ -7,6 +7,7 @@ like mistakes are in the corpus too; they must end with exit 0.
 
     python scripts/user_mistakes.py                 # every case, two at a time
     python scripts/user_mistakes.py --only resume   # the cases whose name contains "resume"
+    python scripts/user_mistakes.py --list          # each case's expected ending (2, 0 or repair) and name
     python scripts/user_mistakes.py --jobs 1 --out mistakes.tsv
 
 It works in a temporary folder, removed at the end, and prints one line per case and the count.
@@ -775,7 +776,7 @@ def shared_state() -> dict[str, tuple[int, int]]:
 
 cases = [c for c in CASES if not opts.only or opts.only in c.name]
 if opts.list:
-    print("\n".join(c.name for c in cases))
+    print("\n".join(f"{c.want}\t{c.name}" for c in cases))  # what the case must end with, and its name
     print(f"{len(cases)} cases")
     sys.exit(0)
 setup()
