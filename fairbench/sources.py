@@ -238,7 +238,6 @@ class Existing(ImageSource):
             raise UserError(f"{self.run_dir} is not a finished run (status {record.status!r}): "
                             + ("merge the shards with `fairbench merge` first" if record.status == "shard generated"
                                else "finish it first (re-run its command)"))
-        finished_rows(self.run_dir, record.n_units)  # a damaged manifest or image is refused before the lock
 
     def start(self) -> RunRecord:
         record = read_record(self.run_dir)  # as it is now, under the lock

@@ -64,9 +64,8 @@ def unit_image(key: str, suffix: str = ".png") -> str:
 
 def own_image(run_dir: Path, row: dict[str, Any]) -> Path | None:
     """The file a manifest row names when it is its own unit's image inside `run_dir`, reached through no
-    symbolic link; None for a row that names anything else, or is no manifest row (it then counts for nothing)."""
-    if row_error(row) is not None:
-        return None
+    symbolic link; None for a row that names anything else (it then counts for nothing). `row` is a manifest
+    row (`row_error` is None): both callers check that first, once."""
     pid, idx, key, image = (row.get(k) for k in ("prompt_id", "sample_idx", "key", "image"))
     if not (isinstance(pid, str) and SAFE_ID.fullmatch(pid) and type(idx) is int and idx >= 0
             and key == unit_key(pid, idx) and isinstance(image, str)):
